@@ -1,0 +1,70 @@
+"""Inference engines. The screening pipeline talks to `Engine` and never knows which backend runs.
+
+`OnnxEngine` runs an ONNX file (FP32 or INT8 QDQ) with ONNX Runtime on any CPU. A TensorRT engine
+for the Jetson implements the same protocol and is imported only where TensorRT exists.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """A model that cannot be loaded or run; the message says which model and what to do."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    backend: str
+    precision: str
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def cpu_threads() -> int:
+    """Threads for inference: GLAUCOSCREEN_THREADS, else the cores this process may use."""
+    env = os.environ.get("GLAUCOSCREEN_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEngine:
+    """An ONNX model run by ONNX Runtime on the CPU (or another execution provider when asked)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, name: str | None = None, precision: str = "fp32",
+                 providers: list[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.precision = precision
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or cpu_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EngineError(f"model {self.name} could not be loaded from {self.path.name}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise EngineError(f"model {self.name} needs inputs {sorted(missing)}")
+        outs = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
+        return dict(zip(self.output_names, outs))
