@@ -1,0 +1,153 @@
+"""The `glaucoscreen` command: one entry point for the unit and for the people who look after it."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device.config import Config
+
+
+def _pipeline(args):
+    from device.pipeline import ScreeningPipeline
+
+    precision = getattr(args, "precision", None) or "fp32"
+    return ScreeningPipeline.from_artifacts(precision="fp32" if precision == "auto" else precision)
+
+
+def cmd_screen(args) -> int:
+    from device.pipeline import screen_file
+
+    if args.record and not (args.patient and args.eye):
+        print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
+        return 2
+    pipeline = _pipeline(args)
+    visits = visit_uuid = None
+    if args.record:
+        from device.visitlog import VisitLog
+
+        cfg = Config.load(args.config, data_dir=args.data_dir)
+        visits = VisitLog(cfg.data_dir)
+        if visits.get_patient(args.patient) is None:
+            visits.add_patient(args.patient)
+    rows, failed = [], 0
+    for image in args.images:
+        row, rgb, result = screen_file(pipeline, Path(image))
+        if not row["ok"] or not row["gradable"]:
+            failed += 1
+        if visits is not None and result is not None:
+            from device.recording import record_eye
+
+            if visit_uuid is None:
+                visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=Config.load(args.config).device_id)
+            original = Path(image).read_bytes()
+            row["visit"] = visit_uuid
+            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file"))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if visits is not None:
+        if visit_uuid is not None:
+            visits.finalize_visit(visit_uuid)
+        visits.close()
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1) + "\n")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from device import evaluate
+
+    report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out)
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+def cmd_fit_referral(args) -> int:
+    from device import fit_referral
+
+    print(json.dumps(fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity), indent=1))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from device import doctor
+
+    cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
+    rep = doctor.report(cfg)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        for name, check in rep.items():
+            if name == "ok":
+                continue
+            mark = "ok " if check.get("ok") else "!! "
+            detail = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
+            print(f"{mark}{name:10s} {detail}")
+        print("all checks passed" if rep["ok"] else "some checks failed (marked !!)")
+    return 0 if rep["ok"] else 1
+
+
+def cmd_run(args) -> int:
+    from device import unit
+
+    cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
+    if args.port:
+        cfg.kiosk.port = args.port
+    if args.host:
+        cfg.kiosk.host = args.host
+    return unit.serve(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("screen", help="screen fundus photos and print one JSON object per photo")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--json-out", type=Path)
+    s.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    s.add_argument("--record", action="store_true", help="also store each screening as a visit in the visit log")
+    s.add_argument("--patient")
+    s.add_argument("--eye", choices=["right", "left"])
+    s.add_argument("--data-dir", type=Path)
+    s.set_defaults(func=cmd_screen)
+
+    e = sub.add_parser("evaluate", help="measure the screening on a folder of annotated photos")
+    e.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
+    e.add_argument("--split", help="train/val/test (the project's own split) or the source's split name")
+    e.add_argument("--json-out", type=Path)
+    e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    f = sub.add_parser("fit-referral", help="fit the vCDR regression and referral threshold on the val split")
+    f.add_argument("--data", action="append", required=True)
+    f.add_argument("--specificity", type=float, default=0.9)
+    f.set_defaults(func=cmd_fit_referral)
+
+    d = sub.add_parser("doctor", help="check the unit's hardware, models and storage")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--simulate", action="store_true")
+    d.add_argument("--data-dir", type=Path)
+    d.set_defaults(func=cmd_doctor)
+
+    r = sub.add_parser("run", help="start the unit: capture loop and kiosk")
+    r.add_argument("--simulate", action="store_true", help="simulated optic module, camera and GPIO")
+    r.add_argument("--port", type=int)
+    r.add_argument("--host")
+    r.add_argument("--data-dir", type=Path)
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`glaucoscreen doctor`: what this unit found of itself, for the clinic's IT person.
+
+Every check reports what it found or why not, and never raises: a doctor that crashes on the
+problem it should describe is no help.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from device.config import Config
+
+
+def _check(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to report any failure
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def board(cfg: Config) -> dict:
+    from hardware import boards
+
+    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    return {"ok": True, "name": profile.name, "description": getattr(profile, "description", ""),
+            "machine": platform.machine(), "python": platform.python_version()}
+
+
+def camera(cfg: Config) -> dict:
+    if cfg.simulate:
+        return {"ok": True, "backend": "simulated"}
+    from hardware import boards
+
+    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    backend = profile.camera_backend
+    found = {"backend": backend}
+    if backend == "picamera2":
+        found["module"] = _import_state("picamera2")
+    devices = sorted(str(p) for p in Path("/dev").glob("video*"))
+    found["devices"] = devices
+    found["ok"] = bool(devices) or found.get("module", {}).get("ok", False)
+    if not found["ok"]:
+        found["error"] = "no camera device found (is the optic module's cable seated?)"
+    return found
+
+
+def gpio(cfg: Config) -> dict:
+    from hardware import boards
+
+    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    factory = "mock" if cfg.simulate else profile.pin_factory
+    out = {"pin_factory": factory, "gpiozero": _import_state("gpiozero")}
+    if factory not in ("mock", None):
+        out["driver"] = _import_state(factory)
+        out["ok"] = out["driver"]["ok"]
+    else:
+        out["ok"] = out["gpiozero"]["ok"]
+    return out
+
+
+def serial_port(cfg: Config) -> dict:
+    from hardware import boards
+
+    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    port = profile.serial_port
+    if cfg.simulate:
+        return {"ok": True, "port": "simulated optic module (pseudo-terminal)"}
+    if not port:
+        return {"ok": False, "port": None, "error": "this board has no optic-module serial port configured"}
+    exists = os.path.exists(port)
+    return {"ok": exists, "port": port, **({} if exists else {"error": f"{port} does not exist"})}
+
+
+def inference() -> dict:
+    out: dict = {}
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = {"ok": True, "version": ort.__version__, "providers": ort.get_available_providers()}
+    except ImportError as exc:
+        out["onnxruntime"] = {"ok": False, "error": str(exc)}
+    trt = _import_state("tensorrt")
+    if not trt["ok"]:
+        trt["why"] = "TensorRT is not installed (it comes with JetPack on a Jetson); ONNX Runtime runs the models"
+    out["tensorrt"] = trt
+    out["ok"] = out["onnxruntime"]["ok"]
+    return out
+
+
+def models() -> dict:
+    from models import registry
+
+    entries = registry.manifest()
+    found = {}
+    ok = True
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        for precision in ["fp32"] + [p for p in ("int8",) if p in entry]:
+            key = name if precision == "fp32" else f"{name}.{precision}"
+            try:
+                path, e = registry.model_file(name, precision)
+                found[key] = {"ok": True, "file": path.name, "sha256": e["sha256"], "version": e.get("version"),
+                              "bytes": path.stat().st_size}
+            except Exception as exc:  # noqa: BLE001
+                ok = False
+                found[key] = {"ok": False, "error": str(exc)}
+    policy = registry.ARTIFACTS / "screening.json"
+    found["referral_policy"] = {"ok": policy.exists(), "file": policy.name}
+    return {"ok": ok and bool(found), **found}
+
+
+def data_dir(cfg: Config) -> dict:
+    d = cfg.data_dir
+    probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("/"))
+    usage = shutil.disk_usage(probe)
+    writable = os.access(probe, os.W_OK)
+    return {"ok": writable and usage.free > 200 * 2**20, "path": str(d), "exists": d.exists(), "writable": writable,
+            "free_bytes": usage.free, "free_gib": round(usage.free / 2**30, 2)}
+
+
+def _import_state(module: str) -> dict:
+    try:
+        m = importlib.import_module(module)
+        return {"ok": True, "version": getattr(m, "__version__", "unknown")}
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a driver failing at import
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def report(cfg: Config) -> dict:
+    checks = {
+        "board": _check(lambda: board(cfg)),
+        "camera": _check(lambda: camera(cfg)),
+        "gpio": _check(lambda: gpio(cfg)),
+        "serial": _check(lambda: serial_port(cfg)),
+        "inference": _check(inference),
+        "models": _check(models),
+        "data_dir": _check(lambda: data_dir(cfg)),
+    }
+    checks["ok"] = all(c.get("ok") for c in checks.values() if isinstance(c, dict))
+    return checks

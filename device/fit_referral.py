@@ -1,0 +1,74 @@
+"""`glaucoscreen fit-referral`: fit the vCDR regression and the referral threshold on validation photos.
+
+Only the project's `val` split is used (never `test`), so the figures `evaluate` reports on the test
+split stay honest. The result is `models/artifacts/screening.json`, shipped with the models.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from device.measurements import measure
+from device.pipeline import SCREENING_POLICY, ScreeningPipeline
+from device.referral import ReferralPolicy
+from device.roc import auc, threshold_at_specificity
+from models.datasets import read_dataset
+from models.images import read_rgb
+from models.splits import load_splits
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> tuple[float, float]:
+    """One-feature logistic regression by Newton's method (a tiny ridge keeps it finite when separable)."""
+    X = np.stack([x, np.ones_like(x)], 1)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-X @ w))
+        g = X.T @ (p - y) + l2 * w
+        H = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(2)
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(w[0]), float(w[1])
+
+
+def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
+    splits = load_splits()
+    rows = []
+    for folder in data:
+        for rec in read_dataset(folder):
+            if splits.get((rec.source, rec.id)) != "val" or rec.glaucoma is None:
+                continue
+            rgb = read_rgb(rec.image_path)
+            found, _ = pipeline.locate_disc(rgb)
+            if found is None:
+                continue
+            seg = pipeline.segment_disc(rgb, *found)
+            disc, cup = seg.masks()
+            m = measure(disc, cup)
+            if m is None:
+                continue
+            rows.append((m.vcdr, seg.glaucoma_logit, rec.glaucoma))
+    if not rows:
+        raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
+    vcdr, logit, y = (np.array(c, float) for c in zip(*rows))
+    coef, intercept = fit_logistic(vcdr, y)
+    policy = ReferralPolicy(vcdr_coef=coef, vcdr_intercept=intercept, fitted=True)
+    fused = np.array([policy.fuse(lg, v) for lg, v in zip(logit, vcdr)])
+    policy.refer_threshold = threshold_at_specificity(y, fused, specificity)
+    sens = float((fused[y == 1] >= policy.refer_threshold).mean())
+    policy.operating_point = {
+        "specificity_target": specificity,
+        "sensitivity_val": round(sens, 4),
+        "auc_val": round(auc(y, fused), 4),
+        "auc_val_vcdr_only": round(auc(y, vcdr), 4),
+        "auc_val_classifier_only": round(auc(y, logit), 4),
+        "n_val": int(len(y)),
+        "n_val_glaucoma": int(y.sum()),
+    }
+    stamp = dt.date.today().isoformat()
+    policy.source = f"referral fitted {stamp} on val split of {', '.join(Path(d).name for d in data)} with {pipeline.model_versions.get('segmentation', '?')}"
+    policy.save(out)
+    return policy.operating_point | {"refer_threshold": policy.refer_threshold, "vcdr_coef": coef, "vcdr_intercept": intercept}

@@ -1,0 +1,25 @@
+"""Storing a screened photo in the visit log: the one path the CLI and the kiosk both take, so a
+visit recorded from the command line looks exactly like one recorded at the kiosk."""
+from __future__ import annotations
+
+import numpy as np
+
+from device.pipeline import ScreeningResult
+from device.visitlog import VisitLog
+from models.images import encode_jpeg
+
+
+def photo_bytes(rgb: np.ndarray, original: bytes | None = None) -> bytes:
+    """The photo as archived: the camera's own JPEG when we have it, untouched, else a fine JPEG."""
+    if original is not None and original[:2] == b"\xff\xd8":
+        return original
+    return encode_jpeg(rgb, quality=95)
+
+
+def record_eye(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,
+               *, original: bytes | None = None, source: str = "camera") -> dict:
+    """Photo -> image store, capture row, result row with the disc/cup overlay."""
+    capture_id = visits.add_capture(visit_uuid, eye, photo_bytes(rgb, original), quality=result.quality.to_dict(), source=source)
+    overlay = encode_jpeg(result.overlay(rgb), quality=88)
+    result_id = visits.add_result(capture_id, result.to_dict(), overlay_png=overlay)
+    return {"capture_id": capture_id, "result_id": result_id}

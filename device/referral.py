@@ -1,0 +1,76 @@
+"""From measurements and model scores to one decision a health worker can act on.
+
+The glaucoma probability fuses two opinions, as MTL-IO does: the network's own glaucoma logit and
+a logistic regression on the vertical cup-to-disc ratio; the final probability is their mean. The
+referral threshold comes from an operating point (sensitivity at a chosen specificity) fitted on
+validation photos only (`glaucoscreen fit-referral`), never a bare 0.5.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REFER, RESCREEN, NORMAL = "refer", "rescreen", "normal"
+
+ADVICE = {
+    REFER: "Signs that can mean glaucoma were found. Please see an eye doctor within the next month. "
+           "Glaucoma damage can be stopped if it is treated early; it does not hurt, so do not wait for pain.",
+    RESCREEN: "The photo was not clear enough to judge. Please take the photo again now, or come back for a new photo.",
+    NORMAL: "No signs of glaucoma were seen on this photo. Have your eyes checked again in one to two years, "
+            "or sooner if your sight changes.",
+}
+HEADLINE = {
+    REFER: "Refer to an eye doctor",
+    RESCREEN: "Take the photo again",
+    NORMAL: "No glaucoma signs seen",
+}
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+@dataclass
+class ReferralPolicy:
+    """Fusion weights and thresholds; loaded from the shipped `screening.json`."""
+
+    vcdr_coef: float = 12.0
+    vcdr_intercept: float = -7.8  # p = 0.5 at vCDR 0.65 until fitted on data
+    refer_threshold: float = 0.5
+    vcdr_refer: float = 0.8  # a cup this large is referred whatever the classifier says
+    fitted: bool = False
+    operating_point: dict = field(default_factory=dict)
+    source: str = "built-in defaults (not fitted)"
+
+    @classmethod
+    def load(cls, path: Path) -> "ReferralPolicy":
+        data = json.loads(Path(path).read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def vcdr_probability(self, vcdr: float) -> float:
+        return sigmoid(self.vcdr_coef * vcdr + self.vcdr_intercept)
+
+    def fuse(self, glaucoma_logit: float, vcdr: float) -> float:
+        return 0.5 * (sigmoid(glaucoma_logit) + self.vcdr_probability(vcdr))
+
+    def decide(self, *, gradable: bool, quality_messages: list[str], vcdr: float | None,
+               probability: float | None) -> tuple[str, list[str]]:
+        """One decision with its reasons in plain words."""
+        if not gradable or vcdr is None or probability is None:
+            reasons = quality_messages or ["The optic disc could not be found on the photo."]
+            return RESCREEN, reasons
+        reasons = []
+        if probability >= self.refer_threshold:
+            reasons.append(f"Glaucoma risk {probability:.0%} is at or above the referral level of {self.refer_threshold:.0%}.")
+        if vcdr >= self.vcdr_refer:
+            reasons.append(f"The cup is large: cup-to-disc ratio {vcdr:.2f} (refer at {self.vcdr_refer:.2f} or more).")
+        if reasons:
+            return REFER, reasons
+        return NORMAL, [f"Glaucoma risk {probability:.0%} is below the referral level of {self.refer_threshold:.0%}; "
+                        f"cup-to-disc ratio {vcdr:.2f}."]

@@ -1,0 +1,63 @@
+"""The models this unit ships with, and the check that they are the files they claim to be.
+
+`artifacts/manifest.json` names each model's ONNX file, its sha256 and its version. A file whose
+hash does not match (a half-copied update, a corrupt SD card) is refused with a message instead of
+producing quietly wrong results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from models.runtime import Engine, EngineError, OnnxEngine
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+MANIFEST = ARTIFACTS / "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(artifacts: Path = ARTIFACTS) -> dict:
+    path = artifacts / "manifest.json"
+    if not path.exists():
+        raise EngineError(f"no model manifest at {path}: the models were not installed with the unit")
+    return json.loads(path.read_text())
+
+
+def model_file(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, verify: bool = True) -> tuple[Path, dict]:
+    """Path of a model's ONNX file for a precision, hash-checked against the manifest."""
+    entries = manifest(artifacts)
+    if name not in entries:
+        raise EngineError(f"model {name!r} is not in the manifest (have: {', '.join(sorted(entries))})")
+    entry = entries[name]
+    if precision != "fp32":
+        entry = entry.get(precision)
+        if entry is None:
+            raise EngineError(f"model {name!r} has no {precision} build; run `glaucoscreen quantize` or use fp32")
+    path = artifacts / entry["file"]
+    if not path.exists():
+        raise EngineError(f"model file {path.name} is missing; reinstall the unit's models")
+    if verify:
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise EngineError(f"model file {path.name} is damaged (sha256 {digest[:12]}..., expected "
+                              f"{entry['sha256'][:12]}...); reinstall the unit's models")
+    return path, entry
+
+
+def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None) -> Engine:
+    path, entry = model_file(name, precision, artifacts)
+    engine = OnnxEngine(path, name=name, precision=precision, threads=threads)
+    engine.version = entry.get("version", path.stem)
+    return engine
+
+
+def versions(artifacts: Path = ARTIFACTS) -> dict[str, str]:
+    return {name: e.get("version", "?") for name, e in manifest(artifacts).items() if isinstance(e, dict) and "file" in e}

@@ -1,0 +1,27 @@
+"""Shared fixtures. The real fundus data lives beside the checkout in ../shared/data (CI has it there
+too); GLAUCOSCREEN_SHARED_DATA points elsewhere."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("GLAUCOSCREEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not (d / "refuge-val" / "labels.csv").exists():
+        pytest.fail(f"the real fundus data is missing: expected {d} (set GLAUCOSCREEN_SHARED_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def refuge_photo(shared_data) -> Path:
+    return shared_data / "refuge-val" / "images" / "V0001.jpg"
