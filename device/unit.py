@@ -1,0 +1,162 @@
+"""The assembled unit: camera, lights, optic module, capture loop, screening pipeline and visit log,
+built either from the board's real hardware or from simulators, and served to the kiosk.
+
+This is the only place that knows which of the two it is; everything downstream sees the same
+objects.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+import zlib
+from contextlib import ExitStack
+
+from device.capture import CaptureLoop, CapturedPhoto
+from device.config import Config
+from device.pipeline import ScreeningPipeline
+from device.quality import QualityGate
+from device.recording import record_eye
+from device.visitlog import VisitLog
+
+log = logging.getLogger(__name__)
+
+
+class Unit:
+    def __init__(self, config: Config, *, camera, illumination, optic_module, pipeline: ScreeningPipeline,
+                 visits: VisitLog, resources: ExitStack, simulated: bool):
+        self.config = config
+        self.camera = camera
+        self.illumination = illumination
+        self.optic_module = optic_module
+        self.pipeline = pipeline
+        self.visits = visits
+        self.simulated = simulated
+        self._resources = resources
+        self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
+        self.capture = CaptureLoop(camera, QualityGate(), config.capture, illumination=illumination, optic_module=optic_module)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def simulated_unit(cls, config: Config) -> "Unit":
+        """Simulated optic module on a real pseudo-terminal, gpiozero mock pins, simulated camera."""
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        from hardware import boards
+        from hardware.illumination import Illumination
+        from hardware.optic_module import OpticModule
+        from hardware.optic_module_sim import OpticModuleSimulator
+        from hardware.simulated_camera import SimulatedCamera
+
+        stack = ExitStack()
+        try:
+            sim = stack.enter_context(OpticModuleSimulator())
+            module = OpticModule(sim.port)
+            stack.callback(module.close)
+            lights = Illumination(boards.PROFILES["workstation"], pin_factory=MockFactory(pin_class=MockPWMPin),
+                                  max_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s)
+            stack.callback(lights.off)
+            camera = SimulatedCamera(illumination=lights, optic_module=sim, seed=0)
+            pipeline = ScreeningPipeline.from_artifacts()
+            visits = VisitLog(config.data_dir)
+            stack.callback(visits.close)
+        except BaseException:
+            stack.close()
+            raise
+        unit = cls(config, camera=camera, illumination=lights, optic_module=module, pipeline=pipeline,
+                   visits=visits, resources=stack, simulated=True)
+        unit._simulator = sim
+        return unit
+
+    @classmethod
+    def hardware_unit(cls, config: Config) -> "Unit":
+        from hardware import boards
+        from hardware.camera import open_camera
+        from hardware.illumination import Illumination
+        from hardware.optic_module import OpticModule
+
+        profile = boards.PROFILES[config.board] if config.board != "auto" else boards.detect_board()
+        stack = ExitStack()
+        try:
+            lights = Illumination(profile, max_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s)
+            stack.callback(lights.off)
+            module = OpticModule(profile.serial_port) if profile.serial_port else None
+            if module is not None:
+                stack.callback(module.close)
+            camera = open_camera(profile)
+            pipeline = ScreeningPipeline.from_artifacts()
+            visits = VisitLog(config.data_dir)
+            stack.callback(visits.close)
+        except BaseException:
+            stack.close()
+            raise
+        return cls(config, camera=camera, illumination=lights, optic_module=module, pipeline=pipeline,
+                   visits=visits, resources=stack, simulated=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Unit":
+        return cls.simulated_unit(config) if config.simulate else cls.hardware_unit(config)
+
+    # -- what the kiosk uses --------------------------------------------------------------------
+    def begin_capture(self, visit_uuid: str, eye: str) -> None:
+        """Arm the capture loop for one eye; in simulation, put that patient's eye in front of the camera."""
+        if self.simulated and hasattr(self.camera, "present_eye"):
+            visit = self.visits.get_visit(visit_uuid)
+            ident = (visit.get("patient") or {}).get("identifier", visit_uuid) if isinstance(visit.get("patient"), dict) else visit_uuid
+            self.camera.present_eye(seed=zlib.crc32(f"{ident}:{eye}".encode()), laterality=eye)
+        self.capture.begin(eye)
+
+    def screen_and_record(self, visit_uuid: str, eye: str, photo: CapturedPhoto) -> dict:
+        with self._screen_lock:
+            result = self.pipeline.screen(photo.rgb)
+        ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
+        return result.to_dict() | ids | {"capture_trace": photo.trace}
+
+    def status(self) -> dict:
+        cap = self.capture.state()
+        out = {
+            "simulated": self.simulated,
+            "camera": {"ok": cap["running"] and not cap["error"], "error": cap["error"],
+                       **(self.camera.info() if hasattr(self.camera, "info") else {})},
+            "illumination": self.illumination.state() if self.illumination is not None else {"ok": False},
+            "models": {"ok": True, **self.pipeline.model_versions},
+            "disk_free_bytes": shutil.disk_usage(self.config.data_dir).free,
+            "outbox": self.visits.outbox_counts(),
+        }
+        try:
+            out["optic_module"] = {"ok": True, **self.optic_module.identify()} if self.optic_module else {"ok": False, "error": "none configured"}
+        except Exception as exc:  # noqa: BLE001 - reported to the kiosk's device page
+            out["optic_module"] = {"ok": False, "error": str(exc)}
+        return out
+
+    def start(self) -> None:
+        self.visits.recover()
+        self.capture.start()
+
+    def close(self) -> None:
+        self.capture.stop()
+        self._resources.close()
+
+
+def serve(config: Config) -> int:
+    """Run the unit until SIGTERM/SIGINT: capture loop in a thread, kiosk served by waitress."""
+    import waitress
+
+    from device.kiosk import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    unit = Unit.from_config(config)
+    unit.start()
+    app = create_app(unit)
+    server = waitress.create_server(app, host=config.kiosk.host, port=config.kiosk.port, threads=config.kiosk.threads)
+    signal.signal(signal.SIGTERM, lambda *_: server.close())
+    mode = "simulation" if config.simulate else "hardware"
+    print(f"GlaucoScreen kiosk ({mode}) on http://{config.kiosk.host}:{server.effective_port}/  data: {config.data_dir}", flush=True)
+    try:
+        server.run()
+    except (KeyboardInterrupt, OSError):
+        pass
+    finally:
+        unit.close()
+    return 0
