@@ -13,6 +13,7 @@ import threading
 import zlib
 from contextlib import ExitStack
 
+from device import sdnotify
 from device.capture import CaptureLoop, CapturedPhoto
 from device.config import Config
 from device.pipeline import ScreeningPipeline
@@ -153,10 +154,15 @@ def serve(config: Config) -> int:
     signal.signal(signal.SIGTERM, lambda *_: server.close())
     mode = "simulation" if config.simulate else "hardware"
     print(f"GlaucoScreen kiosk ({mode}) on http://{config.kiosk.host}:{server.effective_port}/  data: {config.data_dir}", flush=True)
+    stop = threading.Event()
+    sdnotify.start_watchdog(lambda: not unit.capture.state()["error"], stop)
+    sdnotify.notify("READY=1")
     try:
         server.run()
     except (KeyboardInterrupt, OSError):
         pass
     finally:
+        stop.set()
+        sdnotify.notify("STOPPING=1")
         unit.close()
     return 0
