@@ -49,6 +49,7 @@ apt_install() {
 }
 
 detect_board() {
+  if [ -n "${GLAUCOSCREEN_BOARD:-}" ]; then echo "$GLAUCOSCREEN_BOARD"; return; fi
   local model=""
   [ -r /proc/device-tree/model ] && model="$(tr -d '\0' </proc/device-tree/model)"
   case "$model" in
@@ -107,13 +108,16 @@ unit_install() {
     as_root install -m 0644 "$unit" "$SYSTEMD_DIR/$(basename "$unit")"
   done
   as_root systemctl daemon-reload
-  as_root systemctl enable --now glaucoscreen-kiosk.service glaucoscreen-sync.timer
+  as_root systemctl enable --now glaucoscreen-kiosk.service
+  for timer in "$here"/systemd/*.timer; do
+    [ -e "$timer" ] && as_root systemctl enable --now "$(basename "$timer")"
+  done
   as_root systemctl enable glaucoscreen-browser.service
   if [ "$board" = jetson ]; then
-    as_root -u "$SERVICE_USER" "$PREFIX/venv/bin/glaucoscreen" build-engines --data-dir "$DATA_DIR" || \
-      echo "install.sh: TensorRT engines not built yet; the unit falls back to ONNX Runtime" >&2
+    as_root runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/glaucoscreen" build-engines || \
+      echo "install.sh: TensorRT engines not built yet; the unit runs on ONNX Runtime until they are" >&2
   fi
-  echo "Done. Create the first admin: sudo -u $SERVICE_USER $PREFIX/venv/bin/glaucoscreen user add --admin NAME --data-dir $DATA_DIR"
+  echo "Done. Create the first admin: sudo runuser -u $SERVICE_USER -- $PREFIX/venv/bin/glaucoscreen user add NAME --admin"
 }
 
 if [ "$mode" = dev ]; then dev_install; else unit_install; fi
