@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from models import registry
+from models.runtime import Engine, EngineError, OnnxEngine
+
+
+def tiny_model(path):
+    """A real ONNX graph: y = sigmoid(2x)."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["image", "two"], ["t"]), helper.make_node("Sigmoid", ["t"], ["y"])],
+                              "tiny", [x], [y], [two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.fixture()
+def artifacts(tmp_path):
+    tiny_model(tmp_path / "tiny.onnx")
+    manifest = {"tiny": {"file": "tiny.onnx", "sha256": registry.sha256_file(tmp_path / "tiny.onnx"), "version": "tiny-1"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_engine_runs_by_name_and_reports_its_backend(artifacts):
+    engine = registry.load_engine("tiny", artifacts=artifacts, threads=1)
+    assert isinstance(engine, Engine)
+    assert engine.backend == "onnxruntime" and engine.version == "tiny-1"
+    out = engine.run({"image": np.array([[0.0, 1.0, -1.0]], np.float32)})
+    np.testing.assert_allclose(out["y"], 1 / (1 + np.exp(-2 * np.array([[0.0, 1.0, -1.0]]))), rtol=1e-6)
+    assert registry.versions(artifacts) == {"tiny": "tiny-1"}
+
+
+def test_damaged_or_missing_model_is_refused_with_a_reason(artifacts):
+    with open(artifacts / "tiny.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EngineError, match="damaged"):
+        registry.load_engine("tiny", artifacts=artifacts)
+    with pytest.raises(EngineError, match="not in the manifest"):
+        registry.load_engine("glaucoma", artifacts=artifacts)
+    with pytest.raises(EngineError, match="no int8 build"):
+        registry.model_file("tiny", "int8", artifacts=artifacts)
+    (artifacts / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(EngineError, match="could not be loaded"):
+        OnnxEngine(artifacts / "junk.onnx")
+
+
+def test_engine_names_missing_inputs(artifacts):
+    engine = registry.load_engine("tiny", artifacts=artifacts)
+    with pytest.raises(EngineError, match="image"):
+        engine.run({"x": np.zeros((1, 3), np.float32)})
