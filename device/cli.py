@@ -99,6 +99,15 @@ def cmd_run(args) -> int:
     return unit.serve(cfg)
 
 
+def cmd_bench(args) -> int:
+    from device import bench
+
+    report = bench.run(runs=args.runs, photo=args.photo, threads=args.threads, json_out=args.json_out,
+                       reference=not args.no_reference)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
@@ -131,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--simulate", action="store_true")
     d.add_argument("--data-dir", type=Path)
     d.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
+    b.add_argument("--runs", type=int, default=30)
+    b.add_argument("--photo", default="synthetic", help="a photo file, or 'synthetic' for a 2048x1536 synthetic photo")
+    b.add_argument("--threads", type=int)
+    b.add_argument("--no-reference", action="store_true", help="skip the reference U-Net (needs torch)")
+    b.add_argument("--json-out", type=Path)
+    b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("run", help="start the unit: capture loop and kiosk")
     r.add_argument("--simulate", action="store_true", help="simulated optic module, camera and GPIO")
