@@ -108,6 +108,36 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_capture(args) -> int:
+    """One capture on the optic module; writes the photo and a report of how the loop got there."""
+    from device.capture import CaptureLoop
+    from device.quality import QualityGate
+    from device.rig import open_rig
+    from models.images import encode_jpeg
+
+    cfg = Config.load(args.config, simulate=args.simulate or None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    options = {"seed": args.seed, "laterality": args.eye} if cfg.simulate else {}
+    with open_rig(cfg, **options) as rig:
+        loop = CaptureLoop(rig.camera, QualityGate(), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
+        loop.start()
+        try:
+            loop.begin(args.eye)
+            photo = loop.wait_photo(args.timeout)
+            state = loop.state()
+            trace = photo.trace if photo else dict(loop._trace, rejected=dict(loop._trace.get("rejected", {})))
+        finally:
+            loop.stop()
+    report = {"eye": args.eye, "captured": photo is not None, "error": state["error"], **trace}
+    if photo is not None:
+        name = f"{args.eye}.jpg"
+        (args.out / name).write_bytes(encode_jpeg(photo.rgb, quality=95))
+        report.update(photo=name, width=photo.rgb.shape[1], height=photo.rgb.shape[0], quality=photo.quality.to_dict())
+    (args.out / "capture.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: report[k] for k in ("eye", "captured", "error", "frames", "rejected", "seconds_to_capture") if k in report}))
+    return 0 if photo is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
@@ -140,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--simulate", action="store_true")
     d.add_argument("--data-dir", type=Path)
     d.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("capture", help="run one capture on the optic module and write the photo and a report")
+    c.add_argument("--simulate", action="store_true")
+    c.add_argument("--eye", choices=["right", "left"], required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--timeout", type=float, default=30.0)
+    c.add_argument("--seed", type=int, default=0, help="simulated eye and start pose")
+    c.set_defaults(func=cmd_capture)
 
     b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
     b.add_argument("--runs", type=int, default=30)

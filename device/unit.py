@@ -11,7 +11,6 @@ import shutil
 import signal
 import threading
 import zlib
-from contextlib import ExitStack
 
 from device import sdnotify
 from device.capture import CaptureLoop, CapturedPhoto
@@ -19,85 +18,38 @@ from device.config import Config
 from device.pipeline import ScreeningPipeline
 from device.quality import QualityGate
 from device.recording import record_eye
+from device.rig import Rig, open_rig
 from device.visitlog import VisitLog
 
 log = logging.getLogger(__name__)
 
 
 class Unit:
-    def __init__(self, config: Config, *, camera, illumination, optic_module, pipeline: ScreeningPipeline,
-                 visits: VisitLog, resources: ExitStack, simulated: bool):
+    def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline, visits: VisitLog):
         self.config = config
-        self.camera = camera
-        self.illumination = illumination
-        self.optic_module = optic_module
+        self.rig = rig
+        self.camera = rig.camera
+        self.illumination = rig.illumination
+        self.optic_module = rig.optic_module
+        self.simulated = rig.simulated
         self.pipeline = pipeline
         self.visits = visits
-        self.simulated = simulated
-        self._resources = resources
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
-        self.capture = CaptureLoop(camera, QualityGate(), config.capture, illumination=illumination, optic_module=optic_module)
+        self.capture = CaptureLoop(rig.camera, QualityGate(), config.capture, illumination=rig.illumination,
+                                   optic_module=rig.optic_module)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def simulated_unit(cls, config: Config) -> "Unit":
-        """Simulated optic module on a real pseudo-terminal, gpiozero mock pins, simulated camera."""
-        from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-        from hardware import boards
-        from hardware.illumination import Illumination
-        from hardware.optic_module import OpticModule
-        from hardware.optic_module_sim import OpticModuleSimulator
-        from hardware.simulated_camera import SimulatedCamera
-
-        stack = ExitStack()
-        try:
-            sim = stack.enter_context(OpticModuleSimulator())
-            module = OpticModule(sim.port)
-            stack.callback(module.close)
-            lights = Illumination(boards.PROFILES["workstation"], pin_factory=MockFactory(pin_class=MockPWMPin),
-                                  max_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s)
-            stack.callback(lights.off)
-            camera = SimulatedCamera(illumination=lights, optic_module=sim, seed=0)
-            pipeline = ScreeningPipeline.from_artifacts()
-            visits = VisitLog(config.data_dir)
-            stack.callback(visits.close)
-        except BaseException:
-            stack.close()
-            raise
-        unit = cls(config, camera=camera, illumination=lights, optic_module=module, pipeline=pipeline,
-                   visits=visits, resources=stack, simulated=True)
-        unit._simulator = sim
-        return unit
-
-    @classmethod
-    def hardware_unit(cls, config: Config) -> "Unit":
-        from hardware import boards
-        from hardware.camera import open_camera
-        from hardware.illumination import Illumination
-        from hardware.optic_module import OpticModule
-
-        profile = boards.PROFILES[config.board] if config.board != "auto" else boards.detect_board()
-        stack = ExitStack()
-        try:
-            lights = Illumination(profile, max_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s)
-            stack.callback(lights.off)
-            module = OpticModule(profile.serial_port) if profile.serial_port else None
-            if module is not None:
-                stack.callback(module.close)
-            camera = open_camera(profile)
-            pipeline = ScreeningPipeline.from_artifacts()
-            visits = VisitLog(config.data_dir)
-            stack.callback(visits.close)
-        except BaseException:
-            stack.close()
-            raise
-        return cls(config, camera=camera, illumination=lights, optic_module=module, pipeline=pipeline,
-                   visits=visits, resources=stack, simulated=False)
-
-    @classmethod
     def from_config(cls, config: Config) -> "Unit":
-        return cls.simulated_unit(config) if config.simulate else cls.hardware_unit(config)
+        """The unit on the board's hardware, or in simulation when `config.simulate` is set."""
+        rig = open_rig(config)
+        try:
+            pipeline = ScreeningPipeline.from_artifacts()
+            visits = VisitLog(config.data_dir)
+        except BaseException:
+            rig.close()
+            raise
+        return cls(config, rig=rig, pipeline=pipeline, visits=visits)
 
     # -- what the kiosk uses --------------------------------------------------------------------
     def begin_capture(self, visit_uuid: str, eye: str) -> None:
@@ -137,7 +89,8 @@ class Unit:
 
     def close(self) -> None:
         self.capture.stop()
-        self._resources.close()
+        self.visits.close()
+        self.rig.close()
 
 
 def serve(config: Config) -> int:
