@@ -186,6 +186,14 @@ class CaptureLoop:
             s["reasons"] = list(s["reasons"])
             return s
 
+    def trace(self) -> dict:
+        """What the loop has done since `begin`: frames, rejections by reason, light and focus traces."""
+        with self._lock:
+            t = dict(self._trace)
+            if "rejected" in t:
+                t["rejected"] = dict(t["rejected"])
+            return t
+
     def take_photo(self) -> CapturedPhoto | None:
         with self._lock:
             photo, self._captured = self._captured, None

@@ -125,7 +125,7 @@ def cmd_capture(args) -> int:
             loop.begin(args.eye)
             photo = loop.wait_photo(args.timeout)
             state = loop.state()
-            trace = photo.trace if photo else dict(loop._trace, rejected=dict(loop._trace.get("rejected", {})))
+            trace = photo.trace if photo else loop.trace()
         finally:
             loop.stop()
     report = {"eye": args.eye, "captured": photo is not None, "error": state["error"], **trace}
