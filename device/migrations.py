@@ -1,0 +1,130 @@
+"""The visit log's schema, as numbered migrations that run when the database is opened.
+
+Each migration is a function that takes the database to the next version; PRAGMA user_version says
+which ones have run. A unit in a clinic may skip several software updates, so every migration ever
+shipped stays here, in order, and is never edited once shipped: a change is a new function.
+The DDL is written out in SQL rather than through sqlite-utils' table helpers so that what a version
+means is frozen in the file (CHECK constraints, composite keys) and cannot drift with a library.
+
+All pending migrations run in one IMMEDIATE transaction together with the new user_version: a power
+cut mid-upgrade leaves the previous version intact, and two processes opening the log at once
+(kiosk and sync service) cannot both run the same migration.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def m001_visit_log(db: sqlite_utils.Database) -> None:
+    """Patients, visits, captures (retakes add rows), results, skipped eyes, the outbox and its attempt log."""
+    for sql in (
+        """CREATE TABLE patients (
+            id INTEGER PRIMARY KEY,
+            identifier TEXT NOT NULL UNIQUE COLLATE NOCASE CHECK (length(trim(identifier)) > 0),
+            name TEXT,
+            year_of_birth INTEGER,
+            sex TEXT CHECK (sex IN ('F', 'M', 'O')),
+            consent INTEGER NOT NULL DEFAULT 0 CHECK (consent IN (0, 1)),
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE visits (
+            uuid TEXT PRIMARY KEY,
+            patient_id INTEGER NOT NULL REFERENCES patients(id),
+            operator TEXT,
+            device_id TEXT,
+            status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'finished', 'interrupted')),
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )""",
+        "CREATE INDEX visits_by_patient ON visits(patient_id, started_at)",
+        "CREATE INDEX visits_by_start ON visits(started_at)",
+        """CREATE TABLE captures (
+            id INTEGER PRIMARY KEY,
+            visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+            eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+            photo_sha256 TEXT NOT NULL,
+            quality TEXT NOT NULL,
+            source TEXT NOT NULL,
+            captured_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX captures_by_eye ON captures(visit_uuid, eye, id)",
+        """CREATE TABLE results (
+            id INTEGER PRIMARY KEY,
+            capture_id INTEGER NOT NULL UNIQUE REFERENCES captures(id),
+            gradable INTEGER NOT NULL CHECK (gradable IN (0, 1)),
+            vcdr REAL,
+            glaucoma_probability REAL,
+            referral TEXT NOT NULL,
+            overlay_sha256 TEXT,
+            result_json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE skipped_eyes (
+            visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+            eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+            reason TEXT NOT NULL CHECK (length(trim(reason)) > 0),
+            skipped_at TEXT NOT NULL,
+            PRIMARY KEY (visit_uuid, eye)
+        )""",
+        # AUTOINCREMENT: an outbox id is never reused, so "creation order" stays true forever.
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+            eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+            kind TEXT NOT NULL,
+            capture_id INTEGER NOT NULL REFERENCES captures(id),
+            result_id INTEGER NOT NULL REFERENCES results(id),
+            created_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            next_attempt_at TEXT,
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'quarantined')),
+            sent_at TEXT,
+            UNIQUE (visit_uuid, eye, kind)
+        )""",
+        "CREATE INDEX outbox_by_status ON outbox(status, id)",
+        """CREATE TABLE outbox_attempts (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+            at TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('sent', 'failed', 'quarantined')),
+            error TEXT,
+            response TEXT
+        )""",
+        "CREATE INDEX outbox_attempts_by_item ON outbox_attempts(outbox_id, id)",
+    ):
+        db.execute(sql)
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_visit_log,)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database up to date; return the version it is at. A no-op when already current."""
+    target = len(migrations)
+    if schema_version(db) == target:
+        return target
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(db)  # again, under the write lock: another process may have migrated
+        if current > target:
+            raise RuntimeError(
+                f"the visit log {db.conn.execute('PRAGMA database_list').fetchone()[2] or '(memory)'} has schema "
+                f"version {current}, newer than this software knows ({target}): update the software, "
+                "do not open it with an older one")
+        for migration in migrations[current:]:
+            migration(db)
+        db.execute(f"PRAGMA user_version = {target:d}")
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
+    return target
