@@ -1,0 +1,122 @@
+"""Board profiles: where the optic module's parts are wired on each board the unit runs on.
+
+One profile per board keeps the wiring in a single table that the installer, `glaucoscreen doctor`
+and the hardware classes all read, so a wiring change is one edit and the board is told apart at
+start-up from the kernel's own description of the hardware, not from a setting someone can forget.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+
+
+@dataclass(frozen=True)
+class PinMap:
+    """Header pins of the optic module's lights, buzzer and capture button.
+
+    `numbering` says how to read the numbers: "BCM" (Broadcom GPIO numbers, what gpiozero expects
+    on a Raspberry Pi) or "BOARD" (physical 40-pin header positions, what Jetson.GPIO uses).
+    """
+
+    numbering: str
+    white_ring: int       # white LED ring, dimmed by PWM: must be a PWM-capable pin
+    infrared: int         # infrared LED used while aligning (the pupil does not constrict)
+    status: int           # status LED on the module's front
+    buzzer: int           # active buzzer: short beep when a photo is taken
+    capture_button: int   # push button to ground (internal pull-up)
+
+
+@dataclass(frozen=True)
+class BoardProfile:
+    name: str
+    description: str
+    pins: PinMap
+    camera_backend: str           # "picamera2" | "gstreamer" | "opencv"
+    serial_port: str | None       # the optic module controller's UART; None where there is none
+    pin_factory: str | None       # gpiozero pin factory name; None where gpiozero has none
+    note: str = ""                # what a person setting the board up must know
+
+    def __post_init__(self) -> None:
+        if self.camera_backend not in CAMERA_BACKENDS:
+            raise ValueError(f"board {self.name!r}: unknown camera backend {self.camera_backend!r}")
+
+
+CAMERA_BACKENDS = ("picamera2", "gstreamer", "opencv")
+
+# Raspberry Pi 5: BCM numbers. GPIO14/15 stay free for the UART (/dev/ttyAMA0 on the header);
+# GPIO18 is a hardware-PWM-capable pin for the LED ring.
+_PI_PINS = PinMap(numbering="BCM", white_ring=18, infrared=23, status=24, buzzer=25, capture_button=17)
+
+PI5 = BoardProfile(
+    name="pi5",
+    description="Raspberry Pi 5 with a CSI camera (libcamera)",
+    pins=_PI_PINS,
+    camera_backend="picamera2",
+    serial_port="/dev/ttyAMA0",
+    pin_factory="lgpio",
+    note="enable the header UART with dtparam=uart0=on in config.txt; picamera2 comes from Raspberry Pi OS's apt packages",
+)
+
+# Jetson Orin Nano developer kit: physical header positions (Jetson.GPIO BOARD mode). Pin 33 is
+# GPIO13 / PWM5 (32c0000.pwm), enabled as PWM with jetson-io; pins 8/10 carry the UART.
+JETSON_ORIN_NANO = BoardProfile(
+    name="jetson-orin-nano",
+    description="NVIDIA Jetson Orin Nano developer kit with a CSI camera (Argus)",
+    pins=PinMap(numbering="BOARD", white_ring=33, infrared=29, status=31, buzzer=32, capture_button=7),
+    camera_backend="gstreamer",
+    serial_port="/dev/ttyTHS1",
+    pin_factory=None,
+    note=("gpiozero ships no Jetson pin factory (its factories identify a Raspberry Pi board), so the "
+          "lights need a pin factory passed in; NVIDIA's Jetson.GPIO drives these BOARD pins, and pin 33 "
+          "must be set to PWM with /opt/nvidia/jetson-io/jetson-io.py"),
+)
+
+# A developer's workstation: no GPIO, a USB (UVC) camera if any. The pin numbers mirror the Pi's
+# so a simulated unit can be reasoned about with the Pi's wiring diagram.
+WORKSTATION = BoardProfile(
+    name="workstation",
+    description="Workstation (no GPIO; USB camera or simulators)",
+    pins=_PI_PINS,
+    camera_backend="opencv",
+    serial_port=None,
+    pin_factory="mock",
+    note="lights are gpiozero mock pins; use the simulated optic module for the serial controller",
+)
+
+PROFILES: dict[str, BoardProfile] = {p.name: p for p in (PI5, JETSON_ORIN_NANO, WORKSTATION)}
+
+# Substrings of /proc/device-tree/model, checked in order.
+_MODEL_MATCHES = (
+    ("Raspberry Pi 5", PI5),
+    ("Jetson Orin Nano", JETSON_ORIN_NANO),
+)
+
+
+def profile(name: str) -> BoardProfile:
+    """The profile called `name`, or a message listing the ones that exist."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown board {name!r}; known boards: {', '.join(PROFILES)}") from None
+
+
+def detect_board(model_path: str | Path = DEVICE_TREE_MODEL) -> BoardProfile:
+    """The profile of the board we run on, from the device tree's model string.
+
+    Anything not recognised (a PC has no device tree; other boards are not wired for the module)
+    is treated as a workstation, and said so in the log.
+    """
+    try:
+        model = Path(model_path).read_bytes().rstrip(b"\x00").decode("utf-8", "replace").strip()
+    except OSError:
+        return WORKSTATION
+    for fragment, found in _MODEL_MATCHES:
+        if fragment in model:
+            return found
+    log.warning("board %r is not one the optic module is wired for; treating it as a workstation", model)
+    return WORKSTATION

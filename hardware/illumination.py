@@ -1,0 +1,220 @@
+"""The optic module's lights, buzzer and capture button over GPIO (gpiozero).
+
+Light safety lives here, next to the pins, rather than in the capture loop: the white ring is never
+driven above `max_level`, a flash never lasts longer than `max_flash_s`, and leaving the `with`
+block (normally or through an exception) turns every light off. Whatever code above gets wrong, the
+patient's retina does not get more light than the unit's configuration allows.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import threading
+from dataclasses import dataclass
+
+from gpiozero import LED, PWMLED, Button, Buzzer
+from gpiozero.pins import Factory
+
+from hardware.boards import BoardProfile
+
+log = logging.getLogger(__name__)
+
+# PWM rate of the white ring. At 1 kHz a 20 ms exposure integrates 20 PWM periods, so a rolling
+# shutter shows no banding, and lgpio's software PWM still keeps up on a Pi.
+RING_PWM_HZ = 1000
+
+
+class IlluminationError(RuntimeError):
+    """The lights cannot be set up; the message says what to fix."""
+
+
+def make_pin_factory(profile: BoardProfile) -> Factory:
+    """The gpiozero pin factory the board's profile names (mock pins with PWM for simulation)."""
+    name = profile.pin_factory
+    if name is None:
+        raise IlluminationError(f"gpiozero has no pin factory for the {profile.description}; {profile.note}")
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        return MockFactory(pin_class=MockPWMPin)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="gpiozero_pin_factories"):
+        if ep.name == name:
+            try:
+                return ep.load()()
+            except Exception as exc:  # noqa: BLE001 - a missing driver or no GPIO access
+                raise IlluminationError(
+                    f"the {name} GPIO driver did not start ({type(exc).__name__}: {exc}); is the "
+                    f"{name} package installed and is this user in the gpio group?") from exc
+    raise IlluminationError(f"gpiozero does not know the pin factory {name!r} named by board {profile.name!r}")
+
+
+@dataclass(frozen=True)
+class FlashReport:
+    """What a flash actually did, so a caller that asked for too much light can see it was cut."""
+
+    level: float
+    duration_s: float
+    requested_level: float
+    requested_s: float
+
+    @property
+    def cut(self) -> bool:
+        return self.duration_s < self.requested_s or self.level < self.requested_level
+
+
+class Flash:
+    """A running flash: ends by itself after its duration, or earlier when its `with` block ends."""
+
+    def __init__(self, illumination: "Illumination", report: FlashReport):
+        self._illumination = illumination
+        self.report = report
+
+    def end(self) -> None:
+        self._illumination._end_flash(self)
+
+    def __enter__(self) -> "Flash":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+
+class Illumination:
+    """White LED ring (PWM), infrared alignment LED, status LED, buzzer and capture button."""
+
+    def __init__(self, profile: BoardProfile, pin_factory: Factory | None = None,
+                 max_level: float = 0.8, max_flash_s: float = 0.5):
+        if not 0.0 < max_level <= 1.0:
+            raise ValueError(f"max_level must be in (0, 1], got {max_level}")
+        if not max_flash_s > 0.0:
+            raise ValueError(f"max_flash_s must be positive, got {max_flash_s}")
+        self.profile = profile
+        self.max_level = float(max_level)
+        self.max_flash_s = float(max_flash_s)
+        factory = pin_factory if pin_factory is not None else make_pin_factory(profile)
+        pins = profile.pins
+        self._lock = threading.RLock()
+        self._flash: Flash | None = None
+        self._flash_timer: threading.Timer | None = None
+        self._level_before_flash = 0.0
+        opened = []
+        try:
+            self.white = _open(opened, PWMLED, pins.white_ring, factory, frequency=RING_PWM_HZ)
+            self.infrared = _open(opened, LED, pins.infrared, factory)
+            self.status = _open(opened, LED, pins.status, factory)
+            self.buzzer = _open(opened, Buzzer, pins.buzzer, factory)
+            self.button = _open(opened, Button, pins.capture_button, factory, pull_up=True)
+        except BaseException:
+            for device in opened:
+                device.close()
+            raise
+        self._devices = opened
+
+    # -- white light ----------------------------------------------------------------------------
+    def set_white(self, level: float) -> float:
+        """Set the ring's brightness (0..1), clamped to the safe maximum; returns what was applied."""
+        applied = self._clamp(level)
+        with self._lock:
+            self._cancel_flash_timer()
+            self._flash = None
+            self.white.value = applied
+        return applied
+
+    def flash(self, level: float, duration_s: float) -> Flash:
+        """Light the ring at `level` for at most `max_flash_s`, then return to the previous level.
+
+        Returns at once (the camera takes its still while the ring is lit); the flash ends by
+        itself, or when used as a context manager, at the end of the block. A longer or brighter
+        request is cut to the limits and logged; the returned flash's `report` says so.
+        """
+        if not (isinstance(duration_s, numbers.Real) and math.isfinite(duration_s) and duration_s > 0):
+            raise ValueError(f"flash duration must be a positive number of seconds, got {duration_s!r}")
+        applied = self._clamp(level)
+        seconds = min(float(duration_s), self.max_flash_s)
+        report = FlashReport(applied, seconds, float(level), float(duration_s))
+        if report.cut:
+            log.warning("flash cut to the light-safety limits: asked %.2f for %.3f s, gave %.2f for %.3f s",
+                        level, duration_s, applied, seconds)
+        with self._lock:
+            if self._flash is None:
+                self._level_before_flash = self.white.value
+            self._cancel_flash_timer()
+            flash = Flash(self, report)
+            self._flash = flash
+            self.white.value = applied
+            self._flash_timer = threading.Timer(seconds, self._end_flash, args=(flash,))
+            self._flash_timer.daemon = True
+            self._flash_timer.start()
+        return flash
+
+    def _end_flash(self, flash: Flash) -> None:
+        with self._lock:
+            if self._flash is not flash:  # already ended, or superseded by set_white/off/another flash
+                return
+            self._cancel_flash_timer()
+            self._flash = None
+            if not self.white.closed:
+                self.white.value = self._level_before_flash
+
+    def _cancel_flash_timer(self) -> None:
+        if self._flash_timer is not None:
+            self._flash_timer.cancel()
+            self._flash_timer = None
+
+    def _clamp(self, level: float) -> float:
+        if not (isinstance(level, numbers.Real) and math.isfinite(level)):
+            raise ValueError(f"light level must be a number between 0 and 1, got {level!r}")
+        return min(max(float(level), 0.0), self.max_level)
+
+    # -- modes ----------------------------------------------------------------------------------
+    def alignment_mode(self) -> None:
+        """Infrared on, white off: the worker aligns on the IR image while the pupil stays wide."""
+        with self._lock:
+            self._cancel_flash_timer()
+            self._flash = None
+            self.white.off()
+            self.infrared.on()
+
+    def off(self) -> None:
+        with self._lock:
+            self._cancel_flash_timer()
+            self._flash = None
+            for device in (self.white, self.infrared, self.status, self.buzzer):
+                if not device.closed:
+                    device.off()
+
+    def state(self) -> dict:
+        with self._lock:
+            return {
+                "ok": True,
+                "board": self.profile.name,
+                "white": round(float(self.white.value), 4),
+                "flash": self._flash is not None,
+                "infrared": bool(self.infrared.value),
+                "status": bool(self.status.value),
+                "buzzer": bool(self.buzzer.value),
+                "button_pressed": bool(self.button.is_pressed),
+                "max_level": self.max_level,
+                "max_flash_s": self.max_flash_s,
+            }
+
+    def close(self) -> None:
+        """Lights off, then release the pins."""
+        self.off()
+        for device in reversed(self._devices):
+            device.close()
+
+    def __enter__(self) -> "Illumination":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open(opened: list, cls, pin: int, factory: Factory, **kwargs):
+    device = cls(pin, pin_factory=factory, **kwargs)
+    opened.append(device)
+    return device

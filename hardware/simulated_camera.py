@@ -1,0 +1,210 @@
+"""A camera that photographs a synthetic eye the way the optic module would.
+
+What the frames show follows the rest of the (simulated) hardware, so the capture loop's control is
+exercised as on a unit: brightness follows the white LED ring's PWM level times exposure times gain,
+blur follows how far the focus motor stands from the eye's best focus, an infrared-only frame is
+monochrome, and the eye drifts, blinks and is slowly brought into line by the worker.
+
+Speed comes from doing the retina once per eye (`render_reflectance`) and only the optics per frame.
+Simulated time advances one frame period per frame, so a seeded camera shows the same sequence
+whatever the machine's speed.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import cv2
+import numpy as np
+
+from hardware.camera import PREVIEW_SIZE, Camera, CameraError, FramePacer
+from models.synthetic import EyeParams, Scene, apply_optics, random_eye, render_reflectance
+
+REFERENCE_LEVEL = 0.5            # LED level that, at the reference exposure and gain 1, exposes a fundus normally
+REFERENCE_EXPOSURE_US = 20000
+INFRARED_LIGHT = 0.35            # what the IR LED returns, relative to the white ring at the reference
+EXPOSURE_RANGE_US = (100, 200_000)
+GAIN_RANGE = (1.0, 16.0)
+DEFOCUS_PX_PER_STEP = 0.015      # blur radius per focus-motor step from best focus, in a 640-pixel-wide frame
+REFRACTION_STEPS_SD = 60.0       # spread of patients' refraction, in focus-motor steps
+DRIFT_SD = 0.015                 # steady-state wander of a fixating eye, in field radii
+DRIFT_TAU_S = 2.0
+MAX_DRIFT = 0.06
+BLINK_S = 0.3
+DEFAULT_STILL_SIZE = (1152, 1536)  # 1.8 MP: a burst of stills stays around a second on a Pi-class CPU
+
+
+class SimulatedCamera(Camera):
+    """A synthetic eye in front of a simulated optic module.
+
+    `offset` (field radii, x and y) puts the eye off-centre at the start; the worker brings it into
+    line with time constant `alignment_s` (None: never). `light_scale` is how much light this eye
+    returns (small pupils and dark fundi return less: < 1 starts under-lit). Out of focus at the
+    start is the optic module's state (its motor far from `best_focus`); without a module,
+    `defocus_px` is a fixed blur. Without illumination the ring is taken to be at the reference level.
+    """
+
+    def __init__(self, eye_seed: int = 0, laterality: str = "right", size: tuple[int, int] = PREVIEW_SIZE,
+                 still_size: tuple[int, int] = DEFAULT_STILL_SIZE, illumination=None, optic_module=None, seed: int = 0,
+                 *, offset: tuple[float, float] = (0.0, 0.0), alignment_s: float | None = 3.0, light_scale: float = 1.0,
+                 defocus_px: float = 0.0, blinks_per_s: float = 0.15, fps: float | None = 30.0):
+        if light_scale <= 0 or defocus_px < 0 or blinks_per_s < 0:
+            raise ValueError("light_scale must be positive; defocus_px and blinks_per_s not negative")
+        self.size = tuple(size)
+        self.still_size = tuple(still_size)
+        self.illumination = illumination
+        self.optic_module = optic_module
+        self.light_scale = float(light_scale)
+        self.defocus_px = float(defocus_px)
+        self.blinks_per_s = float(blinks_per_s)
+        self.alignment_s = alignment_s
+        self._offset = np.asarray(offset, np.float64)
+        self._dt = 1.0 / fps if fps else 1.0 / 30.0
+        self._pacer = FramePacer(fps)
+        self._rng = np.random.default_rng([int(seed), 0xCA3])
+        self._nominal_focus = optic_module.best_focus if optic_module is not None else None
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[EyeParams, tuple[int, int]], Scene] = {}
+        self._render_locks: dict[tuple[EyeParams, tuple[int, int]], threading.Lock] = {}
+        self._exposure_us = REFERENCE_EXPOSURE_US
+        self._gain = 1.0
+        self._running = False
+        self._connected = True
+        self._frames = 0
+        self._present(random_eye(eye_seed, laterality=laterality))
+
+    # -- the scene ------------------------------------------------------------------------------
+    @property
+    def eye(self) -> EyeParams:
+        return self._eye
+
+    def present_eye(self, seed: int, laterality: str = "right") -> None:
+        """A new eye in front of the module: its own retina, its own refraction, not yet aligned."""
+        eye = random_eye(seed, laterality=laterality)
+        if self.optic_module is not None:
+            refraction = np.random.default_rng([int(seed), 0xF0C]).normal(0.0, REFRACTION_STEPS_SD)
+            self.optic_module.best_focus = int(round(self._nominal_focus + refraction))
+        self._present(eye)
+
+    def _present(self, eye: EyeParams) -> None:
+        with self._lock:
+            self._eye = eye
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == eye}
+            self._t = 0.0
+            self._wander = np.zeros(2)
+            self._blink_at: float | None = None
+
+    def _scene(self, eye: EyeParams, size: tuple[int, int]) -> Scene:
+        key = (eye, size)
+        with self._lock:
+            scene = self._cache.get(key)
+            if scene is not None:
+                return scene
+            render_lock = self._render_locks.setdefault(key, threading.Lock())
+        with render_lock:  # one render per eye and size, even when preview and still ask together
+            with self._lock:
+                scene = self._cache.get(key)
+            if scene is None:
+                scene = render_reflectance(eye, size)
+                with self._lock:
+                    if self._eye == eye:
+                        self._cache[key] = scene
+        with self._lock:
+            self._render_locks.pop(key, None)
+        return scene
+
+    # -- Camera ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._connected:
+            raise CameraError("the simulated camera is disconnected")
+        self._scene(self._eye, self.size)
+        self._running = True
+
+    def read(self) -> np.ndarray:
+        self._check()
+        self._pacer.wait()
+        with self._lock:
+            self._advance()
+            eye, pose = self._eye, self._pose()
+        return self._photograph(self._scene(eye, self.size), pose)
+
+    def capture_still(self) -> np.ndarray:
+        self._check()
+        with self._lock:
+            eye, pose = self._eye, self._pose()
+        return self._photograph(self._scene(eye, self.still_size), pose)
+
+    def set_exposure(self, exposure_us: int, gain: float) -> None:
+        if not (np.isfinite(exposure_us) and exposure_us > 0 and np.isfinite(gain) and gain > 0):
+            raise ValueError(f"exposure and gain must be positive numbers, got {exposure_us!r} and {gain!r}")
+        with self._lock:  # a sensor clamps to what it can do, as libcamera does
+            self._exposure_us = int(np.clip(exposure_us, *EXPOSURE_RANGE_US))
+            self._gain = float(np.clip(gain, *GAIN_RANGE))
+
+    def stop(self) -> None:
+        self._running = False
+
+    def info(self) -> dict:
+        with self._lock:
+            return {"backend": "simulated", "preview_size": list(self.size), "still_size": list(self.still_size),
+                    "exposure_us": self._exposure_us, "gain": self._gain, "eye_seed": self._eye.seed,
+                    "laterality": self._eye.laterality, "frames": self._frames, "connected": self._connected}
+
+    def simulate_disconnect(self) -> None:
+        """The cable comes out: every later read fails as a real camera's would."""
+        self._connected = False
+
+    def _check(self) -> None:
+        if not self._connected:
+            raise CameraError("the camera stopped sending frames (disconnected)")
+        if not self._running:
+            raise CameraError("the camera is not started")
+
+    # -- physics --------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """One frame period of the eye's life: drift (a bounded Ornstein-Uhlenbeck walk) and blinks."""
+        dt = self._dt
+        self._t += dt
+        self._frames += 1
+        kick = self._rng.normal(0.0, DRIFT_SD * math.sqrt(2.0 * dt / DRIFT_TAU_S), 2)
+        self._wander = np.clip(self._wander * (1.0 - dt / DRIFT_TAU_S) + kick, -MAX_DRIFT, MAX_DRIFT)
+        if self._blink_at is not None and self._t - self._blink_at > BLINK_S:
+            self._blink_at = None
+        if self._blink_at is None and self._rng.random() < self.blinks_per_s * dt:
+            self._blink_at = self._t
+
+    def _pose(self) -> dict:
+        """Where the eye is and how it is lit right now (under the lock)."""
+        aligned = 1.0 if self.alignment_s is None else math.exp(-self._t / self.alignment_s)
+        shift = self._offset * aligned + self._wander
+        eyelid = 0.0
+        if self._blink_at is not None:
+            eyelid = math.sin(math.pi * min((self._t - self._blink_at) / BLINK_S, 1.0))
+        white = float(self.illumination.white.value) if self.illumination is not None else REFERENCE_LEVEL
+        infrared = bool(self.illumination.infrared.value) if self.illumination is not None else False
+        sensor = self._exposure_us / REFERENCE_EXPOSURE_US * self._gain * self.light_scale
+        if white > 0 or not infrared:
+            light, mono = white / REFERENCE_LEVEL * sensor, False
+        else:
+            light, mono = INFRARED_LIGHT * sensor, True
+        if self.optic_module is not None:
+            defocus_steps = abs(self.optic_module.focus_position() - self.optic_module.best_focus)
+            defocus = defocus_steps * DEFOCUS_PX_PER_STEP
+        else:
+            defocus = self.defocus_px
+        misaligned = float(np.hypot(*shift))
+        return {"shift": shift, "eyelid": eyelid, "light": light, "mono": mono, "defocus": defocus,
+                "glare": float(np.clip((misaligned - 0.1) * 1.5, 0.0, 0.6)), "noise": 0.006 * math.sqrt(self._gain),
+                "seed": int(self._rng.integers(0, 2**31 - 1))}
+
+    def _photograph(self, scene: Scene, pose: dict) -> np.ndarray:
+        scale = scene.reflectance.shape[1] / 640.0
+        # Whole pixels: a sub-pixel shift interpolates, which blurs the frame by a varying amount
+        # and would make the eye's drift look like focus changing.
+        shift = np.round(pose["shift"] * scene.field_radius)
+        img = apply_optics(scene, light=pose["light"], defocus_px=pose["defocus"] * scale,
+                           shift=(float(shift[0]), float(shift[1])), glare=pose["glare"], eyelid=pose["eyelid"],
+                           noise=pose["noise"], rng=np.random.default_rng(pose["seed"]))
+        if pose["mono"]:
+            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        return img
