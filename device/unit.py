@@ -55,8 +55,7 @@ class Unit:
     def begin_capture(self, visit_uuid: str, eye: str) -> None:
         """Arm the capture loop for one eye; in simulation, put that patient's eye in front of the camera."""
         if self.simulated and hasattr(self.camera, "present_eye"):
-            visit = self.visits.get_visit(visit_uuid)
-            ident = (visit.get("patient") or {}).get("identifier", visit_uuid) if isinstance(visit.get("patient"), dict) else visit_uuid
+            ident = self.visits.get_visit(visit_uuid)["patient"]["identifier"]
             self.camera.present_eye(seed=zlib.crc32(f"{ident}:{eye}".encode()), laterality=eye)
         self.capture.begin(eye)
 
