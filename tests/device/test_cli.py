@@ -1,0 +1,123 @@
+"""The `glaucoscreen` command end to end, on real photos, with the shipped model."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from device.cli import main
+from device.visitlog import VisitLog
+from models import registry
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "device.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    refuge = shared_data / "refuge-val" / "images" / "V0001.jpg"
+    drishti = sorted((shared_data / "drishti-gs1" / "images").glob("*.jpg"))[0]
+    big = cv2.imread(str(refuge))
+    cv2.imwrite(str(d / "refuge-2048.tiff"), cv2.resize(big, (2048, 2048), interpolation=cv2.INTER_CUBIC))
+    data = refuge.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "notes.jpg").write_text("this is not a photo")
+    room = np.full((480, 640, 3), 200, np.uint8)
+    cv2.rectangle(room, (100, 100), (400, 300), (40, 90, 160), -1)
+    cv2.imwrite(str(d / "room.png"), room)
+    return {"refuge": refuge, "drishti": drishti, "big": d / "refuge-2048.tiff", "truncated": d / "truncated.jpg",
+            "notes": d / "notes.jpg", "room": d / "room.png", "missing": d / "missing.jpg"}
+
+
+def test_screen_prints_one_json_object_per_photo_and_goes_on_after_bad_ones(photos, tmp_path):
+    order = ["refuge", "truncated", "drishti", "notes", "room", "missing", "big"]
+    out = run_cli("screen", *[photos[k] for k in order], "--json-out", tmp_path / "all.json")
+    assert out.returncode == 1, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [Path(r["image"]).name for r in rows] == [Path(photos[k]).name for k in order]
+    by = dict(zip(order, rows))
+    assert json.loads((tmp_path / "all.json").read_text()) == rows
+    for bad, words in (("truncated", "truncated"), ("notes", "not a readable image"), ("missing", "not found")):
+        assert by[bad]["ok"] is False and words in by[bad]["error"]
+    assert by["room"]["ok"] is True and by["room"]["gradable"] is False and by["room"]["referral"] == "rescreen"
+    assert by["room"]["quality"]["reasons"], "a non-fundus photo must say why it is not gradable"
+    versions = registry.versions()
+    for good in ("refuge", "drishti", "big"):
+        r = by[good]
+        assert r["ok"] and r["disc"] and r["cup"], r
+        assert r["model_versions"]["segmentation"] == versions["segmentation"]
+        assert 0.1 < r["vcdr"] < 0.95
+        assert 0 <= r["glaucoma_probability"] <= 1 and r["referral"] in ("refer", "normal", "rescreen")
+        assert 0 < r["disc"]["cx"] < r["width"] and 0 < r["disc"]["cy"] < r["height"]
+        assert r["cup"]["vertical_diameter"] < r["disc"]["vertical_diameter"]
+    # the same photo at four times the size: same vCDR, diameters four times larger
+    assert by["big"]["vcdr"] == pytest.approx(by["refuge"]["vcdr"], abs=0.06)
+    assert by["big"]["disc"]["vertical_diameter"] == pytest.approx(4 * by["refuge"]["disc"]["vertical_diameter"], rel=0.12)
+
+
+def test_screen_record_stores_a_finished_visit_like_the_kiosk(photos, tmp_path, capsys):
+    code = main(["screen", str(photos["refuge"]), "--record", "--patient", "P-001", "--eye", "right", "--data-dir", str(tmp_path)])
+    assert code in (0, 1)
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    log = VisitLog(tmp_path)
+    visits = log.visits_for_patient("P-001")
+    assert len(visits) == 1 and visits[0]["uuid"] == row["visit"]
+    visit = log.get_visit(row["visit"])
+    assert visit["status"] == "finished"
+    eye = visit["eyes"]["right"]
+    assert eye["result"]["vcdr"] == pytest.approx(row["vcdr"])
+    assert log.images.get(eye["capture"]["photo_sha256"]) == photos["refuge"].read_bytes()
+    assert log.outbox_counts()["pending"] == 1
+    log.close()
+
+
+def test_screen_record_needs_patient_and_eye(photos, capsys):
+    assert main(["screen", str(photos["refuge"]), "--record"]) == 2
+
+
+def make_dataset(shared_data, dest: Path, n: int = 8) -> Path:
+    src = shared_data / "refuge-val"
+    rows = list(csv.DictReader(open(src / "labels.csv")))
+    pick = [r for r in rows if r["glaucoma"] == "1"][: n // 2] + [r for r in rows if r["glaucoma"] == "0"][: n // 2]
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    for r in pick:
+        shutil.copy(src / "images" / f"{r['id']}.jpg", dest / "images")
+        shutil.copy(src / "masks" / f"{r['id']}.png", dest / "masks")
+    with open(dest / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(pick)
+    return dest
+
+
+def test_evaluate_reports_the_figures_that_judge_a_model(shared_data, tmp_path):
+    data = make_dataset(shared_data, tmp_path / "mini")
+    out = run_cli("evaluate", "--data", data, "--json-out", tmp_path / "eval.json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    for key in ("n", "disc_dice", "cup_dice", "vcdr_mae", "auc", "sensitivity_at_90_specificity", "ungradable_rate"):
+        assert key in summary
+    assert summary["n"] == 8
+    assert summary["disc_dice"] > 0.8 and summary["cup_dice"] > 0.6
+    assert summary["vcdr_mae"] < 0.15
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert len(rows) == 8 and all("disc_dice" in r for r in rows)
+
+
+def test_doctor_reports_models_with_their_hashes(tmp_path):
+    out = run_cli("doctor", "--json", "--simulate", "--data-dir", tmp_path)
+    report = json.loads(out.stdout)
+    seg = report["models"]["segmentation"]
+    assert seg["ok"] and seg["sha256"] == registry.manifest()["segmentation"]["sha256"]
+    assert report["inference"]["onnxruntime"]["ok"]
+    assert "TensorRT" in report["inference"]["tensorrt"].get("why", "") or report["inference"]["tensorrt"]["ok"]
+    assert report["data_dir"]["free_bytes"] > 0
+    assert report["board"]["name"] in ("workstation", "pi5", "jetson-orin-nano")
