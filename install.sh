@@ -107,6 +107,10 @@ unit_install() {
     [ -e "$unit" ] || continue
     as_root install -m 0644 "$unit" "$SYSTEMD_DIR/$(basename "$unit")"
   done
+  if [ -d /etc/NetworkManager/dispatcher.d ] || [ "$dry" = 1 ]; then
+    # sync as soon as a network comes up, not only on the timer
+    as_root install -m 0755 -o root -g root "$here/systemd/90-glaucoscreen-sync" /etc/NetworkManager/dispatcher.d/90-glaucoscreen-sync
+  fi
   as_root systemctl daemon-reload
   as_root systemctl enable --now glaucoscreen-kiosk.service
   for timer in "$here"/systemd/*.timer; do

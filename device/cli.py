@@ -138,6 +138,38 @@ def cmd_capture(args) -> int:
     return 0 if photo is not None else 1
 
 
+def cmd_sync(args) -> int:
+    from device.sync import SyncConfigError, run_sync
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    try:
+        report = run_sync(cfg, once=args.once, target=args.target)
+    except SyncConfigError as exc:
+        print(f"glaucoscreen sync: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import datetime as dt
+
+    from device.export import ExportError, export
+    from device.visitlog import VisitLog
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    day = lambda text: dt.date.fromisoformat(text) if text else None  # noqa: E731
+    with VisitLog(cfg.data_dir) as visits:
+        try:
+            report = export(visits, args.out, visit_uuid=args.visit, since=day(args.since), until=day(args.until),
+                            device_id=cfg.device_id)
+        except (ExportError, ValueError, LookupError) as exc:
+            print(f"glaucoscreen export: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(report, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
@@ -178,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=30.0)
     c.add_argument("--seed", type=int, default=0, help="simulated eye and start pose")
     c.set_defaults(func=cmd_capture)
+
+    y = sub.add_parser("sync", help="send finished visits to the central PACS (DICOMweb STOW-RS)")
+    y.add_argument("--once", action="store_true", help="one pass over the outbox, then exit (the systemd timer's way)")
+    y.add_argument("--target", help="DICOMweb URL for this run instead of [sync] url")
+    y.add_argument("--data-dir", type=Path)
+    y.set_defaults(func=cmd_sync)
+
+    x = sub.add_parser("export", help="write visits as DICOM files + CSV to a folder (a USB stick)")
+    x.add_argument("out", type=Path)
+    x.add_argument("--visit", help="one visit's UUID")
+    x.add_argument("--since", help="first day, YYYY-MM-DD")
+    x.add_argument("--until", help="last day, YYYY-MM-DD")
+    x.add_argument("--data-dir", type=Path)
+    x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
     b.add_argument("--runs", type=int, default=30)

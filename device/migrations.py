@@ -100,7 +100,14 @@ def m001_visit_log(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_visit_log,)
+def m002_result_masks(db: sqlite_utils.Database) -> None:
+    """Each result names its disc and cup masks (a PNG in REFUGE coding, on the photo's own pixel grid, in
+    the image store), so the Segmentation that sync sends is the one the worker saw; results from before
+    this version have none, and their eyes are sent without a Segmentation."""
+    db.execute("ALTER TABLE results ADD COLUMN masks_sha256 TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

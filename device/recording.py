@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from device.pipeline import ScreeningResult
-from device.visitlog import VisitLog
+from device.visitlog import VisitLog, encode_masks
 from models.images import encode_jpeg
 
 
@@ -18,8 +18,12 @@ def photo_bytes(rgb: np.ndarray, original: bytes | None = None) -> bytes:
 
 def record_eye(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,
                *, original: bytes | None = None, source: str = "camera") -> dict:
-    """Photo -> image store, capture row, result row with the disc/cup overlay."""
+    """Photo -> image store, capture row, result row with the disc/cup overlay (JPEG, for the worker) and the
+    disc/cup masks (for the reading centre's Segmentation)."""
     capture_id = visits.add_capture(visit_uuid, eye, photo_bytes(rgb, original), quality=result.quality.to_dict(), source=source)
     overlay = encode_jpeg(result.overlay(rgb), quality=88)
-    result_id = visits.add_result(capture_id, result.to_dict(), overlay_png=overlay)
+    masks = None
+    if result.segmentation is not None:
+        masks = encode_masks(*result.segmentation.masks_on_photo(rgb.shape))
+    result_id = visits.add_result(capture_id, result.to_dict(), overlay=overlay, masks_png=masks)
     return {"capture_id": capture_id, "result_id": result_id}

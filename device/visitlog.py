@@ -29,12 +29,15 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
+import numpy as np
 import sqlite_utils
 
 from device import migrations
 from device.imagestore import DiskFullError, ImageStore
+from models.datasets import decode_mask, encode_mask
 
-__all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND"]
+__all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "encode_masks", "decode_masks"]
 
 EYES = ("right", "left")
 OUTBOX_KIND = "eye_screening"   # one eye's photo, disc/cup segmentation and report, sent as DICOM
@@ -83,6 +86,12 @@ def _to_json(value, what: str) -> str:
         raise ValueError(f"the {what} cannot be stored as JSON: {exc}") from None
 
 
+def _midnight(day: dt.date, tz: dt.tzinfo | None) -> str:
+    """The start of `day` in the clinic's time zone (the unit's local zone unless `tz` is given), as stored."""
+    t = dt.datetime.combine(day, dt.time.min)
+    return _iso(t.replace(tzinfo=tz) if tz is not None else t.astimezone())
+
+
 def _check_eye(eye: str) -> None:
     if eye not in EYES:
         raise ValueError(f"eye must be 'right' or 'left', not {eye!r}")
@@ -98,6 +107,32 @@ def _optional_number(result: dict, key: str, low: float | None = None, high: flo
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"result[{key!r}] = {value} is out of range")
     return value
+
+
+def encode_masks(disc: np.ndarray, cup: np.ndarray) -> bytes:
+    """Disc and cup masks (boolean, the photo's size) as the PNG the log stores: REFUGE's coding (0 cup,
+    128 disc rim, 255 background), which every annotation tool and dataset reader here already speaks."""
+    disc, cup = np.asarray(disc, bool), np.asarray(cup, bool)
+    if disc.ndim != 2 or disc.shape != cup.shape:
+        raise ValueError(f"the disc and cup masks must be two images of the photo's size, not {disc.shape} and {cup.shape}")
+    ok, png = cv2.imencode(".png", encode_mask(disc, cup))
+    if not ok:
+        raise ValueError("the disc and cup masks could not be encoded as PNG")
+    return png.tobytes()
+
+
+def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(disc, cup) from a stored masks PNG; anything that is not a REFUGE-coded mask is refused by name."""
+    if not isinstance(png, (bytes, bytearray)) or bytes(png[:8]) != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("the disc/cup masks must be the bytes of a PNG file")
+    img = cv2.imdecode(np.frombuffer(bytes(png), np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 2 or img.dtype != np.uint8:
+        raise ValueError("the disc/cup masks PNG must be one 8-bit grey channel (REFUGE coding)")
+    stray = sorted(set(np.unique(img).tolist()) - {0, 128, 255})
+    if stray:
+        raise ValueError(f"the disc/cup masks PNG holds values {stray[:5]} besides REFUGE's 0 (cup), 128 (disc rim) "
+                         "and 255 (background)")
+    return decode_mask(img)
 
 
 class VisitLog:
@@ -260,8 +295,11 @@ class VisitLog:
             db.execute("DELETE FROM skipped_eyes WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
         return capture_id
 
-    def add_result(self, capture_id: int, result: dict, *, overlay_png: bytes | None = None) -> int:
-        """Store a capture's screening result: the whole JSON, and the figures the log is queried by as columns."""
+    def add_result(self, capture_id: int, result: dict, *, overlay: bytes | None = None,
+                   masks_png: bytes | None = None) -> int:
+        """Store a capture's screening result: the whole JSON, the figures the log is queried by as columns,
+        the overlay shown to the worker (a JPEG) and the disc/cup masks (`encode_masks`) that sync sends.
+        """
         if not isinstance(result, dict):
             raise ValueError("the result must be the screening result as a dict")
         missing = [k for k in ("gradable", "referral") if k not in result]
@@ -275,8 +313,10 @@ class VisitLog:
                "vcdr": _optional_number(result, "vcdr", 0.0, 1.0),
                "glaucoma_probability": _optional_number(result, "glaucoma_probability", 0.0, 1.0),
                "referral": result["referral"], "result_json": _to_json(result, "screening result")}
-        if overlay_png is not None and (not isinstance(overlay_png, (bytes, bytearray)) or not overlay_png):
+        if overlay is not None and (not isinstance(overlay, (bytes, bytearray)) or not overlay):
             raise ValueError("the overlay must be the bytes of an image file")
+        if masks_png is not None:
+            decode_masks(masks_png)  # refuse what sync could not turn into a Segmentation, while the worker is here
         with self._write() as db:
             capture = self._one("SELECT visit_uuid FROM captures WHERE id = ?", (capture_id,))
             if capture is None:
@@ -284,7 +324,8 @@ class VisitLog:
             self._writable_visit(capture["visit_uuid"])
             if self._one("SELECT id FROM results WHERE capture_id = ?", (capture_id,)):
                 raise ValueError(f"capture {capture_id} already has a result; take another photo to screen again")
-            row["overlay_sha256"] = self.images.put(overlay_png) if overlay_png is not None else None
+            row["overlay_sha256"] = self.images.put(overlay) if overlay is not None else None
+            row["masks_sha256"] = self.images.put(masks_png) if masks_png is not None else None
             row["created_at"] = self._now()
             return db["results"].insert(row).last_pk
 
@@ -354,13 +395,26 @@ class VisitLog:
 
     def visits_on(self, day: dt.date, tz: dt.tzinfo | None = None) -> list[dict]:
         """Visits started on `day` in the clinic's time zone (the unit's local zone unless `tz` is given), in order."""
-        def midnight(d: dt.date) -> str:
-            t = dt.datetime.combine(d, dt.time.min)
-            return _iso(t.replace(tzinfo=tz) if tz is not None else t.astimezone())
         with self._lock:
             rows = self._rows("SELECT uuid FROM visits WHERE started_at >= ? AND started_at < ? ORDER BY started_at, rowid",
-                              (midnight(day), midnight(day + dt.timedelta(days=1))))
+                              (_midnight(day, tz), _midnight(day + dt.timedelta(days=1), tz)))
             return [self.get_visit(r["uuid"]) for r in rows]
+
+    def finished_visits(self, since: dt.date | None = None, until: dt.date | None = None,
+                        tz: dt.tzinfo | None = None) -> list[str]:
+        """UUIDs of the finished visits started from `since` to `until` (both days included, in the clinic's
+        time zone as for `visits_on`; None leaves that end open), in order: what an export picks from."""
+        if since is not None and until is not None and since > until:
+            raise ValueError(f"the first day ({since}) is after the last day ({until})")
+        sql = "SELECT uuid FROM visits WHERE status = 'finished'"
+        params: list[str] = []
+        if since is not None:
+            sql += " AND started_at >= ?"
+            params.append(_midnight(since, tz))
+        if until is not None:
+            sql += " AND started_at < ?"
+            params.append(_midnight(until + dt.timedelta(days=1), tz))
+        return [r["uuid"] for r in self._rows(sql + " ORDER BY started_at, rowid", tuple(params))]
 
     def eye_history(self, identifier: str, eye: str) -> list[dict]:
         """The eye's screened results across finished visits, oldest first: what the vCDR trend and progression read."""
@@ -395,6 +449,30 @@ class VisitLog:
         if row is None:
             raise LookupError(f"no outbox item {item_id}")
         return row
+
+    def outbox_items(self, status: str | None = None) -> list[dict]:
+        """Every outbox item (or those with `status`: pending, sent, quarantined) in creation order: what the
+        kiosk's sync page lists, with each item's last error."""
+        if status is None:
+            return self._rows("SELECT * FROM outbox ORDER BY id")
+        if status not in ("pending", "sent", "quarantined"):
+            raise ValueError(f"an outbox status is pending, sent or quarantined, not {status!r}")
+        return self._rows("SELECT * FROM outbox WHERE status = ? ORDER BY id", (status,))
+
+    def outbox_eye(self, item_id: int) -> dict:
+        """Everything one outbox item stands for, as it was when its visit was finished: the item, the visit,
+        the patient, the capture and its result (the screening JSON under "screening"); what sync encodes."""
+        with self._lock:
+            item = self._outbox_item(item_id)
+            visit = self._visit_row(item["visit_uuid"])
+            patient = self._one("SELECT * FROM patients WHERE id = ?", (visit["patient_id"],))
+            capture = self._one("SELECT * FROM captures WHERE id = ?", (item["capture_id"],))
+            result = self._one("SELECT * FROM results WHERE id = ?", (item["result_id"],))
+        patient["consent"] = bool(patient["consent"])
+        capture["quality"] = json.loads(capture["quality"])
+        result["gradable"] = bool(result["gradable"])
+        result["screening"] = json.loads(result.pop("result_json"))
+        return {"item": item, "visit": visit, "patient": patient, "capture": capture, "result": result}
 
     def outbox_mark_sent(self, item_id: int, response: str | None = None) -> None:
         with self._write() as db:
@@ -460,7 +538,9 @@ class VisitLog:
                 interrupted = db.execute("UPDATE visits SET status = 'interrupted' WHERE status = 'open' AND started_at <= ?",
                                          (cutoff,)).rowcount
             referenced = {r["sha"] for r in self._rows(
-                "SELECT photo_sha256 AS sha FROM captures UNION SELECT overlay_sha256 FROM results WHERE overlay_sha256 IS NOT NULL")}
+                """SELECT photo_sha256 AS sha FROM captures
+                   UNION SELECT overlay_sha256 FROM results WHERE overlay_sha256 IS NOT NULL
+                   UNION SELECT masks_sha256 FROM results WHERE masks_sha256 IS NOT NULL""")}
             removed = self.images.sweep_orphans(referenced)
             missing = sum(not self.images.has(sha) for sha in referenced)
         return {"integrity": "ok", "interrupted": interrupted, "orphans_removed": len(removed), "missing_images": missing}

@@ -25,6 +25,8 @@ def test_pi_install_sees_system_camera_and_installs_units():
     for unit in ("glaucoscreen-kiosk.service", "glaucoscreen-browser.service"):
         assert f"/etc/systemd/system/{unit}" in out
     assert "systemctl enable --now glaucoscreen-kiosk.service" in out
+    assert "systemctl enable --now glaucoscreen-sync.timer" in out
+    assert "/etc/NetworkManager/dispatcher.d/90-glaucoscreen-sync" in out
     assert "build-engines" not in out
 
 

@@ -60,7 +60,7 @@ def log(tmp_path, clock):
 
 def _screen_eye(log: VisitLog, visit: str, eye: str, seed: int, **result) -> tuple[int, int]:
     capture = log.add_capture(visit, eye, _jpeg(seed), quality={"gradable": True, "focus": 0.9})
-    return capture, log.add_result(capture, _result(**result), overlay_png=_png(seed))
+    return capture, log.add_result(capture, _result(**result), overlay=_png(seed))
 
 
 # -- storage settings and schema ----------------------------------------------------------------
@@ -78,12 +78,12 @@ def test_migrates_an_empty_file_and_reopening_is_a_no_op(tmp_path):
     data.mkdir()
     (data / "visits.db").write_bytes(b"")
     with VisitLog(data) as v:
-        assert v.schema_version == len(migrations.MIGRATIONS) == 1
+        assert v.schema_version == len(migrations.MIGRATIONS) >= 2
         assert {"patients", "visits", "captures", "results", "skipped_eyes", "outbox", "outbox_attempts"} <= set(v.db.table_names())
         v.add_patient("P-1")
         schema = v.db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
     with VisitLog(data) as v:
-        assert v.schema_version == 1
+        assert v.schema_version == len(migrations.MIGRATIONS)
         assert v.db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
         assert v.get_patient("P-1") is not None
 
@@ -421,7 +421,7 @@ while True:
         for take in range(rng.choice((1, 2))):
             capture = log.add_capture(visit, eye, unique(photo, f"{visit} {eye} {take}"), quality={"gradable": True})
         log.add_result(capture, {"gradable": True, "vcdr": 0.5, "glaucoma_probability": 0.2, "referral": "normal"},
-                       overlay_png=overlay)
+                       overlay=overlay)
     log.finalize_visit(visit)
 """
 
