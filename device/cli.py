@@ -170,6 +170,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from calibration.quantize import quantize_model
+
+    print(json.dumps(quantize_model(args.model, [Path(d) for d in args.data], args.method), indent=1))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from device import accuracy_gate
+
+    verdict = accuracy_gate.run(args.model, [Path(d) for d in args.data], split=args.split)
+    print(json.dumps(verdict, indent=1))
+    return 0 if verdict["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
@@ -224,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--until", help="last day, YYYY-MM-DD")
     x.add_argument("--data-dir", type=Path)
     x.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("quantize", help="build the calibrated INT8 QDQ model from the FP32 one")
+    q.add_argument("--data", action="append", required=True, help="dataset folders holding the calibration photos")
+    q.add_argument("--model", default="segmentation")
+    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.set_defaults(func=cmd_quantize)
+
+    g = sub.add_parser("gate", help="FP32 vs INT8 on held-out photos; decides which precision the unit uses")
+    g.add_argument("--data", action="append", required=True)
+    g.add_argument("--model", default="segmentation")
+    g.add_argument("--split", default="val")
+    g.set_defaults(func=cmd_gate)
 
     b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
     b.add_argument("--runs", type=int, default=30)

@@ -18,6 +18,7 @@ from device.measurements import dice
 from device.pipeline import ScreeningPipeline, screen_file
 from device.roc import auc, sensitivity_at_specificity
 from models.datasets import Record, load_mask, read_dataset, vcdr_from_masks
+from models.splits import load_splits
 
 
 def evaluate_records(pipeline: ScreeningPipeline, records: list[Record], progress: bool = False) -> dict:
@@ -78,26 +79,24 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def select(records: list[Record], split: str | None, splits: dict | None) -> list[Record]:
-    """Keep the records of one of the project's own splits (train/val/test) or the source's split."""
+def select(folder: Path, records: list[Record], split: str | None) -> list[Record]:
+    """Keep one split: the project's own (train/val/test, by the folder's name in splits.csv) where the
+    folder is one of ours, else the source's own split column."""
     if split is None:
         return records
-    if splits is not None:
-        return [r for r in records if splits.get((r.source, r.id)) == split]
+    if split in ("train", "val", "test"):
+        splits = load_splits()
+        ours = [r for r in records if (folder.name, r.id) in splits]
+        if ours:
+            return [r for r in ours if splits[(folder.name, r.id)] == split]
     return [r for r in records if r.split == split]
 
 
 def run(data: list[Path], pipeline: ScreeningPipeline, split: str | None = None, json_out: Path | None = None,
         progress: bool = True) -> dict:
-    from models.splits import load_splits
-
     records: list[Record] = []
     for folder in data:
-        records += read_dataset(folder)
-    if split in ("train", "val", "test"):
-        records = select(records, split, load_splits())
-    elif split:
-        records = select(records, split, None)
+        records += select(Path(folder), read_dataset(folder), split)
     if not records:
         raise SystemExit(f"no photos to evaluate in {', '.join(map(str, data))}" + (f" (split {split})" if split else ""))
     report = evaluate_records(pipeline, records, progress=progress)

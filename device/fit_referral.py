@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from device.measurements import measure
+from device.evaluate import select
 from device.pipeline import SCREENING_POLICY, ScreeningPipeline
 from device.referral import ReferralPolicy
 from device.roc import auc, threshold_at_specificity
 from models.datasets import read_dataset
 from models.images import read_rgb
-from models.splits import load_splits
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> tuple[float, float]:
@@ -35,11 +35,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50
 
 
 def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
-    splits = load_splits()
     rows = []
     for folder in data:
-        for rec in read_dataset(folder):
-            if splits.get((rec.source, rec.id)) != "val" or rec.glaucoma is None:
+        for rec in select(Path(folder), read_dataset(folder), "val"):
+            if rec.glaucoma is None:
                 continue
             rgb = read_rgb(rec.image_path)
             found, _ = pipeline.locate_disc(rgb)
