@@ -12,8 +12,7 @@ from device.config import Config
 def _pipeline(args):
     from device.pipeline import ScreeningPipeline
 
-    precision = getattr(args, "precision", None) or "fp32"
-    return ScreeningPipeline.from_artifacts(precision="fp32" if precision == "auto" else precision)
+    return ScreeningPipeline.from_artifacts(precision=getattr(args, "precision", None) or "auto")
 
 
 def cmd_screen(args) -> int:

@@ -109,7 +109,10 @@ class ScreeningPipeline:
         self.model_versions.setdefault("referral", policy.source)
 
     @classmethod
-    def from_artifacts(cls, precision: str = "fp32", gate: QualityGate | None = None, threads: int | None = None) -> "ScreeningPipeline":
+    def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None) -> "ScreeningPipeline":
+        """The shipped models; `auto` takes the precision the accuracy gate chose."""
+        if precision == "auto":
+            precision = registry.shipped_precision("segmentation")
         engine = registry.load_engine("segmentation", precision, threads=threads)
         policy = ReferralPolicy.load(SCREENING_POLICY) if SCREENING_POLICY.exists() else ReferralPolicy()
         versions = registry.versions()

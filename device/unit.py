@@ -44,7 +44,7 @@ class Unit:
         """The unit on the board's hardware, or in simulation when `config.simulate` is set."""
         rig = open_rig(config)
         try:
-            pipeline = ScreeningPipeline.from_artifacts()
+            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision)
             visits = VisitLog(config.data_dir)
         except BaseException:
             rig.close()

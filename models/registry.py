@@ -52,6 +52,13 @@ def model_file(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, 
     return path, entry
 
 
+def shipped_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
+    """The precision the accuracy gate allows for this model ("fp32" until a gate has passed INT8)."""
+    entry = manifest(artifacts).get(name, {})
+    precision = entry.get("shipped_precision", "fp32")
+    return precision if precision == "fp32" or precision in entry else "fp32"
+
+
 def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None) -> Engine:
     path, entry = model_file(name, precision, artifacts)
     engine = OnnxEngine(path, name=name, precision=precision, threads=threads)

@@ -1,0 +1,69 @@
+"""The kiosk: the web app the health worker uses on the unit's touchscreen, served on 127.0.0.1.
+
+It reads the unit (capture state, preview frames, visit log) and asks it to act (arm a capture,
+screen a photo, finish a visit); it never touches the hardware or the models itself. Pages are
+server-rendered with a little JavaScript for the live preview, so the kiosk works in any Chromium
+with nothing fetched from the internet.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from flask import Flask, current_app
+
+from device.accounts import Accounts, accounts_path
+
+
+def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) -> Flask:
+    """The kiosk app for `unit`. Without `secret_key` a fresh one is made, so a restart signs everyone out."""
+    from device.kiosk import admin, auth, errors, home, images, patients, screening, security
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key or secrets.token_bytes(32),
+        TESTING=testing,
+        SESSION_COOKIE_NAME="glaucoscreen_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        MAX_CONTENT_LENGTH=64 * 1024,   # forms only: nothing a worker types comes near this
+        SESSION_TIMEOUT_S=60.0 * unit.config.kiosk.session_timeout_min,
+    )
+    app.extensions["glaucoscreen.unit"] = unit
+    app.extensions["glaucoscreen.accounts"] = Accounts(accounts_path(unit.config.data_dir))
+    app.jinja_env.filters["local_time"] = local_time
+    app.jinja_env.filters["local_date"] = local_date
+    app.jinja_env.filters["percent"] = percent
+    app.jinja_env.filters["gib"] = lambda n: f"{n / 2**30:.1f} GB"
+    security.init_app(app)
+    errors.init_app(app)
+    for bp in (auth.bp, home.bp, patients.bp, screening.bp, images.bp, admin.bp):
+        app.register_blueprint(bp)
+    return app
+
+
+def get_unit():
+    return current_app.extensions["glaucoscreen.unit"]
+
+
+def get_accounts() -> Accounts:
+    return current_app.extensions["glaucoscreen.accounts"]
+
+
+def _local(stamp: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(stamp).astimezone() if stamp else None
+
+
+def local_time(stamp: str | None) -> str:
+    """A stored UTC timestamp as the clinic's clock shows it (24-hour, as most clinics write it)."""
+    t = _local(stamp)
+    return t.strftime("%H:%M") if t else ""
+
+
+def local_date(stamp: str | None) -> str:
+    t = _local(stamp)
+    return f"{t.day} {t:%b %Y}" if t else ""
+
+
+def percent(p: float | None) -> str:
+    return "" if p is None else f"{p:.0%}"
