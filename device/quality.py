@@ -1,0 +1,412 @@
+"""The quality gate: is this frame a gradable fundus photo, and if not, what should the health worker do?
+
+It runs on every preview frame (the capture loop waits for it) and again on the captured still, so
+every measure is taken on a copy shrunk to `WORK_WIDTH` pixels: cheap, and at one scale whatever the
+camera, which is what lets one set of thresholds serve a 640x480 preview, a 512x512 REFUGE photo and
+a 2048x1750 Drishti-GS1 photo (all of them have a field about as wide as the frame).
+
+How each measure is made, and why that way:
+
+* field: the camera's field stop shows the retina as a bright circle on black, often cut off at the
+  top and bottom of the frame. A circle fitted to the edge of the lit area (trimmed, so an eyelid's
+  shadow or a notch does not pull it) gives the field's centre and radius; everything else is
+  measured inside it, away from its edge where every camera's light falls off.
+* brightness: mean luminance inside the field, what the illumination controller steers on.
+  Exposure (the mean of the brightest channel, the red in a fundus) decides "too dark": a deeply
+  pigmented fundus reflects almost no green, so its luminance is low although it is well exposed.
+* focus: how much vessel edges lose when smoothed a little more. Edge strength (99.5th percentile
+  of the gradient) at smoothing 1 px against 2 px is independent of contrast, exposure and noise;
+  a sharp edge loses half, an already blurred one almost nothing. Rescaled to 0 (blurred) .. 1 (sharp).
+* uniformity: the darker half of the field against the opposite half, over eight directions: an
+  eyelid, lashes or a misaligned pupil shade one side, while the camera's own falloff is symmetric.
+* glare: the corneal reflex is white-blue, a colour the retina (red, little blue) never has except
+  on the pale cup, which is a small part of the field.
+* disc: the brightest blob of about a disc's size (difference of two local means inside the field).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+WORK_WIDTH = 320  # longest side of the copy every measure is taken on
+INNER = 0.9  # measures are taken inside this fraction of the field radius
+CLIP_LEVEL = 250  # a channel at or above this has run out of range
+
+# Most important first: the first reason is the one instruction the worker sees.
+CODES = ("no_fundus", "field_too_small", "too_dark", "too_bright", "glare", "uneven_light", "out_of_focus",
+         "no_disc", "disc_off_centre")
+MESSAGES = {
+    "no_fundus": "No retina in view - bring the camera close to the eye and aim at the pupil",
+    "field_too_small": "Only part of the retina is in view - move the camera closer and centre it on the pupil",
+    "too_dark": "Too dark - the light is being turned up; keep the eye open",
+    "too_bright": "Too bright - the light is being turned down; hold steady",
+    "uneven_light": "Part of the picture is shaded - ask the patient to open the eye wide; centre the camera on the pupil",
+    "glare": "Bright reflection - move the camera slightly back or sideways until the white spot goes",
+    "out_of_focus": "Blurred - hold still while the focus settles; ask the patient not to move",
+    "no_disc": "Optic disc not seen - ask the patient to look at the fixation light",
+    "disc_off_centre": "Optic disc not in the middle - ask the patient to look at the fixation light, then re-centre",
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, code: str) -> "Reason":
+        return cls(code, MESSAGES[code])
+
+
+@dataclass
+class QualitySettings:
+    """Every threshold of the gate, in one place (the unit's config can override each by name).
+
+    Defaults were tuned on real photos (REFUGE's Canon CR-2 and Drishti-GS1) and on degraded copies
+    of them: they pass the gradable real photos of both cameras and fail each degradation for its
+    own reason. Fractions are of the field's area unless said otherwise.
+    """
+
+    min_field_fraction: float = 0.35  # share of the frame the fundus field must cover (REFUGE ~0.7)
+    min_focus: float = 0.25  # edge sharpness 0..1; real photos 0.35..0.95, a blur of 1% of the field ~0.15
+    min_exposure: float = 0.27  # mean of the brightest channel (0..1); real photos >= 0.24, normal ~0.55
+    max_brightness: float = 0.75  # mean luminance (0..1); real photos 0.13..0.6
+    max_clipped_fraction: float = 0.12  # pixels with a channel at its limit (a bright disc is ~2%)
+    max_dark_fraction: float = 0.3  # pixels with luminance below `dark_level` (eyelid, lashes, pupil shadow)
+    dark_level: float = 0.06  # luminance (0..1) below which a pixel shows nothing
+    min_uniformity: float = 0.45  # darker half of the field / opposite half, worst direction
+    max_glare_fraction: float = 0.03  # white-blue pixels (the pale cup alone stays under ~1.5%)
+    glare_level: float = 0.6  # blue channel (0..1) of a reflex; the retina's blue stays well below
+    min_disc_contrast: float = 0.18  # disc blob over its surroundings, relative to the field's brightness
+    max_disc_offset: float = 0.3  # disc centre from the field centre, field radii (disc-centred photos)
+    min_red_ratio: float = 1.12  # red / green inside the field: every fundus is red; paper, walls and skies are not
+
+    def validate(self) -> None:
+        """Refuse nonsense from a config file before it silently passes or fails every frame."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"quality setting {f.name} must be a number, not {value!r}")
+            if f.name == "min_red_ratio":
+                if not 0.5 <= value <= 3.0:
+                    raise ValueError(f"quality setting min_red_ratio must lie between 0.5 and 3, not {value}")
+            elif f.name == "max_disc_offset":
+                if not 0.0 < value <= 1.0:
+                    raise ValueError(f"quality setting max_disc_offset is in field radii, between 0 and 1, not {value}")
+            elif not 0.0 <= value <= 1.0:
+                raise ValueError(f"quality setting {f.name} must lie between 0 and 1, not {value}")
+
+
+@dataclass
+class QualityReport:
+    gradable: bool
+    reasons: list[Reason]
+    metrics: dict[str, float]
+    field: tuple[float, float, float] | None  # (cx, cy, r) in the original frame's pixels
+
+    def to_dict(self) -> dict:
+        """JSON-friendly: NaN (not measured) becomes None."""
+        return {
+            "gradable": self.gradable,
+            "reasons": [asdict(r) for r in self.reasons],
+            "metrics": {k: (None if not math.isfinite(v) else round(float(v), 4)) for k, v in self.metrics.items()},
+            "field": None if self.field is None else [round(float(v), 2) for v in self.field],
+        }
+
+
+METRICS = ("field_fraction", "focus", "brightness", "exposure", "clipped_fraction", "dark_fraction", "uniformity",
+           "glare_fraction", "retina_brightness", "retina_clipped_fraction", "red_ratio", "disc_x", "disc_y",
+           "disc_contrast", "disc_offset")
+
+
+@dataclass
+class _Field:
+    cx: float  # work-image pixels
+    cy: float
+    r: float
+
+
+class QualityGate:
+    """Judges frames; one gate serves one capture loop (it keeps no state between frames)."""
+
+    def __init__(self, settings: QualitySettings | None = None, require_disc_centred: bool = False):
+        self.settings = settings or QualitySettings()
+        self.settings.validate()
+        self.require_disc_centred = require_disc_centred
+
+    def assess(self, rgb: np.ndarray) -> QualityReport:
+        _check_frame(rgb)
+        s = self.settings
+        h, w = rgb.shape[:2]
+        scale = WORK_WIDTH / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        r_, g_, b_ = cv2.split(small)
+        brightest = cv2.max(cv2.max(r_, g_), b_)
+        m: dict[str, float] = {k: math.nan for k in METRICS}
+
+        found = _find_field(brightest)
+        if found is None:
+            m["field_fraction"] = 0.0
+            m["brightness"] = float(grey.mean()) / 255.0  # still something for the light to steer on
+            return QualityReport(False, [Reason.of("no_fundus")], m, None)
+
+        fx = (found.cx + 0.5) / scale - 0.5, (found.cy + 0.5) / scale - 0.5, found.r / scale
+        field_mask = np.zeros(grey.shape, np.uint8)
+        cv2.circle(field_mask, _pt(found.cx, found.cy), round(found.r), 255, -1)
+        m["field_fraction"] = cv2.countNonZero(field_mask) / field_mask.size
+        inner = np.zeros(grey.shape, np.uint8)
+        cv2.circle(inner, _pt(found.cx, found.cy), round(found.r * INNER), 255, -1)
+        n_inner = max(1, cv2.countNonZero(inner))
+
+        m["brightness"] = cv2.mean(grey, inner)[0] / 255.0
+        m["exposure"] = cv2.mean(brightest, inner)[0] / 255.0
+        clipped = cv2.bitwise_and(cv2.compare(brightest, CLIP_LEVEL, cv2.CMP_GE), inner)
+        m["clipped_fraction"] = cv2.countNonZero(clipped) / n_inner
+        dark = cv2.bitwise_and(cv2.compare(grey, s.dark_level * 255.0, cv2.CMP_LT), inner)
+        m["dark_fraction"] = cv2.countNonZero(dark) / n_inner
+        # White-blue: blue high in itself and against red, which only added white light does to a red retina.
+        reflex = cv2.compare(b_, s.glare_level * 255.0, cv2.CMP_GE) & cv2.compare(
+            b_.astype(np.float32), r_.astype(np.float32) * 0.7, cv2.CMP_GE)
+        glare = cv2.bitwise_and(reflex, inner)
+        m["glare_fraction"] = cv2.countNonZero(glare) / n_inner
+        # Over-exposure is judged on the retina the reflex leaves visible, so a reflex is called a reflex.
+        rest = cv2.bitwise_and(inner, cv2.bitwise_not(glare))
+        n_rest = cv2.countNonZero(rest)
+        if n_rest > 0.1 * n_inner:
+            m["retina_brightness"] = cv2.mean(grey, rest)[0] / 255.0
+            m["retina_clipped_fraction"] = cv2.countNonZero(cv2.bitwise_and(clipped, rest)) / n_rest
+        else:  # white nearly everywhere: over-exposure, not a reflex
+            m["retina_brightness"], m["retina_clipped_fraction"] = m["brightness"], m["clipped_fraction"]
+        unclipped = cv2.bitwise_and(rest, cv2.bitwise_not(clipped))
+        if cv2.countNonZero(unclipped) > 0.2 * n_inner:  # colour means nothing where a channel has run out
+            red, green = cv2.mean(r_, unclipped)[0], cv2.mean(g_, unclipped)[0]
+            m["red_ratio"] = (red + 1.0) / (green + 1.0)
+        m["uniformity"] = _uniformity(grey, inner, found)
+        m["focus"] = _focus(g_, inner)
+        disc = _find_disc(grey, field_mask, found)
+        if disc is not None:
+            dx, dy, contrast = disc
+            m["disc_contrast"] = contrast
+            m["disc_x"] = ((dx + 0.5) / scale - 0.5) / w
+            m["disc_y"] = ((dy + 0.5) / scale - 0.5) / h
+            m["disc_offset"] = math.hypot(dx - found.cx, dy - found.cy) / found.r
+
+        return QualityReport(*self._judge(m), metrics=m, field=fx)
+
+    def _judge(self, m: dict[str, float]) -> tuple[bool, list[Reason]]:
+        s = self.settings
+        if m["red_ratio"] < s.min_red_ratio:
+            return False, [Reason.of("no_fundus")]
+        codes = set()
+        if m["field_fraction"] < s.min_field_fraction:
+            codes.add("field_too_small")
+        if m["exposure"] < s.min_exposure:
+            codes.add("too_dark")
+        elif m["retina_brightness"] > s.max_brightness or m["retina_clipped_fraction"] > s.max_clipped_fraction:
+            codes.add("too_bright")
+        exposed = not codes & {"too_dark", "too_bright"}
+        if m["uniformity"] < s.min_uniformity or (exposed and m["dark_fraction"] > s.max_dark_fraction):
+            codes.add("uneven_light")
+        if exposed and m["glare_fraction"] > s.max_glare_fraction:
+            codes.add("glare")
+        if exposed:  # focus and the disc cannot be judged on a frame without usable light
+            if m["focus"] < s.min_focus:
+                codes.add("out_of_focus")
+            if not m["disc_contrast"] >= s.min_disc_contrast:  # NaN: no disc candidate at all
+                codes.add("no_disc")
+            elif self.require_disc_centred and m["disc_offset"] > s.max_disc_offset:
+                codes.add("disc_off_centre")
+        reasons = [Reason.of(c) for c in CODES if c in codes]
+        return not reasons, reasons
+
+
+def _check_frame(rgb: object) -> None:
+    if not isinstance(rgb, np.ndarray):
+        raise ValueError(f"the quality gate needs an image array, not {type(rgb).__name__}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"the quality gate needs a colour frame (height x width x 3 RGB), not shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"the quality gate needs 8-bit pixels (uint8), not {rgb.dtype}")
+    if min(rgb.shape[:2]) < 32:
+        raise ValueError(f"a {rgb.shape[1]}x{rgb.shape[0]} frame is too small to judge")
+
+
+@lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of an h x w array (read-only, shared by every frame of that size)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys.setflags(write=False)
+    xs.setflags(write=False)
+    return ys, xs
+
+
+def _pt(x: float, y: float) -> tuple[int, int]:
+    return round(x), round(y)
+
+
+def _find_field(brightest: np.ndarray) -> _Field | None:
+    """The circle of the field stop, from the edge of the lit area; None when there is no such circle."""
+    h, w = brightest.shape
+    brightest = cv2.blur(brightest, (5, 5))
+    hist = np.cumsum(cv2.calcHist([brightest], [0], None, [256], [0, 256]).ravel())
+    black, p95 = (int(np.searchsorted(hist, q * hist[-1])) for q in (0.02, 0.95))
+    lit = cv2.compare(brightest, black + max(6.0, 0.06 * (p95 - black)), cv2.CMP_GT)
+    contours, _ = cv2.findContours(lit, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    edge = max(contours, key=cv2.contourArea)
+    if cv2.contourArea(edge) < 0.03 * h * w:
+        return None
+    pts = edge.reshape(-1, 2).astype(np.float64)
+    pts = pts[(pts[:, 0] > 1) & (pts[:, 0] < w - 2) & (pts[:, 1] > 1) & (pts[:, 1] < h - 2)]
+    if len(pts) < 20:
+        return None  # lit to the frame's edges all round: a scene, not a field stop
+    circle = _ransac_circle(pts, (0.1 * min(h, w), 1.5 * max(h, w)))
+    if circle is None:
+        return None
+    cx, cy, r = circle
+    # Beyond the circle the frame must be dark: a field stop, not a bright scene with a round edge in it.
+    ring = np.zeros((h, w), np.uint8)
+    cv2.circle(ring, _pt(cx, cy), round(1.06 * r), 255, -1)
+    outside = cv2.bitwise_not(ring)
+    n_out = cv2.countNonZero(outside)
+    if n_out > 0.02 * h * w and cv2.countNonZero(cv2.bitwise_and(lit, outside)) > 0.1 * n_out:
+        return None
+    return _Field(cx, cy, r)
+
+
+def _ransac_circle(pts: np.ndarray, radii: tuple[float, float], tries: int = 96) -> tuple[float, float, float] | None:
+    """The circle most of the edge lies on, ignoring the rest (a lid's ragged shadow, a notch, a lash).
+
+    Seeded, so a frame always gets the same answer. None unless a long enough arc fits it closely.
+    """
+    rng = np.random.default_rng(0)
+    probe = pts[:: max(1, len(pts) // 200)]
+    a, b, c = (probe[rng.integers(0, len(probe), tries)] for _ in range(3))
+    # Circumcentre of each triple.
+    d = 2 * (a[:, 0] * (b[:, 1] - c[:, 1]) + b[:, 0] * (c[:, 1] - a[:, 1]) + c[:, 0] * (a[:, 1] - b[:, 1]))
+    ok = np.abs(d) > 1e-6
+    a, b, c, d = a[ok], b[ok], c[ok], d[ok]
+    sa, sb, sc = (p[:, 0] ** 2 + p[:, 1] ** 2 for p in (a, b, c))
+    ux = (sa * (b[:, 1] - c[:, 1]) + sb * (c[:, 1] - a[:, 1]) + sc * (a[:, 1] - b[:, 1])) / d
+    uy = (sa * (c[:, 0] - b[:, 0]) + sb * (a[:, 0] - c[:, 0]) + sc * (b[:, 0] - a[:, 0])) / d
+    ur = np.hypot(a[:, 0] - ux, a[:, 1] - uy)
+    plausible = (ur >= radii[0]) & (ur <= radii[1])
+    if not plausible.any():
+        return None
+    ux, uy, ur = ux[plausible], uy[plausible], ur[plausible]
+    tol = np.maximum(1.5, 0.01 * ur)
+    resid = np.abs(np.hypot(probe[None, :, 0] - ux[:, None], probe[None, :, 1] - uy[:, None]) - ur[:, None])
+    best = int(np.argmax((resid < tol[:, None]).sum(axis=1)))
+    cx, cy, r = ux[best], uy[best], ur[best]
+    for _ in range(2):  # refine on every edge point near the winner
+        near = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r) < max(1.5, 0.01 * r)
+        if near.sum() < 20:
+            return None
+        cx, cy, r = _fit_circle(pts[near])
+    near = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r) < max(1.5, 0.01 * r)
+    if not radii[0] <= r <= radii[1] or near.sum() < 0.12 * 2 * np.pi * r:
+        return None
+    return cx, cy, r
+
+
+def _fit_circle(pts: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares (Kasa) circle through points, centred first for a well-conditioned solve."""
+    mx, my = pts.mean(axis=0)
+    x, y = pts[:, 0] - mx, pts[:, 1] - my
+    a = np.column_stack([x, y, np.ones_like(x)])
+    sol, *_ = np.linalg.lstsq(a, x * x + y * y, rcond=None)
+    cx, cy = sol[0] / 2, sol[1] / 2
+    return float(cx + mx), float(cy + my), float(math.sqrt(max(sol[2] + cx * cx + cy * cy, 0.0)))
+
+
+def _focus(green: np.ndarray, inner: np.ndarray) -> float:
+    """Edge sharpness 0..1: how much the strongest edges keep when smoothing goes from 1 to 2 pixels."""
+    g = green.astype(np.float32)
+    sel = inner > 0
+    fine = _edge_strength(cv2.GaussianBlur(g, (0, 0), 1.0), sel)
+    coarse = _edge_strength(cv2.GaussianBlur(g, (0, 0), 2.0), sel)
+    if coarse <= 1e-3:
+        return 0.0  # no edges at all
+    return float(np.clip(fine / coarse - 1.0, 0.0, 1.0))  # a perfect step edge keeps exactly half
+
+
+def _edge_strength(img: np.ndarray, sel: np.ndarray) -> float:
+    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1)
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1)
+    mag = cv2.magnitude(gx, gy)[sel]
+    if mag.size == 0:
+        return 0.0
+    k = int(0.995 * (mag.size - 1))
+    return float(np.partition(mag, k)[k])
+
+
+def _uniformity(grey: np.ndarray, inner: np.ndarray, f: _Field) -> float:
+    """Worst ratio of a half of the field to the opposite half, over eight directions (1 = even)."""
+    cell = 8
+    h, w = grey.shape
+    cw, ch = max(1, w // cell), max(1, h // cell)
+    lum = cv2.resize(grey, (cw, ch), interpolation=cv2.INTER_AREA).astype(np.float32)
+    cover = cv2.resize(inner, (cw, ch), interpolation=cv2.INTER_AREA)
+    ys, xs = _grid(ch, cw)
+    dx = (xs + 0.5) * (w / cw) - 0.5 - f.cx
+    dy = (ys + 0.5) * (h / ch) - 0.5 - f.cy
+    rho = np.hypot(dx, dy) / f.r
+    use = (cover >= 250) & (rho >= 0.25)
+    if use.sum() < 16:
+        return math.nan
+    ang = np.arctan2(dy[use], dx[use])
+    v = lum[use]
+    sector = ((ang + np.pi) / (np.pi / 4)).astype(int) % 8
+    sums = np.bincount(sector, weights=v, minlength=8)
+    counts = np.bincount(sector, minlength=8)
+    worst = 1.0
+    for k in range(4):
+        half_a = [(k + j) % 8 for j in range(4)]
+        half_b = [(k + 4 + j) % 8 for j in range(4)]
+        na, nb = counts[half_a].sum(), counts[half_b].sum()
+        if na < 4 or nb < 4:
+            continue
+        a, b = sums[half_a].sum() / na, sums[half_b].sum() / nb
+        worst = min(worst, (min(a, b) + 1.0) / (max(a, b) + 1.0))
+    return float(worst)
+
+
+def _find_disc(grey: np.ndarray, field_mask: np.ndarray, f: _Field) -> tuple[float, float, float] | None:
+    """The brightest disc-sized blob in the field: (x, y) in work pixels and its contrast, or None.
+
+    Taken at a quarter of the work size (a disc is still ~10 pixels across there), where the wide
+    blurs it needs cost nothing.
+    """
+    k = 4
+    size = (max(1, grey.shape[1] // k), max(1, grey.shape[0] // k))
+    lum = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    wts = cv2.resize(field_mask, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    lum *= wts
+    mean = float(lum.sum() / max(wts.sum(), 1.0))
+    if mean < 1.0:
+        return None
+    r = f.r / k
+    score = (_masked_blur(lum, wts, 0.04 * r) - _masked_blur(lum, wts, 0.15 * r)) / mean
+    ys, xs = _grid(size[1], size[0])
+    reach = np.hypot(xs + 0.5 - (f.cx + 0.5) / k, ys + 0.5 - (f.cy + 0.5) / k) / r
+    score[(reach > 0.95) | (wts < 0.99)] = -np.inf
+    i = int(np.argmax(score))
+    best = float(score.flat[i])
+    if not math.isfinite(best):
+        return None
+    y, x = divmod(i, size[0])
+    return (x + 0.5) * k - 0.5, (y + 0.5) * k - 0.5, best
+
+
+def _masked_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Local mean of the field only (normalized convolution): the black beyond its edge does not leak in."""
+    num = cv2.GaussianBlur(values, (0, 0), sigma)
+    den = cv2.GaussianBlur(weights, (0, 0), sigma)
+    return num / np.maximum(den, 1e-3)
