@@ -110,9 +110,9 @@ class ScreeningPipeline:
 
     @classmethod
     def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None) -> "ScreeningPipeline":
-        """The shipped models; `auto` takes the precision the accuracy gate chose."""
+        """The shipped models; `auto` takes INT8 where the accuracy gate allows it and this CPU runs it faster."""
         if precision == "auto":
-            precision = registry.shipped_precision("segmentation")
+            precision = registry.preferred_precision("segmentation")
         engine = registry.load_engine("segmentation", precision, threads=threads)
         policy = ReferralPolicy.load(SCREENING_POLICY) if SCREENING_POLICY.exists() else ReferralPolicy()
         versions = registry.versions()

@@ -59,6 +59,25 @@ def shipped_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
     return precision if precision == "fp32" or precision in entry else "fp32"
 
 
+def cpu_has_int8_dot(cpuinfo: str | None = None) -> bool:
+    """INT8 only pays on a CPU with 8-bit dot-product instructions: VNNI on x86, the dot-product
+    extension on ARM (the Pi 5's Cortex-A76 has it). Elsewhere ONNX Runtime's INT8 kernels run
+    slower than FP32 (measured by `glaucoscreen bench`)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
+
+
+def preferred_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
+    """What `precision = "auto"` runs on this CPU: INT8 where the gate allows it and it is faster."""
+    allowed = shipped_precision(name, artifacts)
+    return "int8" if allowed == "int8" and cpu_has_int8_dot() else "fp32"
+
+
 def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None) -> Engine:
     path, entry = model_file(name, precision, artifacts)
     engine = OnnxEngine(path, name=name, precision=precision, threads=threads)

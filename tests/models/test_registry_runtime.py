@@ -54,3 +54,18 @@ def test_engine_names_missing_inputs(artifacts):
     engine = registry.load_engine("tiny", artifacts=artifacts)
     with pytest.raises(EngineError, match="image"):
         engine.run({"x": np.zeros((1, 3), np.float32)})
+
+
+def test_int8_is_preferred_only_where_the_gate_allows_it_and_the_cpu_has_dot_products(artifacts):
+    import json
+
+    m = json.loads((artifacts / "manifest.json").read_text())
+    m["tiny"]["int8"] = {"file": "tiny.onnx", "sha256": m["tiny"]["sha256"]}
+    (artifacts / "manifest.json").write_text(json.dumps(m))
+    assert registry.shipped_precision("tiny", artifacts) == "fp32"  # no gate verdict yet
+    m["tiny"]["shipped_precision"] = "int8"
+    (artifacts / "manifest.json").write_text(json.dumps(m))
+    assert registry.shipped_precision("tiny", artifacts) == "int8"
+    assert registry.cpu_has_int8_dot("flags : fpu sse avx2 avx512_vnni")
+    assert registry.cpu_has_int8_dot("Features : fp asimd asimddp")
+    assert not registry.cpu_has_int8_dot("flags : fpu sse avx2")
