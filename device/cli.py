@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--host")
     r.add_argument("--data-dir", type=Path)
     r.set_defaults(func=cmd_run)
+    from device.accounts import add_user_parser
+
+    add_user_parser(sub)
     return p
 
 

@@ -1,0 +1,207 @@
+"""The kiosk in a real Chromium (Debian's, driven by Playwright) against the app served by waitress, on
+the real unit in simulation: a health worker's whole visit, the PIN lock, and the layout at the
+unit's two screen sizes (no sideways scrolling at 800x480, touch targets at least 44 px tall).
+
+Screenshots of every page at both sizes land in test-artifacts/screenshots/ for a person to look at.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import waitress
+
+from device.accounts import MAX_FAILURES
+from device.kiosk import create_app
+from tests.device.test_kiosk import PIN, add_workers, make_unit
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SMALL, LARGE = (800, 480), (1280, 800)
+MIN_TARGET_PX = 44
+SCREENING_TIMEOUT_MS = 90_000   # auto-capture plus a screening on a busy 2-core machine
+NEVER = 10**9                   # gradable frames in a row that auto-capture waits for: it does not fire
+
+# every visible thing a finger has to hit; radio buttons and checkboxes sit inside tiles that are checked instead
+TARGETS_JS = """() => [...document.querySelectorAll(
+    'button, .button, .bar-button, .tile, .consent, select, input:not([type=radio]):not([type=checkbox]):not([type=hidden])')]
+  .filter(e => e.offsetParent !== null)
+  .map(e => [(e.textContent || e.name || e.tagName).trim().slice(0, 40), e.getBoundingClientRect().height])"""
+
+
+@pytest.fixture
+def kiosk(tmp_path):
+    unit = make_unit(tmp_path / "unit")
+    add_workers(unit)
+    server = waitress.create_server(create_app(unit), host="127.0.0.1", port=0, threads=6)
+    thread = threading.Thread(target=server.run, name="kiosk-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}", unit
+    server.close()
+    thread.join(timeout=5)
+    unit.close()
+
+
+@pytest.fixture
+def page(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `./install.sh --dev`, which installs Debian's chromium "
+                    "(the kiosk's browser tests never download a browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": SMALL[0], "height": SMALL[1]})
+        context.set_default_timeout(20_000)
+        pg = context.pages[0] if context.pages else context.new_page()
+        yield pg
+        context.close()
+
+
+def look(page, name: str) -> None:
+    """Check the layout at 800x480 and screenshot the page at both sizes."""
+    page.wait_for_load_state("load")
+    page.set_viewport_size({"width": SMALL[0], "height": SMALL[1]})
+    scroll_width, inner_width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert scroll_width <= inner_width, f"{name}: the page scrolls sideways at 800x480 ({scroll_width} > {inner_width} px)"
+    small = [(text, round(h)) for text, h in page.evaluate(TARGETS_JS) if h < MIN_TARGET_PX]
+    assert not small, f"{name}: touch targets under {MIN_TARGET_PX} px tall at 800x480: {small}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for width, height in (SMALL, LARGE):
+        page.set_viewport_size({"width": width, "height": height})
+        page.screenshot(path=str(SHOTS / f"{name}-{width}x{height}.png"), full_page=True)
+    page.set_viewport_size({"width": SMALL[0], "height": SMALL[1]})
+
+
+def images_loaded(page, selector: str) -> list[int]:
+    page.wait_for_function(f"[...document.querySelectorAll({selector!r})].every(i => i.complete)")
+    return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
+
+
+def wait_until(condition, timeout_ms: int, message: str):
+    end = time.monotonic() + timeout_ms / 1000
+    while not (value := condition()):
+        assert time.monotonic() < end, message
+        time.sleep(0.05)
+    return value
+
+
+def taken(unit, eye: str) -> dict | None:
+    """The capture loop's account of how it took this eye's photo, once it has."""
+    trace = unit.capture.trace()
+    return trace if trace.get("eye") == eye and "manual" in trace else None
+
+
+def type_pin_on_keypad(page, pin: str) -> None:
+    for digit in pin:
+        page.click(f".keypad [data-key='{digit}']")
+
+
+def test_a_health_workers_visit_in_chromium(kiosk, page):
+    base, unit = kiosk
+
+    # -- sign-in, and the lock after wrong PINs ------------------------------------------------
+    page.goto(base + "/")
+    assert "/signin" in page.url
+    look(page, "01-signin")
+    for _ in range(MAX_FAILURES):
+        page.check("input[name=user][value=joseph]")
+        page.fill("#pin", "0000")
+        page.click("main button[type=submit]")
+    assert "Too many wrong PINs for joseph" in page.inner_text("#signin-error")
+    look(page, "02-signin-locked")
+    page.check("input[name=user][value=amina]")
+    page.fill("#pin", "")
+    type_pin_on_keypad(page, PIN)
+    assert page.input_value("#pin") == PIN
+    page.click("main button[type=submit]")
+    page.wait_for_url(base + "/")
+    look(page, "03-home")
+
+    # -- register: a form that fails keeps what was typed --------------------------------------
+    page.click("text=New screening")
+    page.fill("input[name=identifier]", "CL-0042")
+    page.fill("input[name=name]", "Grace Achieng")
+    page.fill("input[name=year_of_birth]", "1958")
+    page.click("main button[type=submit]")
+    assert page.input_value("input[name=name]") == "Grace Achieng"
+    assert "must agree" in page.inner_text("main")
+    look(page, "04-register-errors")
+    page.check("input[name=sex][value=F]")
+    page.check("input[name=consent]")
+    settings = unit.config.capture
+    auto_after = settings.consecutive_gradable
+    settings.consecutive_gradable = NEVER  # hold auto-capture while the page is looked at
+    page.click("main button[type=submit]")
+
+    # -- right eye: auto-capture ---------------------------------------------------------------
+    page.wait_for_url(re.compile(r".*/eye/right$"))
+    assert page.inner_text("h1") == "Right eye"
+    page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+    page.wait_for_function("document.getElementById('instruction').textContent !== 'Starting the camera'")
+    look(page, "05-capture-right")
+    settings.consecutive_gradable = auto_after
+    right = wait_until(lambda: taken(unit, "right"), SCREENING_TIMEOUT_MS, "the right eye was never auto-captured")
+    settings.consecutive_gradable = NEVER  # the left eye is taken with the button
+    assert right["manual"] is False and right["frames"] >= auto_after
+    page.wait_for_url(re.compile(r".*/eye/left$"), timeout=SCREENING_TIMEOUT_MS)
+
+    # -- left eye: the skip page, back, then the button ----------------------------------------
+    assert page.inner_text("h1") == "Left eye"
+    look(page, "06-capture-left")
+    page.click("text=Skip this eye")
+    look(page, "07-skip")
+    page.click("text=Back to the camera")
+    page.wait_for_url(re.compile(r".*/eye/left$"))
+    page.click("#press")
+    page.wait_for_url(re.compile(r".*/visits/[0-9a-f-]{36}$"), timeout=SCREENING_TIMEOUT_MS)
+    settings.consecutive_gradable = auto_after
+    assert taken(unit, "left")["manual"] is True
+
+    # -- result: both eyes screened, the photo with disc and cup drawn -------------------------
+    headline = page.inner_text("#headline")
+    assert headline in ("Refer to an eye doctor", "Take the photo again", "No glaucoma signs seen")
+    for eye in ("right", "left"):
+        widths = images_loaded(page, f"#eye-{eye} img.photo")
+        assert widths and all(w > 0 for w in widths), f"the {eye} eye's photo did not load"
+        assert page.is_visible(f"#eye-{eye} >> text=Retake")
+    look(page, "08-result")
+    page.click("#finish")
+    page.wait_for_url(re.compile(r".*/slip$"))
+    assert page.inner_text(".slip-headline") == headline
+    look(page, "09-slip")
+    visit_uuid = page.url.rsplit("/", 2)[1]
+    assert unit.visits.get_visit(visit_uuid)["status"] == "finished"
+
+    # -- the visit on the home page and the patient's page -------------------------------------
+    page.click("text=Done")
+    page.wait_for_url(base + "/")
+    assert "Grace Achieng" in page.inner_text(".today")
+    look(page, "10-home-after")
+    page.fill("#q", "grace")
+    page.click("main button:has-text('Find')")
+    look(page, "11-find")
+    page.click(".row:has-text('Grace Achieng')")
+    page.wait_for_url(re.compile(r".*/patients/CL-0042$"))
+    assert page.locator(".visit").count() == 1
+    assert all(w > 0 for w in images_loaded(page, ".visit img.thumb"))
+    measured = [e for e in ("right", "left") if unit.visits.eye_history("CL-0042", e) and
+                unit.visits.eye_history("CL-0042", e)[-1]["vcdr"] is not None]
+    for eye in measured:
+        assert page.locator(f"#trend-{eye} circle").count() == 1
+    look(page, "12-patient")
+
+    page.goto(base + "/patients/NOBODY")
+    assert page.inner_text("h1") == "Patient not found"
+    look(page, "13-not-found")
+    page.goto(base + "/admin/")
+    look(page, "14-admin")
