@@ -20,12 +20,15 @@ from device.quality import QualityGate
 from device.recording import record_eye
 from device.rig import Rig, open_rig
 from device.visitlog import VisitLog
+from models.runtime import EngineError
 
 log = logging.getLogger(__name__)
 
 
 class Unit:
-    def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline, visits: VisitLog):
+    model_error: str | None = None
+
+    def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline | None, visits: VisitLog):
         self.config = config
         self.rig = rig
         self.camera = rig.camera
@@ -44,12 +47,22 @@ class Unit:
         """The unit on the board's hardware, or in simulation when `config.simulate` is set."""
         rig = open_rig(config)
         try:
-            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision)
             visits = VisitLog(config.data_dir)
         except BaseException:
             rig.close()
             raise
-        return cls(config, rig=rig, pipeline=pipeline, visits=visits)
+        try:
+            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision)
+        except EngineError as exc:
+            # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
+            log.error("screening models not loaded: %s", exc)
+            pipeline = None
+            model_error = str(exc)
+        else:
+            model_error = None
+        unit = cls(config, rig=rig, pipeline=pipeline, visits=visits)
+        unit.model_error = model_error
+        return unit
 
     # -- what the kiosk uses --------------------------------------------------------------------
     def begin_capture(self, visit_uuid: str, eye: str) -> None:
@@ -60,6 +73,8 @@ class Unit:
         self.capture.begin(eye)
 
     def screen_and_record(self, visit_uuid: str, eye: str, photo: CapturedPhoto) -> dict:
+        if self.pipeline is None:
+            raise EngineError(self.model_error or "the screening models are not loaded")
         with self._screen_lock:
             result = self.pipeline.screen(photo.rgb)
         ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
@@ -72,7 +87,8 @@ class Unit:
             "camera": {"ok": cap["running"] and not cap["error"], "error": cap["error"],
                        **(self.camera.info() if hasattr(self.camera, "info") else {})},
             "illumination": self.illumination.state() if self.illumination is not None else {"ok": False},
-            "models": {"ok": True, **self.pipeline.model_versions},
+            "models": ({"ok": True, **self.pipeline.model_versions} if self.pipeline is not None
+                       else {"ok": False, "error": self.model_error}),
             "disk_free_bytes": shutil.disk_usage(self.config.data_dir).free,
             "outbox": self.visits.outbox_counts(),
         }

@@ -292,3 +292,28 @@ def test_vcdr_chart_puts_visits_on_a_time_axis():
     assert chart["change"] == pytest.approx(0.40)
     assert [p["referral"] for p in chart["points"]] == ["normal", "normal", "refer"]
     assert vcdr_chart([]) is None and vcdr_chart(history[1:2]) is None
+
+
+def test_a_damaged_model_gives_a_clear_page_not_a_dead_kiosk(tmp_path, monkeypatch):
+    """The unit starts without its screening model (a damaged file is refused by its hash) and the
+    kiosk says so on the home page; visits can still be looked up."""
+    from device.pipeline import ScreeningPipeline
+    from models.runtime import EngineError
+
+    def damaged(*a, **k):
+        raise EngineError("model file segmentation.onnx is damaged (sha256 0123..., expected 4567...); reinstall the unit's models")
+
+    monkeypatch.setattr(ScreeningPipeline, "from_artifacts", classmethod(lambda cls, *a, **k: damaged()))
+    u = make_unit(tmp_path / "unit")
+    try:
+        assert u.pipeline is None and u.status()["models"]["ok"] is False
+        add_workers(u)
+        c = create_app(u, secret_key=b"k" * 32, testing=True).test_client()
+        sign_in(c)
+        home = c.get("/")
+        assert home.status_code == 200
+        assert "damaged" in home.text and "Traceback" not in home.text
+        with pytest.raises(EngineError, match="damaged"):
+            u.screen_and_record("no-visit", "right", None)
+    finally:
+        u.close()
