@@ -108,6 +108,20 @@ class Unit:
         self.rig.close()
 
 
+DEMO_USER, DEMO_PIN = "demo", "2580"
+
+
+def _demo_account(config: Config) -> None:
+    """In simulation only: an account to try the kiosk with, so the first screen is not a dead end."""
+    from device.accounts import Accounts, accounts_path
+
+    accounts = Accounts(accounts_path(config.data_dir))
+    if accounts.count() == 0:
+        accounts.add(DEMO_USER, DEMO_PIN, admin=True)
+        print(f"Simulation: sign in as '{DEMO_USER}' with PIN {DEMO_PIN} (an admin; create real accounts with "
+              f"`glaucoscreen user add NAME --admin`)", flush=True)
+
+
 def serve(config: Config) -> int:
     """Run the unit until SIGTERM/SIGINT: capture loop in a thread, kiosk served by waitress."""
     import waitress
@@ -117,6 +131,8 @@ def serve(config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     unit = Unit.from_config(config)
     unit.start()
+    if config.simulate:
+        _demo_account(config)
     app = create_app(unit)
     server = waitress.create_server(app, host=config.kiosk.host, port=config.kiosk.port, threads=config.kiosk.threads)
     signal.signal(signal.SIGTERM, lambda *_: server.close())

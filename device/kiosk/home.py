@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from flask import Blueprint, render_template
+from flask import Blueprint, jsonify, render_template
 
 from device.kiosk import get_unit
 from device.kiosk.outcome import visit_outcome
@@ -49,3 +49,12 @@ def index():
     status = unit_status()
     return render_template("home.html", today=today, outbox=unit.visits.outbox_counts(),
                            problems=device_problems(status), status=status)
+
+
+@bp.get("/healthz")
+def healthz():
+    """For the kiosk browser's start-up and the watchdog: is the server up and the capture loop alive?
+    Says nothing about patients, so it needs no sign-in."""
+    state = get_unit().capture.state()
+    ok = state["running"] and not state["error"]
+    return jsonify(ok=ok, capture_running=state["running"], error=state["error"]), (200 if ok else 503)

@@ -17,7 +17,7 @@ from flask import Flask, abort, current_app, flash, jsonify, redirect, request, 
 
 from device.kiosk import get_accounts
 
-PUBLIC_ENDPOINTS = {"auth.signin", "static"}
+PUBLIC_ENDPOINTS = {"auth.signin", "static", "home.healthz"}
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; "
