@@ -283,10 +283,15 @@ class CaptureLoop:
         quality = self.gate.assess(best)
         with self._lock:
             trace = self._trace
+            trace["burst_sharpness"] = [round(s[0], 1) for s in stills]
+            if not quality.gradable and not manual:
+                # the eye moved or blinked during the burst: keep aligning and try again
+                trace["stills_rejected"] = trace.get("stills_rejected", 0) + 1
+                self._state.update(streak=0, instruction=quality.reasons[0].message)
+                return
             trace["rejected"] = dict(trace["rejected"])
             trace["seconds_to_capture"] = round(time.monotonic() - self._armed_at, 2)
             trace["manual"] = manual
-            trace["burst_sharpness"] = [round(s[0], 1) for s in stills]
             self._captured = CapturedPhoto(eye, best, quality, trace)
             self._armed = None
             self._button.clear()

@@ -116,7 +116,11 @@ def cmd_capture(args) -> int:
 
     cfg = Config.load(args.config, simulate=args.simulate or None)
     args.out.mkdir(parents=True, exist_ok=True)
-    options = {"seed": args.seed, "laterality": args.eye} if cfg.simulate else {}
+    options = {}
+    if cfg.simulate:
+        options = {"seed": args.seed, "eye_seed": args.seed, "laterality": args.eye}
+        if args.hard_start:  # the disc off-centre, the light far too low; focus is off by the eye's refraction
+            options.update(offset=(90.0, -60.0), light_scale=0.25)
     with open_rig(cfg, **options) as rig:
         loop = CaptureLoop(rig.camera, QualityGate(), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
         loop.start()
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--timeout", type=float, default=30.0)
     c.add_argument("--seed", type=int, default=0, help="simulated eye and start pose")
+    c.add_argument("--hard-start", action="store_true", help="simulation: start off-centre and under-lit")
     c.set_defaults(func=cmd_capture)
 
     y = sub.add_parser("sync", help="send finished visits to the central PACS (DICOMweb STOW-RS)")
