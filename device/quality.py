@@ -8,33 +8,38 @@ a 2048x1750 Drishti-GS1 photo (all of them have a field about as wide as the fra
 How each measure is made, and why that way:
 
 * field: the camera's field stop shows the retina as a bright circle on black, often cut off at the
-  top and bottom of the frame. A circle fitted to the edge of the lit area (trimmed, so an eyelid's
-  shadow or a notch does not pull it) gives the field's centre and radius; everything else is
-  measured inside it, away from its edge where every camera's light falls off.
-* brightness: mean luminance inside the field, what the illumination controller steers on.
-  Exposure (the mean of the brightest channel, the red in a fundus) decides "too dark": a deeply
-  pigmented fundus reflects almost no green, so its luminance is low although it is well exposed.
+  top and bottom of the frame. The circle most of the lit area's edge lies on (found by sampling, so
+  an eyelid's ragged shadow or a notch in the stop does not pull it) gives the field's centre and
+  radius; everything else is measured inside it, away from its edge where every camera's light falls
+  off. No such circle, or no red inside it, is "no_fundus": rooms, paper, noise and black frames.
+* brightness: mean luminance inside the field, what the illumination controller steers on. "Too
+  dark" is decided on the brightest channel instead (the red, in a fundus): its mean (exposure) and
+  its 99th percentile (highlight, usually the disc). A deeply pigmented fundus reflects little green,
+  so its luminance is low while its disc is well exposed; an under-exposed frame is dim everywhere.
 * focus: how much vessel edges lose when smoothed a little more. Edge strength (99.5th percentile
   of the gradient) at smoothing 1 px against 2 px is independent of contrast, exposure and noise;
   a sharp edge loses half, an already blurred one almost nothing. Rescaled to 0 (blurred) .. 1 (sharp).
 * uniformity: the darker half of the field against the opposite half, over eight directions: an
   eyelid, lashes or a misaligned pupil shade one side, while the camera's own falloff is symmetric.
-* glare: the corneal reflex is white-blue, a colour the retina (red, little blue) never has except
-  on the pale cup, which is a small part of the field.
-* disc: the brightest blob of about a disc's size (difference of two local means inside the field).
+* glare: the corneal reflex adds white light, so it is white-blue, a colour the red retina only
+  has on a pale disc, which is a small part of the field. Over-exposure is judged on the rest of the
+  retina, so a reflex is reported as a reflex and a bright retina as too bright.
+* disc: the brightest blob of about a disc's size (difference of two local means inside the field),
+  looked for away from the field's rim first, where lens reflexes and haze gather.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
-WORK_WIDTH = 320  # longest side of the copy every measure is taken on
+WORK_WIDTH = 320  # width of the copy every measure is taken on (its height, for a portrait frame)
 INNER = 0.9  # measures are taken inside this fraction of the field radius
 CLIP_LEVEL = 250  # a channel at or above this has run out of range
+DISC_REACH = 0.85  # field radii: a disc centred further out is cut by the field's edge (real discs lie within 0.8)
 
 # Most important first: the first reason is the one instruction the worker sees.
 CODES = ("no_fundus", "field_too_small", "too_dark", "too_bright", "glare", "uneven_light", "out_of_focus",
@@ -44,7 +49,7 @@ MESSAGES = {
     "field_too_small": "Only part of the retina is in view - move the camera closer and centre it on the pupil",
     "too_dark": "Too dark - the light is being turned up; keep the eye open",
     "too_bright": "Too bright - the light is being turned down; hold steady",
-    "uneven_light": "Part of the picture is shaded - ask the patient to open the eye wide; centre the camera on the pupil",
+    "uneven_light": "Shaded on one side - ask the patient to open the eye wide, then centre the camera on the pupil",
     "glare": "Bright reflection - move the camera slightly back or sideways until the white spot goes",
     "out_of_focus": "Blurred - hold still while the focus settles; ask the patient not to move",
     "no_disc": "Optic disc not seen - ask the patient to look at the fixation light",
@@ -66,24 +71,25 @@ class Reason:
 class QualitySettings:
     """Every threshold of the gate, in one place (the unit's config can override each by name).
 
-    Defaults were tuned on real photos (REFUGE's Canon CR-2 and Drishti-GS1) and on degraded copies
-    of them: they pass the gradable real photos of both cameras and fail each degradation for its
-    own reason. Fractions are of the field's area unless said otherwise.
+    Tuned on all 501 real photos in the shared data (REFUGE's Canon CR-2 and Drishti-GS1) and on
+    copies of them spoiled one way each: the comments give the range the real photos span ("real")
+    and where the spoiled copies land. Fractions are of the field's area unless said otherwise.
     """
 
-    min_field_fraction: float = 0.35  # share of the frame the fundus field must cover (REFUGE ~0.7)
-    min_focus: float = 0.25  # edge sharpness 0..1; real photos 0.35..0.95, a blur of 1% of the field ~0.15
-    min_exposure: float = 0.27  # mean of the brightest channel (0..1); real photos >= 0.24, normal ~0.55
-    max_brightness: float = 0.75  # mean luminance (0..1); real photos 0.13..0.6
-    max_clipped_fraction: float = 0.12  # pixels with a channel at its limit (a bright disc is ~2%)
-    max_dark_fraction: float = 0.3  # pixels with luminance below `dark_level` (eyelid, lashes, pupil shadow)
-    dark_level: float = 0.06  # luminance (0..1) below which a pixel shows nothing
-    min_uniformity: float = 0.45  # darker half of the field / opposite half, worst direction
-    max_glare_fraction: float = 0.03  # white-blue pixels (the pale cup alone stays under ~1.5%)
-    glare_level: float = 0.6  # blue channel (0..1) of a reflex; the retina's blue stays well below
-    min_disc_contrast: float = 0.18  # disc blob over its surroundings, relative to the field's brightness
-    max_disc_offset: float = 0.3  # disc centre from the field centre, field radii (disc-centred photos)
-    min_red_ratio: float = 1.12  # red / green inside the field: every fundus is red; paper, walls and skies are not
+    min_field_fraction: float = 0.35  # of the frame covered by the field: real 0.72..0.87; moved mostly out <= 0.29
+    min_focus: float = 0.25  # edge sharpness 0..1: real >= 0.31; blur of 1% of the field's width <= 0.22
+    min_exposure: float = 0.18  # mean of the brightest channel 0..1: real >= 0.19 (one photo 0.15)
+    min_highlight: float = 0.5  # its 99th percentile 0..1: real >= 0.55 (the same photo 0.42); 35% light <= 0.35
+    max_brightness: float = 0.75  # mean luminance of the retina 0..1: real <= 0.58
+    max_clipped_fraction: float = 0.12  # retina with a channel at its limit: real <= 0.05; over-exposed >= 0.6
+    max_dark_fraction: float = 0.3  # luminance below `dark_level` (lid, lashes, pupil shadow): real <= 0.17
+    dark_level: float = 0.06  # luminance 0..1 below which a pixel shows nothing
+    min_uniformity: float = 0.45  # darker half of the field / opposite half: real >= 0.48; lid over half <= 0.36
+    max_glare_fraction: float = 0.05  # white-blue pixels: real <= 0.046 (a large pale disc); a reflex >= 0.08
+    glare_level: float = 0.6  # blue channel 0..1 a reflex reaches; the retina's blue stays well below
+    min_disc_contrast: float = 0.18  # disc over its surroundings / field brightness: real >= 0.27; no disc <= 0.14
+    max_disc_offset: float = 0.25  # disc from the field centre, field radii, for disc-centred photos
+    min_red_ratio: float = 1.12  # red / green in the field: real >= 1.31; paper, walls and grey images ~1
 
     def validate(self) -> None:
         """Refuse nonsense from a config file before it silently passes or fails every frame."""
@@ -118,9 +124,9 @@ class QualityReport:
         }
 
 
-METRICS = ("field_fraction", "focus", "brightness", "exposure", "clipped_fraction", "dark_fraction", "uniformity",
-           "glare_fraction", "retina_brightness", "retina_clipped_fraction", "red_ratio", "disc_x", "disc_y",
-           "disc_contrast", "disc_offset")
+METRICS = ("field_fraction", "focus", "brightness", "exposure", "highlight", "clipped_fraction", "dark_fraction",
+           "uniformity", "glare_fraction", "retina_brightness", "retina_clipped_fraction", "red_ratio", "disc_x",
+           "disc_y", "disc_contrast", "disc_offset")
 
 
 @dataclass
@@ -172,7 +178,7 @@ class QualityGate:
         m["dark_fraction"] = cv2.countNonZero(dark) / n_inner
         # White-blue: blue high in itself and against red, which only added white light does to a red retina.
         reflex = cv2.compare(b_, s.glare_level * 255.0, cv2.CMP_GE) & cv2.compare(
-            b_.astype(np.float32), r_.astype(np.float32) * 0.7, cv2.CMP_GE)
+            b_, cv2.convertScaleAbs(r_, alpha=0.7), cv2.CMP_GE)
         glare = cv2.bitwise_and(reflex, inner)
         m["glare_fraction"] = cv2.countNonZero(glare) / n_inner
         # Over-exposure is judged on the retina the reflex leaves visible, so a reflex is called a reflex.
@@ -183,13 +189,15 @@ class QualityGate:
             m["retina_clipped_fraction"] = cv2.countNonZero(cv2.bitwise_and(clipped, rest)) / n_rest
         else:  # white nearly everywhere: over-exposure, not a reflex
             m["retina_brightness"], m["retina_clipped_fraction"] = m["brightness"], m["clipped_fraction"]
+        levels = np.cumsum(cv2.calcHist([brightest], [0], rest, [256], [0, 256]).ravel())
+        m["highlight"] = float(np.searchsorted(levels, 0.99 * levels[-1])) / 255.0 if levels[-1] else math.nan
         unclipped = cv2.bitwise_and(rest, cv2.bitwise_not(clipped))
         if cv2.countNonZero(unclipped) > 0.2 * n_inner:  # colour means nothing where a channel has run out
             red, green = cv2.mean(r_, unclipped)[0], cv2.mean(g_, unclipped)[0]
             m["red_ratio"] = (red + 1.0) / (green + 1.0)
         m["uniformity"] = _uniformity(grey, inner, found)
         m["focus"] = _focus(g_, inner)
-        disc = _find_disc(grey, field_mask, found)
+        disc = _find_disc(grey, field_mask, found, s.min_disc_contrast)
         if disc is not None:
             dx, dy, contrast = disc
             m["disc_contrast"] = contrast
@@ -197,7 +205,10 @@ class QualityGate:
             m["disc_y"] = ((dy + 0.5) / scale - 0.5) / h
             m["disc_offset"] = math.hypot(dx - found.cx, dy - found.cy) / found.r
 
-        return QualityReport(*self._judge(m), metrics=m, field=fx)
+        gradable, reasons = self._judge(m)
+        if reasons and reasons[0].code == "no_fundus":
+            return QualityReport(False, reasons, m, None)  # a round lit shape, but not a retina
+        return QualityReport(gradable, reasons, m, fx)
 
     def _judge(self, m: dict[str, float]) -> tuple[bool, list[Reason]]:
         s = self.settings
@@ -206,7 +217,7 @@ class QualityGate:
         codes = set()
         if m["field_fraction"] < s.min_field_fraction:
             codes.add("field_too_small")
-        if m["exposure"] < s.min_exposure:
+        if m["exposure"] < s.min_exposure or m["highlight"] < s.min_highlight:
             codes.add("too_dark")
         elif m["retina_brightness"] > s.max_brightness or m["retina_clipped_fraction"] > s.max_clipped_fraction:
             codes.add("too_bright")
@@ -220,7 +231,7 @@ class QualityGate:
                 codes.add("out_of_focus")
             if not m["disc_contrast"] >= s.min_disc_contrast:  # NaN: no disc candidate at all
                 codes.add("no_disc")
-            elif self.require_disc_centred and m["disc_offset"] > s.max_disc_offset:
+            elif m["disc_offset"] > DISC_REACH or (self.require_disc_centred and m["disc_offset"] > s.max_disc_offset):
                 codes.add("disc_off_centre")
         reasons = [Reason.of(c) for c in CODES if c in codes]
         return not reasons, reasons
@@ -378,11 +389,14 @@ def _uniformity(grey: np.ndarray, inner: np.ndarray, f: _Field) -> float:
     return float(worst)
 
 
-def _find_disc(grey: np.ndarray, field_mask: np.ndarray, f: _Field) -> tuple[float, float, float] | None:
+def _find_disc(grey: np.ndarray, field_mask: np.ndarray, f: _Field,
+               min_contrast: float) -> tuple[float, float, float] | None:
     """The brightest disc-sized blob in the field: (x, y) in work pixels and its contrast, or None.
 
-    Taken at a quarter of the work size (a disc is still ~10 pixels across there), where the wide
-    blurs it needs cost nothing.
+    The field's rim is where lens reflexes and haze gather, so the disc is looked for inside
+    `DISC_REACH` first; only when nothing there stands out is a blob on the rim taken (a disc the
+    eye has turned to the edge). Taken at a quarter of the work size (a disc is still ~10 pixels
+    across there), where the wide blurs it needs cost nothing.
     """
     k = 4
     size = (max(1, grey.shape[1] // k), max(1, grey.shape[0] // k))
@@ -396,8 +410,13 @@ def _find_disc(grey: np.ndarray, field_mask: np.ndarray, f: _Field) -> tuple[flo
     score = (_masked_blur(lum, wts, 0.04 * r) - _masked_blur(lum, wts, 0.15 * r)) / mean
     ys, xs = _grid(size[1], size[0])
     reach = np.hypot(xs + 0.5 - (f.cx + 0.5) / k, ys + 0.5 - (f.cy + 0.5) / k) / r
-    score[(reach > 0.95) | (wts < 0.99)] = -np.inf
-    i = int(np.argmax(score))
+    margin = 0.1 * r  # nor at the frame's edge, where a cut-off field shows the same reflexes
+    inside = (xs >= margin) & (xs < size[0] - margin) & (ys >= margin) & (ys < size[1] - margin)
+    score[(reach > 0.95) | (wts < 0.99) | ~inside] = -np.inf
+    central = np.where(reach <= DISC_REACH, score, -np.inf)
+    i = int(np.argmax(central))
+    if not central.flat[i] >= min_contrast:
+        i = int(np.argmax(score))
     best = float(score.flat[i])
     if not math.isfinite(best):
         return None
@@ -407,6 +426,6 @@ def _find_disc(grey: np.ndarray, field_mask: np.ndarray, f: _Field) -> tuple[flo
 
 def _masked_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
     """Local mean of the field only (normalized convolution): the black beyond its edge does not leak in."""
-    num = cv2.GaussianBlur(values, (0, 0), sigma)
-    den = cv2.GaussianBlur(weights, (0, 0), sigma)
+    num = cv2.GaussianBlur(values, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(weights, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
     return num / np.maximum(den, 1e-3)
