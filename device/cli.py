@@ -122,7 +122,7 @@ def cmd_capture(args) -> int:
         if args.hard_start:  # the disc off-centre, the light far too low; focus is off by the eye's refraction
             options.update(offset=(90.0, -60.0), light_scale=0.25)
     with open_rig(cfg, **options) as rig:
-        loop = CaptureLoop(rig.camera, QualityGate(), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
+        loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
         loop.start()
         try:
             loop.begin(args.eye)

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from device.quality import QualitySettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10 (JetPack 6's Ubuntu 22.04)
@@ -66,6 +68,7 @@ class Config:
     precision: str = "auto"           # auto | fp32 | int8
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    quality: QualitySettings = field(default_factory=QualitySettings)
     sync: SyncConfig = field(default_factory=SyncConfig)
 
     @classmethod

@@ -38,7 +38,7 @@ class Unit:
         self.pipeline = pipeline
         self.visits = visits
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
-        self.capture = CaptureLoop(rig.camera, QualityGate(), config.capture, illumination=rig.illumination,
+        self.capture = CaptureLoop(rig.camera, QualityGate(config.quality), config.capture, illumination=rig.illumination,
                                    optic_module=rig.optic_module)
 
     # -- construction ---------------------------------------------------------------------------
@@ -52,7 +52,7 @@ class Unit:
             rig.close()
             raise
         try:
-            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision)
+            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality))
         except EngineError as exc:
             # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
             log.error("screening models not loaded: %s", exc)

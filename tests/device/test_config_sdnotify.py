@@ -21,6 +21,19 @@ def test_config_file_then_environment_then_flags(tmp_path, monkeypatch):
     assert Config.load(f, data_dir=tmp_path / "flag").data_dir == tmp_path / "flag"
 
 
+def test_quality_thresholds_come_from_the_config_and_nonsense_is_refused(tmp_path):
+    from device.quality import QualityGate
+
+    f = tmp_path / "g.toml"
+    f.write_text("[quality]\nmax_glare_fraction = 0.03\n")
+    cfg = Config.load(f)
+    assert cfg.quality.max_glare_fraction == 0.03
+    assert QualityGate(cfg.quality).settings.max_glare_fraction == 0.03
+    cfg.quality.min_focus = float("nan")
+    with pytest.raises(ValueError, match="min_focus"):
+        QualityGate(cfg.quality)
+
+
 def test_unknown_setting_is_named(tmp_path):
     f = tmp_path / "g.toml"
     f.write_text("[capture]\nmax_led = 2\n")
