@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+# The shared data sits beside the checkout; GLAUCOSCREEN_SHARED_DATA points elsewhere (as in the tests).
+DEFAULT_DATA = Path(os.environ.get("GLAUCOSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 REFUGE_IMAGE_FOLDERS = ("images", "Images", "Training400", "Validation400", "Test400", "img", "imgs")
 REFUGE_MASK_FOLDERS = ("masks", "Masks", "gts", "GT", "Disc_Cup_Masks", "Annotation-Training400", "mask")

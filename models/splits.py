@@ -14,7 +14,7 @@ import csv
 import random
 from pathlib import Path
 
-from models.datasets import Record, read_dataset
+from models.datasets import DEFAULT_DATA, Record, read_dataset
 
 SPLITS_CSV = Path(__file__).resolve().parent / "artifacts" / "splits.csv"
 SEED = 20240601
@@ -72,7 +72,7 @@ def load_splits(path: Path = SPLITS_CSV) -> dict[tuple[str, str], str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=SPLITS_CSV)
     args = parser.parse_args(argv)
     rows = make_splits(args.data)

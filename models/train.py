@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from models.augment import Colour, Geometry, apply_affine, recolour, sample_affine
-from models.datasets import Record, decode_mask, disc_geometry, read_dataset, vcdr_from_masks
+from models.datasets import DEFAULT_DATA, Record, decode_mask, disc_geometry, read_dataset, vcdr_from_masks
 from models.images import read_rgb
 from models.losses import task_losses
 from models.net import build_net, parameter_count
@@ -40,7 +40,6 @@ from models.preprocess import INPUT_SIZE, Box, disc_crop_box, fovea_heatmap, nor
 from models.splits import load_splits
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
 TASKS = ("disc", "cup", "fovea", "glaucoma")
 VIEW_KINDS = ("whole", "disc")
 CACHE_MARGIN = {"whole": 1.25, "disc": 2.0}  # cached region / nominal view side, room for jitter and rotation
