@@ -188,6 +188,27 @@ def cmd_gate(args) -> int:
     return 0 if verdict["passed"] else 1
 
 
+def cmd_build_engines(args) -> int:
+    """Build (or find cached) TensorRT engines for every shipped model and precision, on the Jetson."""
+    from models import registry
+    from models.runtime import EngineError
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    built = {}
+    try:
+        for name, entry in registry.manifest().items():
+            if not isinstance(entry, dict) or "file" not in entry:
+                continue
+            for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
+                engine = registry.load_engine(name, precision, backend="tensorrt", engine_cache=cfg.data_dir / "engines")
+                built[f"{name}.{precision}"] = str(engine.engine_file)
+    except EngineError as exc:
+        print(f"glaucoscreen build-engines: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(built, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
@@ -255,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="segmentation")
     g.add_argument("--split", default="val")
     g.set_defaults(func=cmd_gate)
+
+    e2 = sub.add_parser("build-engines", help="build the TensorRT engines on a Jetson (cached by model, TensorRT, GPU, precision)")
+    e2.add_argument("--data-dir", type=Path)
+    e2.set_defaults(func=cmd_build_engines)
 
     b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
     b.add_argument("--runs", type=int, default=30)

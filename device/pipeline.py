@@ -109,11 +109,12 @@ class ScreeningPipeline:
         self.model_versions.setdefault("referral", policy.source)
 
     @classmethod
-    def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None) -> "ScreeningPipeline":
+    def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None,
+                       engine_cache: Path | None = None) -> "ScreeningPipeline":
         """The shipped models; `auto` takes INT8 where the accuracy gate allows it and this CPU runs it faster."""
         if precision == "auto":
             precision = registry.preferred_precision("segmentation")
-        engine = registry.load_engine("segmentation", precision, threads=threads)
+        engine = registry.load_engine("segmentation", precision, threads=threads, engine_cache=engine_cache)
         policy = ReferralPolicy.load(SCREENING_POLICY) if SCREENING_POLICY.exists() else ReferralPolicy()
         versions = registry.versions()
         versions["precision"] = precision

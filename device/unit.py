@@ -52,7 +52,8 @@ class Unit:
             rig.close()
             raise
         try:
-            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality))
+            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
+                                                        engine_cache=config.data_dir / "engines")
         except EngineError as exc:
             # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
             log.error("screening models not loaded: %s", exc)

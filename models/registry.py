@@ -72,15 +72,29 @@ def cpu_has_int8_dot(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
 
 
+def have_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+
+
 def preferred_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
-    """What `precision = "auto"` runs on this CPU: INT8 where the gate allows it and it is faster."""
+    """What `precision = "auto"` runs here: INT8 where the gate allows it and it is faster (always on a
+    TensorRT GPU; on a CPU only with 8-bit dot products)."""
     allowed = shipped_precision(name, artifacts)
-    return "int8" if allowed == "int8" and cpu_has_int8_dot() else "fp32"
+    return "int8" if allowed == "int8" and (have_tensorrt() or cpu_has_int8_dot()) else "fp32"
 
 
-def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None) -> Engine:
+def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None,
+                backend: str = "auto", engine_cache: Path | None = None) -> Engine:
+    """The model as an `Engine`: TensorRT where it is installed (the Jetson), else ONNX Runtime."""
     path, entry = model_file(name, precision, artifacts)
-    engine = OnnxEngine(path, name=name, precision=precision, threads=threads)
+    if backend == "tensorrt" or (backend == "auto" and have_tensorrt() and engine_cache is not None):
+        from models.tensorrt_engine import TensorRTEngine
+
+        engine = TensorRTEngine(path, name=name, precision=precision, model_sha256=entry["sha256"], cache_dir=engine_cache)
+    else:
+        engine = OnnxEngine(path, name=name, precision=precision, threads=threads)
     engine.version = entry.get("version", path.stem)
     return engine
 

@@ -121,3 +121,8 @@ def test_doctor_reports_models_with_their_hashes(tmp_path):
     assert "TensorRT" in report["inference"]["tensorrt"].get("why", "") or report["inference"]["tensorrt"]["ok"]
     assert report["data_dir"]["free_bytes"] > 0
     assert report["board"]["name"] in ("workstation", "pi5", "jetson-orin-nano")
+
+
+def test_build_engines_says_why_it_cannot_run_without_tensorrt(tmp_path):
+    out = run_cli("build-engines", "--data-dir", tmp_path)
+    assert out.returncode == 1 and "TensorRT is not installed" in out.stderr
