@@ -86,6 +86,11 @@ def inference() -> dict:
     if not trt["ok"]:
         trt["why"] = "TensorRT is not installed (it comes with JetPack on a Jetson); ONNX Runtime runs the models"
     out["tensorrt"] = trt
+    from models import registry
+
+    out["backend"] = "tensorrt" if registry.have_tensorrt() else "onnxruntime"
+    out["int8_dot_product_cpu"] = registry.cpu_has_int8_dot()
+    out["precision"] = {"segmentation": registry.preferred_precision("segmentation")}
     out["ok"] = out["onnxruntime"]["ok"]
     return out
 

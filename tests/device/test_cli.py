@@ -118,6 +118,8 @@ def test_doctor_reports_models_with_their_hashes(tmp_path):
     seg = report["models"]["segmentation"]
     assert seg["ok"] and seg["sha256"] == registry.manifest()["segmentation"]["sha256"]
     assert report["inference"]["onnxruntime"]["ok"]
+    assert report["inference"]["backend"] == "onnxruntime"
+    assert report["inference"]["precision"]["segmentation"] in ("fp32", "int8")
     assert "TensorRT" in report["inference"]["tensorrt"].get("why", "") or report["inference"]["tensorrt"]["ok"]
     assert report["data_dir"]["free_bytes"] > 0
     assert report["board"]["name"] in ("workstation", "pi5", "jetson-orin-nano")
