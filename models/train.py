@@ -14,6 +14,9 @@ Why it is built this way:
   samples an uninterrupted one would.
 - `mode` selects how the tasks share the network: "mtl" sums weighted losses under one AdamW;
   "mtl_io" gives each task its own Adam and lets the tasks step in turn (MTL-IO).
+
+Config keys are those of DEFAULTS. A source is {"folder", "splits" (from artifacts/splits.csv, or
+null for every photo), "weight" (times per epoch), "limit" (first N photos, for quick runs)}.
 """
 from __future__ import annotations
 
