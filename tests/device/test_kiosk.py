@@ -317,3 +317,28 @@ def test_a_damaged_model_gives_a_clear_page_not_a_dead_kiosk(tmp_path, monkeypat
             u.screen_and_record("no-visit", "right", None)
     finally:
         u.close()
+
+
+def test_a_refused_result_is_shown_with_the_servers_reason_and_can_be_sent_again(fresh_unit):
+    """Sync quarantines what the PACS refuses for good; the admin sees why and queues it again."""
+    u = fresh_unit
+    add_workers(u)
+    u.visits.add_patient("CL-77", name="Kwame", consent=True)
+    uuid = u.visits.start_visit("CL-77", operator="amina", device_id="test-unit")
+    u.visits.skip_eye(uuid, "left", "eye closed")
+    capture = u.visits.add_capture(uuid, "right", b"\xff\xd8photo\xff\xd9", quality={"gradable": True}, source="simulator")
+    u.visits.add_result(capture, {"gradable": True, "referral": "normal", "vcdr": 0.4, "glaucoma_probability": 0.1})
+    (item,) = u.visits.finalize_visit(uuid)
+    u.visits.outbox_mark_failed(item, "HTTP 400: patient ID conflicts with an existing study", quarantine=True)
+    c = create_app(u, secret_key=b"k" * 32, testing=True).test_client()
+    sign_in(c, "joseph", "1357")
+    assert c.get("/admin/sync").status_code == 403
+    c.post("/signout", data={"csrf_token": csrf_of(c.get("/").text)})
+    sign_in(c)
+    page = c.get("/admin/sync").text
+    assert "patient ID conflicts" in page and "right eye" in page
+    assert c.post(f"/admin/sync/{item}/retry").status_code == 400          # no CSRF token
+    r = c.post(f"/admin/sync/{item}/retry", data={"csrf_token": csrf_of(page)})
+    assert r.status_code == 302
+    assert u.visits.outbox_counts() == {"pending": 1, "sent": 0, "quarantined": 0}
+    assert "Nothing: every result" in c.get("/admin/sync").text
