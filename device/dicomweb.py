@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import requests
-from pydicom import Dataset, dcmwrite
+from pydicom import Dataset, dcmread, dcmwrite
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,21 @@ class DicomWebClient:
 
     def store(self, datasets: Iterable[Dataset]) -> StoreResult:
         """POST the datasets as one multipart/related request to {url}/studies."""
-        datasets = list(datasets)
-        if not datasets:
+        files = []
+        for ds in datasets:
+            part = io.BytesIO()
+            dcmwrite(part, ds, enforce_file_format=True)
+            files.append(part.getvalue())
+        return self.store_files(files)
+
+    def store_files(self, files: list[bytes]) -> StoreResult:
+        """POST already encoded DICOM files (as sync holds them) without decoding and encoding them again."""
+        if not files:
             raise ValueError("nothing to store: the list of datasets is empty")
-        expected = [str(ds.SOPInstanceUID) for ds in datasets]
+        expected = [str(dcmread(io.BytesIO(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                    for f in files]
         boundary = uuid.uuid4().hex
-        body = _multipart(datasets, boundary)
+        body = _multipart(files, boundary)
         headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                    "Accept": "application/dicom+json"}
         try:
@@ -168,13 +177,11 @@ class DicomWebClient:
         return bool(self.instances(study_uid))
 
 
-def _multipart(datasets: list[Dataset], boundary: str) -> bytes:
+def _multipart(files: list[bytes], boundary: str) -> bytes:
     out = io.BytesIO()
-    for ds in datasets:
-        part = io.BytesIO()
-        dcmwrite(part, ds, enforce_file_format=True)
+    for data in files:
         out.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        out.write(part.getvalue())
+        out.write(data)
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue()

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmwrite
 
 from device.config import Config, SyncConfig
 from device.dicom import EyeStudy, build_datasets
@@ -232,7 +232,7 @@ def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: I
                 report.quarantined += 1
                 log.error("quarantined %s: %s", where, reason)
                 continue
-            result = client.store([dcmread(io.BytesIO(f)) for f in files])
+            result = client.store_files(files)
             stop_reason = _record(visits, item, result, now, rng, report, where)
             if stop_reason is not None:
                 report.stopped = stop_reason
