@@ -242,7 +242,8 @@ class CaptureLoop:
         level, exposure = self.light.update(m.get("brightness", float("nan")))
         self._set_light()
         pos = None
-        if report.field is not None and any(r.code == "out_of_focus" for r in report.reasons) or self.focus.position is None:
+        blurred = report.field is not None and any(r.code == "out_of_focus" for r in report.reasons)
+        if blurred or self.focus.position is None:
             pos = self.focus.update(m.get("focus", 0.0))
         now = time.monotonic()
         jpeg = None

@@ -24,7 +24,7 @@ def _check(fn):
 def board(cfg: Config) -> dict:
     from hardware import boards
 
-    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    profile = boards.profile(cfg.board)
     return {"ok": True, "name": profile.name, "description": getattr(profile, "description", ""),
             "machine": platform.machine(), "python": platform.python_version()}
 
@@ -34,7 +34,7 @@ def camera(cfg: Config) -> dict:
         return {"ok": True, "backend": "simulated"}
     from hardware import boards
 
-    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    profile = boards.profile(cfg.board)
     backend = profile.camera_backend
     found = {"backend": backend}
     if backend == "picamera2":
@@ -50,7 +50,7 @@ def camera(cfg: Config) -> dict:
 def gpio(cfg: Config) -> dict:
     from hardware import boards
 
-    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    profile = boards.profile(cfg.board)
     factory = "mock" if cfg.simulate else profile.pin_factory
     out = {"pin_factory": factory, "gpiozero": _import_state("gpiozero")}
     if factory not in ("mock", None):
@@ -64,7 +64,7 @@ def gpio(cfg: Config) -> dict:
 def serial_port(cfg: Config) -> dict:
     from hardware import boards
 
-    profile = boards.PROFILES[cfg.board] if cfg.board != "auto" else boards.detect_board()
+    profile = boards.profile(cfg.board)
     port = profile.serial_port
     if cfg.simulate:
         return {"ok": True, "port": "simulated optic module (pseudo-terminal)"}

@@ -61,7 +61,7 @@ def hardware_rig(config: Config) -> Rig:
     from hardware.illumination import Illumination
     from hardware.optic_module import OpticModule
 
-    profile = boards.PROFILES[config.board] if config.board != "auto" else boards.detect_board()
+    profile = boards.profile(config.board)
     stack = ExitStack()
     try:
         lights = Illumination(profile, max_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s)

@@ -98,7 +98,9 @@ _MODEL_MATCHES = (
 
 
 def profile(name: str) -> BoardProfile:
-    """The profile called `name`, or a message listing the ones that exist."""
+    """The profile called `name` ("auto": the board we run on), or a message listing the ones that exist."""
+    if name == "auto":
+        return detect_board()
     try:
         return PROFILES[name]
     except KeyError:
