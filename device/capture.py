@@ -135,6 +135,7 @@ class CaptureLoop:
         self._armed_at = 0.0
         self._captured: CapturedPhoto | None = None
         self._trace: dict = {}
+        self._last_frame = time.monotonic()
         if illumination is not None and getattr(illumination, "button", None) is not None:
             illumination.button.when_pressed = self.press_button
 
@@ -185,6 +186,15 @@ class CaptureLoop:
             s = dict(self._state)
             s["reasons"] = list(s["reasons"])
             return s
+
+    def responsive(self, stall_s: float = 10.0) -> bool:
+        """False only when the loop is stuck (a camera read that never returns): the watchdog then
+        lets systemd restart the unit. A loop that stopped with an error is responsive: the kiosk
+        shows the worker what to do, and a restart would lose what they had entered."""
+        with self._lock:
+            if self._state["error"] or not self._state["running"]:
+                return True
+            return time.monotonic() - self._last_frame < stall_s
 
     def trace(self) -> dict:
         """What the loop has done since `begin`: frames, rejections by reason, light and focus traces."""
@@ -237,6 +247,7 @@ class CaptureLoop:
 
     def _step(self) -> None:
         frame = self.camera.read()
+        self._last_frame = time.monotonic()
         report = self.gate.assess(frame)
         m = report.metrics
         level, exposure = self.light.update(m.get("brightness", float("nan")))

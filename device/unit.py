@@ -140,7 +140,7 @@ def serve(config: Config) -> int:
     mode = "simulation" if config.simulate else "hardware"
     print(f"GlaucoScreen kiosk ({mode}) on http://{config.kiosk.host}:{server.effective_port}/  data: {config.data_dir}", flush=True)
     stop = threading.Event()
-    sdnotify.start_watchdog(lambda: not unit.capture.state()["error"], stop)
+    sdnotify.start_watchdog(unit.capture.responsive, stop)
     sdnotify.notify("READY=1")
     try:
         server.run()

@@ -93,3 +93,34 @@ def test_a_vanished_camera_is_reported_in_words(rig):
     finally:
         loop.stop()
     assert r.illumination.state()["white"] == 0
+
+
+def test_a_stuck_camera_read_makes_the_loop_unresponsive_for_the_watchdog(rig):
+    """A camera whose read never returns stops the frames; the watchdog must see that. A camera that
+    failed with an error is reported to the worker instead and does not count as stuck."""
+    import threading
+
+    cfg, r = rig
+    release = threading.Event()
+    real_read = r.camera.read
+    stuck = {"on": False}
+
+    def read():
+        if stuck["on"]:
+            release.wait(30)
+        return real_read()
+
+    r.camera.read = read
+    loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module)
+    loop.start()
+    try:
+        assert wait_for(lambda: loop.state()["running"], 20)
+        assert loop.responsive(stall_s=2.0)
+        stuck["on"] = True
+        assert wait_for(lambda: not loop.responsive(stall_s=0.5), 10)
+        stuck["on"] = False
+        release.set()
+        assert wait_for(lambda: loop.responsive(stall_s=0.5), 10)
+    finally:
+        release.set()
+        loop.stop()
