@@ -17,7 +17,8 @@ import onnx
 
 
 class ArrayReader:
-    """ONNX Runtime calibration reader over already preprocessed input tensors."""
+    """ONNX Runtime calibration reader over already preprocessed input tensors (read once: the
+    calibrator makes a single pass, and each quantization builds its own reader)."""
 
     def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
         self.input_name = input_name
@@ -26,9 +27,6 @@ class ArrayReader:
     def get_next(self):
         batch = next(self._batches, None)
         return None if batch is None else {self.input_name: batch}
-
-    def rewind(self):  # the calibrator reads once; a fresh reader is built per quantization
-        raise NotImplementedError("build a new ArrayReader to read the calibration set again")
 
 
 def head_nodes(model: onnx.ModelProto) -> list[str]:

@@ -34,19 +34,24 @@ def _percentiles(times_ms: list[float]) -> dict:
             "throughput_per_s": round(1000.0 / float(a.mean()), 2), "runs": len(a)}
 
 
+def _timed(once, runs: int, warmup: int) -> dict:
+    """Latency percentiles of `once()` after `warmup` untimed calls, and this process's peak memory."""
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - t0) * 1000)
+    return _percentiles(times) | {"peak_rss_mib": round(_peak_rss_mib(), 1)}
+
+
 def time_engine(path: Path, runs: int, warmup: int = 3, threads: int | None = None) -> dict:
     from models.runtime import OnnxEngine
 
     engine = OnnxEngine(path, threads=threads)
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
-    for _ in range(warmup):
-        engine.run({"image": x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        engine.run({"image": x})
-        times.append((time.perf_counter() - t0) * 1000)
-    return _percentiles(times) | {"peak_rss_mib": round(_peak_rss_mib(), 1), "model_mib": round(path.stat().st_size / 2**20, 2)}
+    return _timed(lambda: engine.run({"image": x}), runs, warmup) | {"model_mib": round(path.stat().st_size / 2**20, 2)}
 
 
 def time_pipeline(precision: str, photo: np.ndarray, runs: int, warmup: int = 2, threads: int | None = None) -> dict:
@@ -56,20 +61,13 @@ def time_pipeline(precision: str, photo: np.ndarray, runs: int, warmup: int = 2,
     if precision.startswith("reference:"):
         return time_reference_pipeline(precision.split(":", 1)[1], photo, runs, warmup, threads)
     pipeline = ScreeningPipeline.from_artifacts(precision=precision, threads=threads)
-    for _ in range(warmup):
-        pipeline.screen(photo)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        pipeline.screen(photo)
-        times.append((time.perf_counter() - t0) * 1000)
-    return _percentiles(times) | {"peak_rss_mib": round(_peak_rss_mib(), 1)}
+    return _timed(lambda: pipeline.screen(photo), runs, warmup)
 
 
 def time_reference_pipeline(path: str, photo: np.ndarray, runs: int, warmup: int = 2, threads: int | None = None) -> dict:
     """The same screening with the reference network doing both passes. Its weights are random (only
     speed matters), so the disc it would find is taken from our model, found once beforehand."""
-    from device.measurements import clean_masks, measure
+    from device.measurements import measure
     from device.pipeline import ScreeningPipeline
     from device.referral import ReferralPolicy
     from models.runtime import OnnxEngine
@@ -83,16 +81,9 @@ def time_reference_pipeline(path: str, photo: np.ndarray, runs: int, warmup: int
         ref.gate.assess(photo)
         ref.locate_disc(photo)
         seg = ref.segment_disc(photo, *found)
-        measure(*clean_masks(seg.disc_prob, seg.cup_prob))
+        measure(*seg.masks())
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - t0) * 1000)
-    return _percentiles(times) | {"peak_rss_mib": round(_peak_rss_mib(), 1)}
+    return _timed(once, runs, warmup)
 
 
 def _in_subprocess(kind: str, arg: str, precision: str, runs: int, threads: int) -> dict:

@@ -22,7 +22,7 @@ def cmd_screen(args) -> int:
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
         return 2
     pipeline = _pipeline(args)
-    visits = visit_uuid = None
+    visits = visit_uuid = cfg = None
     if args.record:
         from device.visitlog import VisitLog
 
@@ -39,7 +39,7 @@ def cmd_screen(args) -> int:
             from device.recording import record_eye
 
             if visit_uuid is None:
-                visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=Config.load(args.config).device_id)
+                visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
             original = Path(image).read_bytes()
             row["visit"] = visit_uuid
             row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from device.measurements import measure
 from device.evaluate import select
 from device.pipeline import SCREENING_POLICY, ScreeningPipeline
 from device.referral import ReferralPolicy
@@ -40,16 +39,10 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
         for rec in select(Path(folder), read_dataset(folder), "val"):
             if rec.glaucoma is None:
                 continue
-            rgb = read_rgb(rec.image_path)
-            found, _ = pipeline.locate_disc(rgb)
-            if found is None:
-                continue
-            seg = pipeline.segment_disc(rgb, *found)
-            disc, cup = seg.masks()
-            m = measure(disc, cup)
-            if m is None:
-                continue
-            rows.append((m.vcdr, seg.glaucoma_logit, rec.glaucoma))
+            result = pipeline.screen(read_rgb(rec.image_path))
+            if result.measurements is None:
+                continue  # no disc found: nothing to learn the fusion from
+            rows.append((result.vcdr, result.segmentation.glaucoma_logit, rec.glaucoma))
     if not rows:
         raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
     vcdr, logit, y = (np.array(c, float) for c in zip(*rows))

@@ -1,14 +1,13 @@
 """The capture loop on the simulated optic module: real pty controller, gpiozero mock pins, a camera
 whose brightness follows the LED pin and whose sharpness follows the focus motor."""
-import time
 
-import numpy as np
 import pytest
 
 from device.capture import CaptureLoop, IlluminationController
 from device.config import Config
 from device.quality import QualityGate
 from device.rig import simulated_rig
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -16,15 +15,6 @@ def rig():
     cfg = Config(simulate=True)
     with simulated_rig(cfg, seed=3, eye_seed=3, laterality="right") as r:
         yield cfg, r
-
-
-def wait_for(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_illumination_controller_settles_without_oscillating():
@@ -72,7 +62,7 @@ def test_the_capture_button_takes_the_photo_now(rig):
     loop.start()
     try:
         loop.begin("left")
-        assert wait_for(lambda: loop.trace().get("frames", 0) >= 2, 20)
+        assert wait_until(lambda: loop.trace().get("frames", 0) >= 2, 20)
         r.illumination.button.pin.drive_low()     # the physical button, through gpiozero
         r.illumination.button.pin.drive_high()
         photo = loop.wait_photo(20)
@@ -86,9 +76,9 @@ def test_a_vanished_camera_is_reported_in_words(rig):
     loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module)
     loop.start()
     try:
-        assert wait_for(lambda: loop.state()["running"], 20)
+        assert wait_until(lambda: loop.state()["running"], 20)
         r.camera.simulate_disconnect()
-        assert wait_for(lambda: loop.state()["error"] is not None, 10)
+        assert wait_until(lambda: loop.state()["error"] is not None, 10)
         assert "camera" in loop.state()["error"].lower() and not loop.state()["running"]
     finally:
         loop.stop()
@@ -114,13 +104,13 @@ def test_a_stuck_camera_read_makes_the_loop_unresponsive_for_the_watchdog(rig):
     loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module)
     loop.start()
     try:
-        assert wait_for(lambda: loop.state()["running"], 20)
+        assert wait_until(lambda: loop.state()["running"], 20)
         assert loop.responsive(stall_s=2.0)
         stuck["on"] = True
-        assert wait_for(lambda: not loop.responsive(stall_s=0.5), 10)
+        assert wait_until(lambda: not loop.responsive(stall_s=0.5), 10)
         stuck["on"] = False
         release.set()
-        assert wait_for(lambda: loop.responsive(stall_s=0.5), 10)
+        assert wait_until(lambda: loop.responsive(stall_s=0.5), 10)
     finally:
         release.set()
         loop.stop()

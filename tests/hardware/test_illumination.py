@@ -9,6 +9,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from hardware.boards import PROFILES
 from hardware.illumination import RING_PWM_HZ, Illumination, IlluminationError, make_pin_factory
+from tests.waiting import wait_until
 
 PI5 = PROFILES["pi5"]
 FLASH_LIMIT_S = 0.15
@@ -27,15 +28,6 @@ def lights(factory):
 
 def pin(factory, name):
     return factory.pin(getattr(PI5.pins, name))
-
-
-def wait_until(condition, timeout=2.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_white_level_reaches_the_pwm_pin_and_is_clamped(lights, factory):

@@ -20,6 +20,7 @@ from hardware.optic_module import (
     encode,
 )
 from hardware.optic_module_sim import OpticModuleSimulator
+from tests.waiting import wait_until
 
 TIMEOUT = 0.2
 RETRIES = 2
@@ -40,15 +41,6 @@ def events():
 def module(sim, events):
     with OpticModule(sim.port, timeout=TIMEOUT, retries=RETRIES, on_event=events.append) as module:
         yield module
-
-
-def wait_until(condition, timeout=2.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 # -- framing --------------------------------------------------------------------------------------
