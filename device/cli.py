@@ -22,9 +22,12 @@ def cmd_screen(args) -> int:
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
         return 2
     pipeline = _pipeline(args)
-    visits = visit_uuid = cfg = None
+    visits = visit_uuid = cfg = progression = None
     if args.record:
+        from device.progression import ProgressionAssessor
         from device.visitlog import VisitLog
+
+        progression = ProgressionAssessor.from_artifacts()
 
         cfg = Config.load(args.config, data_dir=args.data_dir)
         visits = VisitLog(cfg.data_dir)
@@ -42,7 +45,9 @@ def cmd_screen(args) -> int:
                 visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
             original = Path(image).read_bytes()
             row["visit"] = visit_uuid
-            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file"))
+            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file",
+                                  progression=progression))
+            row["progression"] = result.progression
         rows.append(row)
         print(json.dumps(row), flush=True)
     if visits is not None:
@@ -57,8 +62,17 @@ def cmd_screen(args) -> int:
 def cmd_evaluate(args) -> int:
     from device import evaluate
 
-    report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out)
-    print(json.dumps(report["summary"], indent=1))
+    report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out,
+                          resamples=args.resamples, seed=args.seed, roc_png=args.roc_png)
+    summary = report["summary"]
+    print(json.dumps(summary, indent=1))
+    # the tables are for people, the JSON on stdout for programs: the tables go to stderr beside the progress
+    tables = evaluate.markdown(summary)
+    print("\n" + tables, file=sys.stderr)
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(tables)
+    if args.roc_png and summary.get("roc_png") is None:
+        print("glaucoscreen evaluate: no ROC curve drawn: these photos lack glaucoma or normal labels", file=sys.stderr)
     return 0
 
 
@@ -66,6 +80,46 @@ def cmd_fit_referral(args) -> int:
     from device import fit_referral
 
     print(json.dumps(fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity), indent=1))
+    return 0
+
+
+def cmd_fit_progression(args) -> int:
+    from device import fit_progression
+    from device.pipeline import ScreeningPipeline
+    from device.progression import ProgressionAssessor
+
+    report = fit_progression.fit(ScreeningPipeline.from_artifacts(precision="fp32"), ProgressionAssessor.from_artifacts(),
+                                 Path(args.grape), args.specificity)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "eyes"}, indent=1))
+    return 0
+
+
+def cmd_train(args) -> int:
+    """One trainer per kind of network, chosen by the config's "network"."""
+    config = json.loads(Path(args.config).read_text())
+    extra = ["--data", str(args.data)] if args.data else []
+    extra += ["--out", str(args.out)] if args.out else []
+    if config.get("network") == "progression":
+        from models import progression
+
+        progression.main(["train", "--config", str(args.config), *extra])
+    else:
+        from models import train
+
+        train.main(["--config", str(args.config), *extra, *(["--resume"] if args.resume else [])])
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from models import compare
+
+    out = args.out or compare.REPO / "runs" / "compare"
+    data = ["--data", str(args.data)] if args.data else []
+    compare.main(["train", "--config", str(args.config), "--out", str(out), "--jobs", str(args.jobs), *data])
+    compare.main(["evaluate", "--runs", str(out), *data, "--json-out", str(out / "comparison.json"),
+                  "--markdown-out", str(out / "comparison.md")])
     return 0
 
 
@@ -116,12 +170,18 @@ def cmd_capture(args) -> int:
 
     cfg = Config.load(args.config, simulate=args.simulate or None)
     args.out.mkdir(parents=True, exist_ok=True)
-    options = {}
+    options, start = {}, None
     if cfg.simulate:
         options = {"seed": args.seed, "eye_seed": args.seed, "laterality": args.eye}
-        if args.hard_start:  # the disc off-centre, the light far too low; focus is off by the eye's refraction
-            options.update(offset=(90.0, -60.0), light_scale=0.25)
+        if args.hard_start:  # the campaign's start: disc off-centre, out of focus and under-lit
+            from device.capture_trials import hard_start
+
+            start = hard_start(args.seed)
+            options = {**start.camera_options(), "laterality": args.eye}
     with open_rig(cfg, **options) as rig:
+        if start is not None:
+            rig.optic_module.focus(start.focus_start)
+            rig.simulator.best_focus = start.focus_start + start.defocus_steps
         loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
         loop.start()
         try:
@@ -227,14 +287,40 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="measure the screening on a folder of annotated photos")
     e.add_argument("--data", action="append", required=True, help="dataset folder (repeatable)")
     e.add_argument("--split", help="train/val/test (the project's own split) or the source's split name")
-    e.add_argument("--json-out", type=Path)
+    e.add_argument("--json-out", type=Path, help="write the summary and every photo's row as JSON")
+    e.add_argument("--roc-png", type=Path, help="draw the ROC curve with the referral operating point as PNG")
+    e.add_argument("--markdown-out", type=Path, help="also write the per-source tables as Markdown")
+    e.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the 95%% intervals (default 2000)")
+    e.add_argument("--seed", type=int, default=20240601, help="bootstrap seed (the same seed gives the same intervals)")
     e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     e.set_defaults(func=cmd_evaluate)
 
     f = sub.add_parser("fit-referral", help="fit the vCDR regression and referral threshold on the val split")
     f.add_argument("--data", action="append", required=True)
     f.add_argument("--specificity", type=float, default=0.9)
+    f.add_argument("--precision", choices=["auto", "fp32", "int8"], default="fp32",
+                   help="fit on the reference FP32 outputs (default) so the policy holds for either build")
     f.set_defaults(func=cmd_fit_referral)
+
+    fp = sub.add_parser("fit-progression", help="fit the progression fusion on GRAPE's val patients; measure on test")
+    fp.add_argument("--grape", type=Path, required=True, help="GRAPE folder (eyes.csv, visits.csv, rois/)")
+    fp.add_argument("--specificity", type=float, default=0.8)
+    fp.add_argument("--json-out", type=Path)
+    fp.set_defaults(func=cmd_fit_progression)
+
+    t = sub.add_parser("train", help="train a network from a JSON config (needs the 'train' extra: torch)")
+    t.add_argument("--config", type=Path, required=True, help="e.g. models/configs/compare.json")
+    t.add_argument("--data", type=Path, help="folder holding the dataset folders (default: ../shared/data)")
+    t.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    cm = sub.add_parser("compare", help="train STL, MTL and MTL-IO on one split and print the comparison table")
+    cm.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "configs" / "compare.json")
+    cm.add_argument("--data", type=Path)
+    cm.add_argument("--out", type=Path)
+    cm.add_argument("--jobs", type=int, default=1)
+    cm.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("doctor", help="check the unit's hardware, models and storage")
     d.add_argument("--json", action="store_true")

@@ -1,14 +1,25 @@
 """The unit's configuration: one TOML file (/etc/glaucoscreen/glaucoscreen.toml on a unit), overridden
-by GLAUCOSCREEN_* environment variables and command-line flags, in that order.
+by GLAUCOSCREEN_* environment variables and command-line flags, in that order; then the settings an
+administrator changed on the kiosk's settings page (`settings-overrides.toml` in the data directory).
+
+The kiosk writes its changes to the data directory, not to /etc: the service may not write there,
+and the IT person's file stays as they wrote it. Only what is safe to tune in the clinic can be
+overridden (quality thresholds, frames in a row, target brightness, the light limit); the light limit
+never above the configuration file's own `max_led_level`, which is the hard safety cap.
 
 Credentials for the central server live here (or in files it names), never in code.
 """
 from __future__ import annotations
 
+import copy
+import datetime as dt
+import logging
+import math
 import os
 import socket
 import sys
-from dataclasses import dataclass, field, fields
+import tempfile
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from device.quality import QualitySettings
@@ -18,7 +29,15 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (JetPack 6's Ubuntu 22.04)
     import tomli as tomllib
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = Path("/etc/glaucoscreen/glaucoscreen.toml")
+OVERRIDES_FILE = "settings-overrides.toml"
+# What the kiosk's settings page may change: the whole quality gate, and these of the capture loop.
+ADJUSTABLE_CAPTURE = ("consecutive_gradable", "target_brightness", "max_led_level")
+MAX_CONSECUTIVE_GRADABLE = 30       # about a second of frames: more only makes the worker hold still longer
+TARGET_BRIGHTNESS_RANGE = (0.1, 0.7)
+MIN_LED_LEVEL = 0.05                # below this the ring gives too little light to grade any eye
 
 
 def default_data_dir() -> Path:
@@ -70,9 +89,15 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     quality: QualitySettings = field(default_factory=QualitySettings)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    # Not a setting: the adjustable values as the configuration file (or the constructor) gave them, before
+    # the settings page's overrides. The light-safety cap and "back to the file's values" come from here.
+    _file_values: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._file_values = self.adjustable()
 
     @classmethod
-    def load(cls, path: Path | None = None, **overrides) -> "Config":
+    def load(cls, path: Path | None = None, **flags) -> "Config":
         cfg = cls()
         path = path or Path(os.environ.get("GLAUCOSCREEN_CONFIG", DEFAULT_CONFIG))
         if path and Path(path).exists():
@@ -81,15 +106,206 @@ class Config:
         env = os.environ.get("GLAUCOSCREEN_DATA_DIR")
         if env:
             cfg.data_dir = Path(env)
-        for key, value in overrides.items():
+        for key, value in flags.items():
             if value is not None:
                 setattr(cfg, key, value)
         cfg.data_dir = Path(cfg.data_dir).expanduser()
+        cfg._file_values = cfg.adjustable()
+        _load_overrides(cfg)
         return cfg
+
+    def adjustable(self) -> dict[str, dict]:
+        """The settings the kiosk's settings page may change, as they are now."""
+        return {"capture": {name: getattr(self.capture, name) for name in ADJUSTABLE_CAPTURE},
+                "quality": {f.name: getattr(self.quality, f.name) for f in fields(self.quality)}}
+
+    def file_values(self) -> dict[str, dict]:
+        """The adjustable settings as the configuration file set them, before any override."""
+        return copy.deepcopy(self._file_values)
+
+    @property
+    def led_safety_cap(self) -> float:
+        """The white ring's hard limit: the configuration file's `max_led_level`. An override may lower the
+        working limit, and raise it again up to this, never above."""
+        return float(self._file_values["capture"]["max_led_level"])
+
+
+class SettingsError(ValueError):
+    """Overrides that cannot be used; `problems` says, per "section.name", what is wrong in words."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {text}" for key, text in problems.items()))
+
+
+def overrides_path(data_dir: Path) -> Path:
+    return Path(data_dir) / OVERRIDES_FILE
+
+
+def check_overrides(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
+    """`values` (numbers, or text from a form) checked against what is safe, as typed numbers by section.
+
+    Raises SettingsError naming every setting that is unknown, not a number, or out of its range. The
+    quality thresholds keep the gate's own ranges (`QualitySettings.validate`); the light limit must lie
+    between MIN_LED_LEVEL and the safety cap; the target brightness must stay under the gate's
+    "too bright" limit, or the light would be driven to a level the gate refuses.
+    """
+    problems: dict[str, str] = {}
+    clean: dict[str, dict] = {"capture": {}, "quality": {}}
+    known = {"capture": ADJUSTABLE_CAPTURE, "quality": tuple(f.name for f in fields(cfg.quality))}
+    for section, entries in values.items():
+        if section not in known:
+            problems[section] = f"[{section}] cannot be changed here (only {', '.join(known)})"
+            continue
+        if not isinstance(entries, dict):
+            problems[section] = f"[{section}] must be a table"
+            continue
+        for name, raw in entries.items():
+            key = f"{section}.{name}"
+            if name not in known[section]:
+                problems[key] = f"{name} cannot be changed here"
+                continue
+            try:
+                clean[section][name] = _number(raw, whole=name == "consecutive_gradable")
+            except ValueError as exc:
+                problems[key] = str(exc)
+    quality = clean["quality"]
+    for name, value in quality.items():
+        try:  # on the defaults, which are valid: any complaint is about this one setting
+            replace(QualitySettings(), **{name: value}).validate()
+        except ValueError as exc:
+            problems[f"quality.{name}"] = str(exc).replace(f"quality setting {name} ", "")
+    capture = clean["capture"]
+    if "consecutive_gradable" in capture and not 1 <= capture["consecutive_gradable"] <= MAX_CONSECUTIVE_GRADABLE:
+        problems["capture.consecutive_gradable"] = f"must be a whole number from 1 to {MAX_CONSECUTIVE_GRADABLE}"
+    cap = cfg.led_safety_cap
+    if "max_led_level" in capture and not MIN_LED_LEVEL <= capture["max_led_level"] <= cap:
+        problems["capture.max_led_level"] = (f"must lie between {MIN_LED_LEVEL:g} and {cap:g}, the light-safety cap "
+                                             "of this unit's configuration file")
+    if "target_brightness" in capture:
+        low, high = TARGET_BRIGHTNESS_RANGE
+        too_bright = quality.get("max_brightness", cfg.quality.max_brightness)
+        if not low <= capture["target_brightness"] <= high:
+            problems["capture.target_brightness"] = f"must lie between {low:g} and {high:g}"
+        elif capture["target_brightness"] >= too_bright:
+            problems["capture.target_brightness"] = (f"must stay below the gate's \"too bright\" limit "
+                                                     f"(max_brightness {too_bright:g})")
+    if problems:
+        raise SettingsError(problems)
+    return clean
+
+
+def read_overrides(data_dir: Path) -> dict[str, dict]:
+    """The overrides file's contents by section (empty when there is none); not yet checked."""
+    path = overrides_path(data_dir)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}); delete it to use the configuration file's values") from exc
+    return data
+
+
+def write_overrides(data_dir: Path, values: dict[str, dict], *, changed_by: str = "") -> Path | None:
+    """Write the overrides whole or not at all (temporary file, fsync, rename, fsync the folder), so a power
+    cut never leaves half a file that would stop the unit from starting. No overrides: the file is removed."""
+    path = overrides_path(data_dir)
+    sections = {s: dict(sorted(v.items())) for s, v in values.items() if v}
+    if not sections:
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return None
+    stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = ["# Settings changed on the kiosk's settings page. They apply on top of the unit's configuration file;",
+             "# delete this file to go back to that file's values.",
+             f"# Last changed{' by ' + changed_by if changed_by else ''} on {stamp}."]
+    for section, entries in sections.items():
+        lines += ["", f"[{section}]"] + [f"{name} = {_toml_number(value)}" for name, value in entries.items()]
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{OVERRIDES_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def changed_from_file(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
+    """Only the values that differ from the configuration file's: what the overrides file needs to hold, so a
+    later change to the configuration file still applies to every setting nobody changed here."""
+    base = cfg.file_values()
+    return {section: {name: value for name, value in entries.items() if base[section].get(name) != value}
+            for section, entries in values.items()}
+
+
+def _load_overrides(cfg: Config) -> None:
+    path = overrides_path(cfg.data_dir)
+    data = read_overrides(cfg.data_dir)
+    if not data:
+        return
+    level = data.get("capture", {}).get("max_led_level") if isinstance(data.get("capture"), dict) else None
+    if isinstance(level, (int, float)) and level > cfg.led_safety_cap:
+        # the configuration file's cap was lowered after this was set: the cap wins
+        log.warning("%s: max_led_level %.2f is above the configuration file's cap %.2f; the cap applies",
+                    path, level, cfg.led_safety_cap)
+        data["capture"] = {k: v for k, v in data["capture"].items() if k != "max_led_level"}
+    try:
+        clean = check_overrides(cfg, data)
+    except SettingsError as exc:
+        raise ValueError(f"{path}: {exc}; change it on the kiosk's settings page or delete the file") from None
+    for section, entries in clean.items():
+        for name, value in entries.items():
+            setattr(getattr(cfg, section), name, value)
+
+
+def _number(raw, *, whole: bool) -> float | int:
+    if isinstance(raw, bool):
+        raise ValueError("must be a number")
+    if isinstance(raw, str):
+        text = raw.strip().replace(",", ".")
+        if not text:
+            raise ValueError("must not be empty")
+        try:
+            raw = int(text) if whole else float(text)
+        except ValueError:
+            raise ValueError("must be a whole number" if whole else "must be a number, such as 0.25") from None
+    if whole:
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)
+        if not isinstance(raw, int):
+            raise ValueError("must be a whole number")
+        return raw
+    if not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise ValueError("must be a number, such as 0.25")
+    return float(raw)
+
+
+def _toml_number(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _apply(obj, data: dict, where: str) -> None:
-    names = {f.name: f for f in fields(obj)}
+    names = {f.name: f for f in fields(obj) if not f.name.startswith("_")}
     for key, value in data.items():
         if key not in names:
             raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(names))})")

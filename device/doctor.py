@@ -53,8 +53,11 @@ def gpio(cfg: Config) -> dict:
     profile = boards.profile(cfg.board)
     factory = "mock" if cfg.simulate else profile.pin_factory
     out = {"pin_factory": factory, "gpiozero": _import_state("gpiozero")}
+    if factory == "jetson-gpio":
+        out["pin_factory_from"] = "hardware/jetson_gpio.py (gpiozero ships none for a Jetson)"
     if factory not in ("mock", None):
-        out["driver"] = _import_state(factory)
+        driver = boards.GPIO_DRIVERS.get(factory, factory)
+        out["driver"] = {"module": driver, **_import_state(driver)}
         out["ok"] = out["driver"]["ok"]
     else:
         out["ok"] = out["gpiozero"]["ok"]

@@ -19,6 +19,7 @@ import io
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from pydicom import dcmread
 
@@ -128,13 +129,14 @@ def _csv_bytes(rows: list[dict]) -> bytes:
 
 
 def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since: dt.date | None = None,
-           until: dt.date | None = None, device_id: str) -> dict:
+           until: dt.date | None = None, device_id: str, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write one finished visit (`visit_uuid`), or the finished visits started from `since` to `until` (days
     included, the unit's local time; None leaves that end open), to the folder `out`.
 
     Returns what was written: visits, eyes, files, bytes, the CSV's path, and the eyes skipped because they
     cannot be encoded (a damaged photo), each with its reason. Raises ExportError when the stick is missing,
-    read-only or full, and ValueError/LookupError for a visit that cannot be exported.
+    read-only or full, and ValueError/LookupError for a visit that cannot be exported. `progress(done, total)`
+    is called with the visits written so far, before the first and after each, for a screen that shows it.
     """
     out = Path(out)
     chosen = _chosen(visits, visit_uuid, since, until)
@@ -143,7 +145,9 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     earlier = _earlier_rows(csv_path)
     rows, skipped = [], []
     files = written = 0
-    for uuid in chosen:
+    if progress is not None:
+        progress(0, len(chosen))
+    for done, uuid in enumerate(chosen, 1):
         visit = visits.get_visit(uuid)
         day = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date().isoformat()
         for item in visit["outbox"]:
@@ -169,6 +173,8 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
             rows.append({"visit": uuid, "patient": visit["patient"]["identifier"], "date": day, "eye": item["eye"],
                          "vcdr": _number(result["vcdr"]), "glaucoma_probability": _number(result["glaucoma_probability"]),
                          "referral": result["referral"]})
+        if progress is not None:
+            progress(done, len(chosen))
     if rows:
         table = _csv_bytes(_merged(earlier, rows))
         try:

@@ -18,19 +18,27 @@ from models.datasets import read_dataset
 from models.images import read_rgb
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> tuple[float, float]:
-    """One-feature logistic regression by Newton's method (a tiny ridge keeps it finite when separable)."""
-    X = np.stack([x, np.ones_like(x)], 1)
-    w = np.zeros(2)
+def fit_logistic_features(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
+    """Logistic regression by Newton's method (a tiny ridge keeps it finite when separable); x is n x k,
+    returns k coefficients and the intercept last."""
+    x = np.asarray(x, float).reshape(len(y), -1)
+    X = np.concatenate([x, np.ones((len(x), 1))], 1)
+    w = np.zeros(X.shape[1])
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-X @ w))
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -60, 60)))
         g = X.T @ (p - y) + l2 * w
-        H = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(2)
+        H = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(X.shape[1])
         step = np.linalg.solve(H, g)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return float(w[0]), float(w[1])
+    return w
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> tuple[float, float]:
+    """One-feature logistic regression: (coefficient, intercept)."""
+    coef, intercept = fit_logistic_features(x, y, l2, iters)
+    return float(coef), float(intercept)
 
 
 def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
@@ -42,13 +50,18 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
             result = pipeline.screen(read_rgb(rec.image_path))
             if result.measurements is None:
                 continue  # no disc found: nothing to learn the fusion from
-            rows.append((result.vcdr, result.segmentation.glaucoma_logit, rec.glaucoma))
+            rows.append((result.vcdr, result.segmentation.glaucoma_logit, result.segmentation.disc_classifier_logit,
+                         rec.glaucoma))
     if not rows:
         raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
-    vcdr, logit, y = (np.array(c, float) for c in zip(*rows))
+    with_classifier = all(r[2] is not None for r in rows)
+    vcdr, logit, y = (np.array(c, float) for c in zip(*[(r[0], r[1], r[3]) for r in rows]))
+    second = np.array([r[2] for r in rows], float) if with_classifier else None
     coef, intercept = fit_logistic(vcdr, y)
-    policy = ReferralPolicy(vcdr_coef=coef, vcdr_intercept=intercept, fitted=True)
-    fused = np.array([policy.fuse(lg, v) for lg, v in zip(logit, vcdr)])
+    policy = ReferralPolicy(vcdr_coef=coef, vcdr_intercept=intercept, fitted=True,
+                            uses_disc_classifier=with_classifier)
+    fused = np.array([policy.fuse(lg, v, None if second is None else second[i])
+                      for i, (lg, v) in enumerate(zip(logit, vcdr))])
     policy.refer_threshold = threshold_at_specificity(y, fused, specificity)
     sens = float((fused[y == 1] >= policy.refer_threshold).mean())
     policy.operating_point = {
@@ -57,6 +70,7 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
         "auc_val": round(auc(y, fused), 4),
         "auc_val_vcdr_only": round(auc(y, vcdr), 4),
         "auc_val_classifier_only": round(auc(y, logit), 4),
+        "auc_val_disc_classifier_only": None if second is None else round(auc(y, second), 4),
         "n_val": int(len(y)),
         "n_val_glaucoma": int(y.sum()),
     }

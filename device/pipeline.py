@@ -3,8 +3,9 @@ measurements -> glaucoma probability -> referral.
 
 The segmentation network runs twice: on the whole photo (downscaled) to find the disc, then on a
 disc-centred crop so that the cup, a few dozen pixels tall on a small photo and hundreds on a
-phone photo, is always segmented at the same scale. `Engine` hides whether ONNX Runtime or
-TensorRT does the work.
+phone photo, is always segmented at the same scale. The disc-crop glaucoma classifier, where it is
+installed, reads the very same crop tensor. `Engine` hides whether ONNX Runtime or TensorRT does
+the work.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class DiscSegmentation:
     disc_prob: np.ndarray
     cup_prob: np.ndarray
     glaucoma_logit: float
+    disc_classifier_logit: float | None = None
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         return clean_masks(self.disc_prob, self.cup_prob)
@@ -54,7 +56,9 @@ class ScreeningResult:
     measurements: Measurements | None = None
     glaucoma_probability: float | None = None
     classifier_probability: float | None = None
+    disc_classifier_probability: float | None = None
     vcdr_probability: float | None = None
+    progression: dict | None = None
     fovea: tuple[float, float] | None = None
     segmentation: DiscSegmentation | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -75,11 +79,14 @@ class ScreeningResult:
             "fovea": None if self.fovea is None else [round(self.fovea[0], 1), round(self.fovea[1], 1)],
             "glaucoma_probability": None if self.glaucoma_probability is None else round(self.glaucoma_probability, 4),
             "classifier_probability": None if self.classifier_probability is None else round(self.classifier_probability, 4),
+            "disc_classifier_probability": (None if self.disc_classifier_probability is None
+                                            else round(self.disc_classifier_probability, 4)),
             "vcdr_probability": None if self.vcdr_probability is None else round(self.vcdr_probability, 4),
             "referral": self.referral,
             "referral_headline": HEADLINE[self.referral],
             "referral_reasons": self.reasons,
             "advice": ADVICE[self.referral],
+            "progression": self.progression,
             "model_versions": self.model_versions,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
@@ -101,8 +108,9 @@ class ScreeningResult:
 
 class ScreeningPipeline:
     def __init__(self, engine: Engine, policy: ReferralPolicy, gate: QualityGate | None = None,
-                 model_versions: dict[str, str] | None = None):
+                 model_versions: dict[str, str] | None = None, classifier: Engine | None = None):
         self.engine = engine
+        self.classifier = classifier
         self.policy = policy
         self.gate = gate or QualityGate()
         self.model_versions = dict(model_versions or {})
@@ -115,11 +123,16 @@ class ScreeningPipeline:
         if precision == "auto":
             precision = registry.preferred_precision("segmentation")
         engine = registry.load_engine("segmentation", precision, threads=threads, engine_cache=engine_cache)
+        classifier = None
+        if "glaucoma" in registry.manifest():
+            classifier_precision = registry.preferred_precision("glaucoma") if precision == "int8" else "fp32"
+            classifier = registry.load_engine("glaucoma", classifier_precision, threads=threads,
+                                              engine_cache=engine_cache)
         policy = ReferralPolicy.load(SCREENING_POLICY) if SCREENING_POLICY.exists() else ReferralPolicy()
         versions = registry.versions()
         versions["precision"] = precision
         versions["backend"] = engine.backend
-        return cls(engine, policy, gate, versions)
+        return cls(engine, policy, gate, versions, classifier)
 
     def _infer(self, rgb: np.ndarray, box: preprocess.Box) -> dict[str, np.ndarray]:
         return self.engine.run({"image": preprocess.to_input(rgb, box)})
@@ -146,8 +159,12 @@ class ScreeningPipeline:
     def segment_disc(self, rgb: np.ndarray, cx: float, cy: float, diameter: float) -> DiscSegmentation:
         """Pass 2 on the disc-centred crop."""
         box = preprocess.disc_crop_box(cx, cy, diameter, rgb.shape)
-        out = self._infer(rgb, box)
-        return DiscSegmentation(box, out["disc"][0, 0], out["cup"][0, 0], float(out["glaucoma"].reshape(-1)[0]))
+        x = preprocess.to_input(rgb, box)
+        out = self.engine.run({"image": x})
+        second = None
+        if self.classifier is not None:
+            second = float(self.classifier.run({"image": x})["glaucoma"].reshape(-1)[0])
+        return DiscSegmentation(box, out["disc"][0, 0], out["cup"][0, 0], float(out["glaucoma"].reshape(-1)[0]), second)
 
     def screen(self, rgb: np.ndarray, quality: QualityReport | None = None) -> ScreeningResult:
         t = {}
@@ -181,8 +198,10 @@ class ScreeningPipeline:
             result.reasons = messages + ["The optic disc could not be outlined: take the photo again with the disc in the centre."]
             return result
         result.classifier_probability = 1.0 / (1.0 + np.exp(-seg.glaucoma_logit))
+        if seg.disc_classifier_logit is not None:
+            result.disc_classifier_probability = 1.0 / (1.0 + np.exp(-seg.disc_classifier_logit))
         result.vcdr_probability = self.policy.vcdr_probability(m.vcdr)
-        result.glaucoma_probability = self.policy.fuse(seg.glaucoma_logit, m.vcdr)
+        result.glaucoma_probability = self.policy.fuse(seg.glaucoma_logit, m.vcdr, seg.disc_classifier_logit)
         result.referral, result.reasons = self.policy.decide(
             gradable=quality.gradable, quality_messages=messages, vcdr=m.vcdr, probability=result.glaucoma_probability)
         t["total"] = sum(v for k, v in t.items())

@@ -1,7 +1,8 @@
 """From measurements and model scores to one decision a health worker can act on.
 
-The glaucoma probability fuses two opinions, as MTL-IO does: the network's own glaucoma logit and
-a logistic regression on the vertical cup-to-disc ratio; the final probability is their mean. The
+The glaucoma probability fuses independent opinions, as MTL-IO does: the segmentation network's own
+glaucoma logit, the disc-crop classifier's (where installed) and a logistic regression on the
+vertical cup-to-disc ratio; the final probability is their mean. The
 referral threshold comes from an operating point (sensitivity at a chosen specificity) fitted on
 validation photos only (`glaucoscreen fit-referral`), never a bare 0.5.
 """
@@ -40,6 +41,9 @@ class ReferralPolicy:
     vcdr_intercept: float = -7.8  # p = 0.5 at vCDR 0.65 until fitted on data
     refer_threshold: float = 0.5
     vcdr_refer: float = 0.8  # a cup this large is referred whatever the classifier says
+    # The threshold was fitted on the mean of the opinions it was fitted with: a policy fitted before the
+    # disc classifier existed must not average it in.
+    uses_disc_classifier: bool = False
     fitted: bool = False
     operating_point: dict = field(default_factory=dict)
     source: str = "built-in defaults (not fitted)"
@@ -56,8 +60,11 @@ class ReferralPolicy:
     def vcdr_probability(self, vcdr: float) -> float:
         return sigmoid(self.vcdr_coef * vcdr + self.vcdr_intercept)
 
-    def fuse(self, glaucoma_logit: float, vcdr: float) -> float:
-        return 0.5 * (sigmoid(glaucoma_logit) + self.vcdr_probability(vcdr))
+    def fuse(self, glaucoma_logit: float, vcdr: float, disc_classifier_logit: float | None = None) -> float:
+        opinions = [sigmoid(glaucoma_logit), self.vcdr_probability(vcdr)]
+        if disc_classifier_logit is not None and self.uses_disc_classifier:
+            opinions.append(sigmoid(disc_classifier_logit))
+        return sum(opinions) / len(opinions)
 
     def decide(self, *, gradable: bool, quality_messages: list[str], vcdr: float | None,
                probability: float | None) -> tuple[str, list[str]]:

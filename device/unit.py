@@ -6,16 +6,20 @@ objects.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import shutil
 import signal
 import threading
+import time
 import zlib
+from dataclasses import replace
 
 from device import sdnotify
 from device.capture import CaptureLoop, CapturedPhoto
 from device.config import Config
 from device.pipeline import ScreeningPipeline
+from device.progression import ProgressionAssessor
 from device.quality import QualityGate
 from device.recording import record_eye
 from device.rig import Rig, open_rig
@@ -24,11 +28,45 @@ from models.runtime import EngineError
 
 log = logging.getLogger(__name__)
 
+FRAME_RATE_WINDOW_S = 3.0  # the preview's frame rate is measured over this much recent time
+
+
+class FrameMeter:
+    """The camera as the capture loop reads it, timing each frame it gives: a camera can say it is
+    started and still send nothing, and only the frames that arrive show which."""
+
+    def __init__(self, camera):
+        self._camera = camera
+        self._lock = threading.Lock()
+        self._times: collections.deque[float] = collections.deque(maxlen=256)
+        self._count = 0
+
+    def read(self):
+        frame = self._camera.read()
+        with self._lock:
+            self._times.append(time.monotonic())
+            self._count += 1
+        return frame
+
+    def __getattr__(self, name):
+        return getattr(self._camera, name)
+
+    def rate(self) -> dict:
+        """Frames so far, frames per second lately (None before two have come), seconds since the last one."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._times if now - t <= FRAME_RATE_WINDOW_S]
+            count, last = self._count, (self._times[-1] if self._times else None)
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else None
+        return {"count": count, "fps": None if fps is None else round(fps, 1),
+                "last_frame_age_s": None if last is None else round(now - last, 2)}
+
 
 class Unit:
     model_error: str | None = None
 
-    def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline | None, visits: VisitLog):
+    def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline | None, visits: VisitLog,
+                 progression: ProgressionAssessor | None = None):
         self.config = config
         self.rig = rig
         self.camera = rig.camera
@@ -36,9 +74,11 @@ class Unit:
         self.optic_module = rig.optic_module
         self.simulated = rig.simulated
         self.pipeline = pipeline
+        self.progression = progression
         self.visits = visits
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
-        self.capture = CaptureLoop(rig.camera, QualityGate(config.quality), config.capture, illumination=rig.illumination,
+        self.frames = FrameMeter(rig.camera)
+        self.capture = CaptureLoop(self.frames, QualityGate(config.quality), config.capture, illumination=rig.illumination,
                                    optic_module=rig.optic_module)
 
     # -- construction ---------------------------------------------------------------------------
@@ -54,14 +94,15 @@ class Unit:
         try:
             pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
                                                         engine_cache=config.data_dir / "engines")
+            progression = ProgressionAssessor.from_artifacts(engine_cache=config.data_dir / "engines")
         except EngineError as exc:
             # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
             log.error("screening models not loaded: %s", exc)
-            pipeline = None
+            pipeline, progression = None, None
             model_error = str(exc)
         else:
             model_error = None
-        unit = cls(config, rig=rig, pipeline=pipeline, visits=visits)
+        unit = cls(config, rig=rig, pipeline=pipeline, visits=visits, progression=progression)
         unit.model_error = model_error
         return unit
 
@@ -78,7 +119,8 @@ class Unit:
             raise EngineError(self.model_error or "the screening models are not loaded")
         with self._screen_lock:
             result = self.pipeline.screen(photo.rgb)
-        ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
+            ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result,
+                             source="simulator" if self.simulated else "camera", progression=self.progression)
         return result.to_dict() | ids | {"capture_trace": photo.trace}
 
     def status(self) -> dict:
@@ -86,7 +128,7 @@ class Unit:
         out = {
             "simulated": self.simulated,
             "camera": {"ok": cap["running"] and not cap["error"], "error": cap["error"],
-                       **(self.camera.info() if hasattr(self.camera, "info") else {})},
+                       **(self.camera.info() if hasattr(self.camera, "info") else {}), "frame_rate": self.frames.rate()},
             "illumination": self.illumination.state() if self.illumination is not None else {"ok": False},
             "models": ({"ok": True, **self.pipeline.model_versions} if self.pipeline is not None
                        else {"ok": False, "error": self.model_error}),
@@ -98,6 +140,48 @@ class Unit:
         except Exception as exc:  # noqa: BLE001 - reported to the kiosk's device page
             out["optic_module"] = {"ok": False, "error": str(exc)}
         return out
+
+    def optic_module_state(self) -> dict:
+        """What the optic module says of itself: identity, focus motor, temperature, faults, line quality.
+        Each reading on its own, so one the firmware does not answer still leaves the others."""
+        module = self.optic_module
+        if module is None:
+            return {"ok": False, "error": "none configured"}
+        try:
+            out = {"ok": True, **module.identify()}
+        except Exception as exc:  # noqa: BLE001 - shown on the admin's device page
+            return {"ok": False, "error": str(exc), "port": getattr(module, "port", None)}
+        for key, read in (("focus_position", module.focus_position), ("temperature_c", module.temperature),
+                          ("faults", module.faults), ("line", module.stats)):
+            try:
+                out[key] = read()
+            except Exception as exc:  # noqa: BLE001
+                out[key] = None
+                out.setdefault("errors", {})[key] = str(exc)
+        return out
+
+    def apply_settings(self, values: dict[str, dict]) -> None:
+        """Put checked settings (`device.config.check_overrides`) to work now: the gate's thresholds (the
+        preview's gate and the screening's share one settings object), frames in a row before auto-capture,
+        the brightness the light aims for and the light limit. The limit is lowered in the lights themselves
+        too, so it holds from the next frame; it is never raised above the configuration's safety cap."""
+        quality, capture = values.get("quality", {}), values.get("capture", {})
+        replace(self.config.quality, **quality).validate()
+        level = capture.get("max_led_level")
+        if level is not None and not 0.0 < level <= self.config.led_safety_cap:
+            raise ValueError(f"the light limit {level} is above the safety cap {self.config.led_safety_cap}")
+        for name, value in quality.items():
+            setattr(self.config.quality, name, value)
+        for name, value in capture.items():
+            setattr(self.config.capture, name, value)
+        light = self.capture.light
+        if level is not None:
+            if self.illumination is not None and hasattr(self.illumination, "max_level"):
+                self.illumination.max_level = float(level)
+            light.max_level = float(level)
+            light.level = min(light.level, float(level))
+        if "target_brightness" in capture:
+            light.target = float(capture["target_brightness"])
 
     def start(self) -> None:
         self.visits.recover()

@@ -423,7 +423,7 @@ class VisitLog:
             patient = self._patient_row(identifier)
             rows = self._rows(
                 """SELECT v.uuid AS visit_uuid, v.started_at AS time, r.vcdr, r.glaucoma_probability, r.referral,
-                          r.gradable, c.photo_sha256, c.id AS capture_id, r.id AS result_id
+                          r.gradable, r.result_json, c.photo_sha256, c.id AS capture_id, r.id AS result_id
                    FROM visits v
                    JOIN captures c ON c.id = (SELECT max(id) FROM captures m WHERE m.visit_uuid = v.uuid AND m.eye = :eye)
                    JOIN results r ON r.capture_id = c.id

@@ -38,7 +38,7 @@ class BoardProfile:
     pins: PinMap
     camera_backend: str           # "picamera2" | "gstreamer" | "opencv"
     serial_port: str | None       # the optic module controller's UART; None where there is none
-    pin_factory: str | None       # gpiozero pin factory name; None where gpiozero has none
+    pin_factory: str | None       # gpiozero pin factory name ("jetson-gpio": ours); None where there is none
     note: str = ""                # what a person setting the board up must know
 
     def __post_init__(self) -> None:
@@ -70,10 +70,11 @@ JETSON_ORIN_NANO = BoardProfile(
     pins=PinMap(numbering="BOARD", white_ring=33, infrared=29, status=31, buzzer=32, capture_button=7),
     camera_backend="gstreamer",
     serial_port="/dev/ttyTHS1",
-    pin_factory=None,
-    note=("gpiozero ships no Jetson pin factory (its factories identify a Raspberry Pi board), so the "
-          "lights need a pin factory passed in; NVIDIA's Jetson.GPIO drives these BOARD pins, and pin 33 "
-          "must be set to PWM with /opt/nvidia/jetson-io/jetson-io.py"),
+    pin_factory="jetson-gpio",
+    note=("gpiozero ships no Jetson pin factory (its own ones identify a Raspberry Pi), so the lights go "
+          "through hardware/jetson_gpio.py over NVIDIA's Jetson.GPIO (JetPack's python3-jetson-gpio; the "
+          "unit's user in the gpio group); pin 33 must be set to PWM with /opt/nvidia/jetson-io/jetson-io.py, "
+          "and the capture button needs the module's own pull-up resistor (Jetson.GPIO leaves pulls to the pinmux)"),
 )
 
 # A developer's workstation: no GPIO, a USB (UVC) camera if any. The pin numbers mirror the Pi's
@@ -89,6 +90,9 @@ WORKSTATION = BoardProfile(
 )
 
 PROFILES: dict[str, BoardProfile] = {p.name: p for p in (PI5, JETSON_ORIN_NANO, WORKSTATION)}
+
+# The Python module behind each pin factory, for `glaucoscreen doctor` to check is importable.
+GPIO_DRIVERS = {"lgpio": "lgpio", "jetson-gpio": "Jetson.GPIO"}
 
 # Substrings of /proc/device-tree/model, checked in order.
 _MODEL_MATCHES = (

@@ -30,7 +30,10 @@ class IlluminationError(RuntimeError):
 
 
 def make_pin_factory(profile: BoardProfile) -> Factory:
-    """The gpiozero pin factory the board's profile names (mock pins with PWM for simulation)."""
+    """The gpiozero pin factory the board's profile names (mock pins with PWM for simulation).
+
+    Driver modules are imported only here, when the lights start: each refuses to load on the
+    other boards."""
     name = profile.pin_factory
     if name is None:
         raise IlluminationError(f"gpiozero has no pin factory for the {profile.description}; {profile.note}")
@@ -38,6 +41,13 @@ def make_pin_factory(profile: BoardProfile) -> Factory:
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
         return MockFactory(pin_class=MockPWMPin)
+    if name == "jetson-gpio":  # gpiozero has none for a Jetson: ours, over NVIDIA's Jetson.GPIO
+        from hardware.jetson_gpio import JetsonGPIOFactory, JetsonGPIOUnavailable
+
+        try:
+            return JetsonGPIOFactory()
+        except JetsonGPIOUnavailable as exc:
+            raise IlluminationError(f"the lights of the {profile.description} cannot start: {exc}") from exc
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="gpiozero_pin_factories"):

@@ -7,12 +7,18 @@ monochrome, and the eye drifts, blinks and is slowly brought into line by the wo
 
 Speed comes from doing the retina once per eye (`render_reflectance`) and only the optics per frame.
 Simulated time advances one frame period per frame, so a seeded camera shows the same sequence
-whatever the machine's speed.
+whatever the machine's speed. With `simulated_time` the camera also keeps the clock a sensor would:
+frames come every frame period whether or not anyone reads them, so a reader that spends longer
+than a period on a frame gets the next one the sensor finishes after it comes back, and a still
+takes its readout time. Only the reader's own time counts (rendering the scene is the simulator's
+cost, not the unit's), so a campaign of captures runs faster than wall time and still means what a
+unit at that frame rate would see.
 """
 from __future__ import annotations
 
 import math
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -25,13 +31,18 @@ REFERENCE_EXPOSURE_US = 20000
 INFRARED_LIGHT = 0.35            # what the IR LED returns, relative to the white ring at the reference
 EXPOSURE_RANGE_US = (100, 200_000)
 GAIN_RANGE = (1.0, 16.0)
-DEFOCUS_PX_PER_STEP = 0.015      # blur radius per focus-motor step from best focus, in a 640-pixel-wide frame
-REFRACTION_STEPS_SD = 60.0       # spread of patients' refraction, in focus-motor steps
+# Blur radius per focus-motor step from best focus, in a 640-pixel-wide frame. A fundus camera's
+# focus compensates about -17 to +17 dioptres, so 1000 steps are ~0.035 D each; through a ~3 mm
+# imaging aperture at the pupil a dioptre of defocus blurs ~3 mrad, and a 45-degree field across
+# ~540 pixels is ~1.45 mrad a pixel: ~1 pixel of blur radius per dioptre.
+DEFOCUS_PX_PER_STEP = 0.03
+REFRACTION_STEPS_SD = 60.0       # spread of patients' refraction, in focus-motor steps (~2 dioptres)
 DRIFT_SD = 0.015                 # steady-state wander of a fixating eye, in field radii
 DRIFT_TAU_S = 2.0
 MAX_DRIFT = 0.06
 BLINK_S = 0.3
 DEFAULT_STILL_SIZE = (1152, 1536)  # 1.8 MP: a burst of stills stays around a second on a Pi-class CPU
+STILL_S = 0.25                   # one full-resolution still: switching the sensor's mode and reading it out
 
 
 class SimulatedCamera(Camera):
@@ -42,14 +53,20 @@ class SimulatedCamera(Camera):
     returns (small pupils and dark fundi return less: < 1 starts under-lit). Out of focus at the
     start is the optic module's state (its motor far from `best_focus`); without a module,
     `defocus_px` is a fixed blur. Without illumination the ring is taken to be at the reference level.
+
+    `simulated_time` (needs `fps`): no waiting for the wall clock; `clock()` is the sensor's time,
+    which charges the reader's time between frames and each still's readout (see the module's notes).
     """
 
     def __init__(self, eye_seed: int = 0, laterality: str = "right", size: tuple[int, int] = PREVIEW_SIZE,
                  still_size: tuple[int, int] = DEFAULT_STILL_SIZE, illumination=None, optic_module=None, seed: int = 0,
                  *, offset: tuple[float, float] = (0.0, 0.0), alignment_s: float | None = 3.0, light_scale: float = 1.0,
-                 defocus_px: float = 0.0, blinks_per_s: float = 0.15, fps: float | None = 30.0):
+                 defocus_px: float = 0.0, blinks_per_s: float = 0.15, fps: float | None = 30.0,
+                 simulated_time: bool = False):
         if light_scale <= 0 or defocus_px < 0 or blinks_per_s < 0:
             raise ValueError("light_scale must be positive; defocus_px and blinks_per_s not negative")
+        if simulated_time and not fps:
+            raise ValueError("simulated time needs the sensor's frame rate (fps)")
         self.size = tuple(size)
         self.still_size = tuple(still_size)
         self.illumination = illumination
@@ -59,13 +76,18 @@ class SimulatedCamera(Camera):
         self.blinks_per_s = float(blinks_per_s)
         self.alignment_s = alignment_s
         self._offset = np.asarray(offset, np.float64)
+        self.fps = float(fps) if fps else None
         self._dt = 1.0 / fps if fps else 1.0 / 30.0
-        self._pacer = FramePacer(fps)
+        self.simulated_time = bool(simulated_time)
+        self._pacer = FramePacer(None if simulated_time else fps)
+        self._sensor_s = 0.0          # simulated time: when the reader was last handed something
+        self._handed_at: float | None = None  # wall time of that hand-over (None: nothing handed yet)
         self._rng = np.random.default_rng([int(seed), 0xCA3])
         self._nominal_focus = optic_module.best_focus if optic_module is not None else None
         self._lock = threading.Lock()
         self._cache: dict[tuple[EyeParams, tuple[int, int]], Scene] = {}
         self._render_locks: dict[tuple[EyeParams, tuple[int, int]], threading.Lock] = {}
+        self._t_total = 0.0           # frame periods lived since the camera was made, in seconds
         self._exposure_us = REFERENCE_EXPOSURE_US
         self._gain = 1.0
         self._running = False
@@ -124,21 +146,63 @@ class SimulatedCamera(Camera):
         self._check()
         self._pacer.wait()
         with self._lock:
-            self._advance()
+            for _ in range(self._periods_until_next_frame()):
+                self._advance()
             eye, pose = self._eye, self._pose()
-        return self._photograph(self._scene(eye, self.size), pose)
+        frame = self._photograph(self._scene(eye, self.size), pose)
+        self._hand_over()
+        return frame
 
     def capture_still(self) -> np.ndarray:
         self._check()
         with self._lock:
+            if self.simulated_time:  # the eye goes on living while the sensor switches mode and reads out
+                self._charge_reader()
+                end = max(self._sensor_s, self._t_total) + STILL_S
+                for _ in range(max(1, math.ceil((end - self._t_total) / self._dt - 1e-9))):
+                    self._advance()
+                self._sensor_s = self._t_total
             eye, pose = self._eye, self._pose()
-        return self._photograph(self._scene(eye, self.still_size), pose)
+        still = self._photograph(self._scene(eye, self.still_size), pose)
+        self._hand_over()
+        return still
+
+    def clock(self) -> float:
+        """Seconds on the sensor's clock: simulated time, or the wall clock when frames are paced by it."""
+        if not self.simulated_time:
+            return time.monotonic()
+        with self._lock:
+            busy = 0.0 if self._handed_at is None else time.perf_counter() - self._handed_at
+            return self._sensor_s + busy
+
+    def _periods_until_next_frame(self) -> int:
+        """Frame periods from the last frame handed over to the next one this read gets (under the lock)."""
+        if not self.simulated_time:
+            return 1
+        self._charge_reader()
+        # the sensor finishes a frame at every multiple of the period; the reader gets the first after it came back
+        due = max(self._t_total + self._dt, math.ceil(self._sensor_s / self._dt - 1e-9) * self._dt)
+        periods = max(1, round((due - self._t_total) / self._dt))
+        self._sensor_s = self._t_total + periods * self._dt
+        return periods
+
+    def _charge_reader(self) -> None:
+        """Add the reader's time since the last hand-over to the simulated clock (under the lock)."""
+        if self._handed_at is not None:
+            self._sensor_s += time.perf_counter() - self._handed_at
+            self._handed_at = None
+
+    def _hand_over(self) -> None:
+        if self.simulated_time:
+            with self._lock:
+                self._handed_at = time.perf_counter()
 
     def set_exposure(self, exposure_us: int, gain: float) -> None:
         if not (np.isfinite(exposure_us) and exposure_us > 0 and np.isfinite(gain) and gain > 0):
             raise ValueError(f"exposure and gain must be positive numbers, got {exposure_us!r} and {gain!r}")
-        with self._lock:  # a sensor clamps to what it can do, as libcamera does
-            self._exposure_us = int(np.clip(exposure_us, *EXPOSURE_RANGE_US))
+        longest = EXPOSURE_RANGE_US[1] if not self.fps else min(EXPOSURE_RANGE_US[1], int(1e6 / self.fps))
+        with self._lock:  # a sensor clamps to what it can do, as libcamera does: no exposure outlasts a frame
+            self._exposure_us = int(np.clip(exposure_us, EXPOSURE_RANGE_US[0], longest))
             self._gain = float(np.clip(gain, *GAIN_RANGE))
 
     def stop(self) -> None:
@@ -165,6 +229,7 @@ class SimulatedCamera(Camera):
         """One frame period of the eye's life: drift (a bounded Ornstein-Uhlenbeck walk) and blinks."""
         dt = self._dt
         self._t += dt
+        self._t_total += dt
         self._frames += 1
         kick = self._rng.normal(0.0, DRIFT_SD * math.sqrt(2.0 * dt / DRIFT_TAU_S), 2)
         self._wander = np.clip(self._wander * (1.0 - dt / DRIFT_TAU_S) + kick, -MAX_DRIFT, MAX_DRIFT)
@@ -193,8 +258,13 @@ class SimulatedCamera(Camera):
         else:
             defocus = self.defocus_px
         misaligned = float(np.hypot(*shift))
+        # The cornea's reflex comes off the front of the eye, so it follows the ring and the sensor but
+        # not what the fundus returns: against a dim fundus (small pupil, dark pigment) it stands out
+        # more. `apply_optics` scales the reflex with the fundus's light, so it is given relative to it.
+        reflex = float(np.clip((misaligned - 0.1) * 1.5, 0.0, 0.6))
+        glare = min(1.0, reflex / self.light_scale) if not mono else reflex
         return {"shift": shift, "eyelid": eyelid, "light": light, "mono": mono, "defocus": defocus,
-                "glare": float(np.clip((misaligned - 0.1) * 1.5, 0.0, 0.6)), "noise": 0.006 * math.sqrt(self._gain),
+                "glare": glare, "noise": 0.006 * math.sqrt(self._gain),
                 "seed": int(self._rng.integers(0, 2**31 - 1))}
 
     def _photograph(self, scene: Scene, pose: dict) -> np.ndarray:

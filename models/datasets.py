@@ -1,14 +1,21 @@
 """Annotated fundus photos as one record type, whichever layout they arrive in.
 
-Two layouts are read: the project's shared layout (images/, masks/, labels.csv) and the REFUGE
-challenge's own (an index.json beside an images folder and a masks folder), so a researcher can
-point training or evaluation at their own data without converting it first.
+A researcher points training or evaluation at the data they hold, as it came, without converting
+it first. `read_dataset` recognises the layout from the folder: the project's shared layout
+(images/, masks/, labels.csv), the REFUGE challenge's own (index.json), and the public releases of
+ORIGA, PAPILA and G1020 (`models.readers`). GRAPE's longitudinal layout is read by `models.grape`.
+
+Each source draws its outlines its own way (REFUGE grey levels, 0/1/2 label images, MATLAB files,
+contour point lists); `Record.load_mask` turns any of them into the same disc and cup masks.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +37,52 @@ class DatasetError(ValueError):
     """A dataset folder that cannot be read; the message says what was expected."""
 
 
+MASK_CODINGS = {
+    "refuge": "grey levels: 0 cup, 128 disc rim, 255 background (REFUGE, the shared layout)",
+    "labels": "label image: 0 background, 1 disc rim, 2 cup (G1020, ORIGA's PNG masks)",
+    "mat": "MATLAB v5 .mat file holding a 0/1/2 label image (ORIGA)",
+    "contours": "text files of x y outline points, one for the disc and one for the cup (PAPILA)",
+}
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Where a photo's disc and cup outlines are and how they are written (a key of MASK_CODINGS)."""
+
+    coding: str
+    path: Path
+    cup_path: Path | None = None  # contours: the cup has a file of its own
+
+    def __post_init__(self):
+        if self.coding not in MASK_CODINGS:
+            raise ValueError(f"unknown mask coding {self.coding!r}; known: {', '.join(MASK_CODINGS)}")
+
+    def load(self, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(disc, cup) boolean masks; the disc includes the cup. Contours need the photo's shape."""
+        if self.coding == "refuge":
+            return load_mask(self.path)
+        if self.coding == "labels":
+            labels = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
+            if labels is None:
+                raise DatasetError(f"mask {self.path} is missing or not an image")
+            return decode_labels(labels)
+        if self.coding == "mat":
+            return decode_labels(read_mat_mask(self.path))
+        if shape is None:
+            raise ValueError("outline points need the photo's height and width to be drawn")
+        disc = draw_outline(read_outline(self.path), shape[:2])
+        cup = draw_outline(read_outline(self.cup_path), shape[:2]) & disc if self.cup_path else np.zeros_like(disc)
+        return disc, cup
+
+
 @dataclass
 class Record:
-    """One photo with what is known about it; unknown fields are None."""
+    """One photo with what is known about it; unknown fields are None.
+
+    `mask_path` is a mask image in REFUGE coding (what older code reads directly); `annotation` says
+    where the outlines are in any coding, so `load_mask()` is the way to read them. `patient` groups
+    the photos of one person (both eyes, repeat photos) for splits and confidence intervals.
+    """
 
     id: str
     source: str
@@ -43,33 +93,66 @@ class Record:
     split: str | None = None
     fovea: tuple[float, float] | None = None
     camera: str | None = None
+    patient: str | None = None
+    eye: str | None = None  # "right" (OD) or "left" (OS)
+    annotation: Annotation | None = None
+
+    def __post_init__(self):
+        if self.annotation is None and self.mask_path is not None:
+            self.annotation = Annotation("refuge", Path(self.mask_path))
+
+    @property
+    def has_mask(self) -> bool:
+        return self.annotation is not None
+
+    def load_mask(self, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The experts' (disc, cup) on the photo's pixel grid; `shape` spares reading the photo for contours."""
+        if self.annotation is None:
+            raise DatasetError(f"{self.source} {self.id} has no disc/cup outlines")
+        if shape is None and self.annotation.coding == "contours":
+            shape = image_shape(self.image_path)
+        return self.annotation.load(shape)
 
 
 def read_dataset(folder: str | Path) -> list[Record]:
-    """Read a dataset folder in either the shared layout or the REFUGE index.json layout."""
+    """Read a dataset folder in any layout this project knows; the error names them all when none fits."""
+    from models import readers  # the public datasets' own layouts build on the record type above
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"dataset folder not found: {folder}")
-    if (folder / "labels.csv").exists():
-        return _read_shared(folder)
-    index = _find_index(folder)
-    if index is not None:
-        return _read_refuge_index(index)
-    raise DatasetError(f"{folder} is not a dataset folder this project reads: expected either labels.csv beside "
-                       f"images/ and masks/ (the shared layout) or a REFUGE index.json beside an images folder")
+    return readers.read_any(folder)
 
 
-def _optional_int(text: str | None) -> int | None:
+def eye_from(text: str | None) -> str | None:
+    """'OD' / 'R' / 'right' -> 'right'; 'OS' / 'L' / 'left' -> 'left'; anything else None."""
+    t = (text or "").strip().lower()
+    if t in ("od", "r", "right", "re"):
+        return "right"
+    if t in ("os", "l", "left", "le"):
+        return "left"
+    return None
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """Height and width of a photo file."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise DatasetError(f"photo {path} is missing or not an image")
+    return image.shape[:2]
+
+
+def optional_int(text: str | None) -> int | None:
     text = (text or "").strip()
     return int(float(text)) if text else None
 
 
-def _optional_float(text: str | None) -> float | None:
+def optional_float(text: str | None) -> float | None:
     text = (text or "").strip()
     return float(text) if text else None
 
 
-def _find_image(folder: Path, stem: str) -> Path | None:
+def find_image(folder: Path, stem: str) -> Path | None:
     for suffix in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
             if candidate.exists():
@@ -77,7 +160,13 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_shared(folder: Path) -> list[Record]:
+def read_shared(folder: Path) -> list[Record]:
+    """The shared layout; a details.csv beside labels.csv (the synthetic generator writes one) adds the
+    fovea and the eye where labels.csv has no column for them."""
+    details: dict[str, dict] = {}
+    if (folder / "details.csv").exists():
+        with open(folder / "details.csv", newline="") as f:
+            details = {row["id"].strip(): row for row in csv.DictReader(f) if row.get("id")}
     records = []
     with open(folder / "labels.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -85,21 +174,24 @@ def _read_shared(folder: Path) -> list[Record]:
             raise DatasetError(f"{folder / 'labels.csv'} has no 'id' column")
         for row in reader:
             rid = row["id"].strip()
-            image = _find_image(folder / "images", rid)
+            row = {**details.get(rid, {}), **{k: v for k, v in row.items() if (v or "").strip()}}
+            image = find_image(folder / "images", rid)
             if image is None:
                 raise DatasetError(f"{folder.name}: labels.csv names {rid} but images/ has no photo of that name")
             mask = folder / "masks" / f"{rid}.png"
-            fx, fy = _optional_float(row.get("fovea_x")), _optional_float(row.get("fovea_y"))
+            fx, fy = optional_float(row.get("fovea_x")), optional_float(row.get("fovea_y"))
             records.append(Record(
                 id=rid, source=(row.get("source") or folder.name).strip(), image_path=image,
-                mask_path=mask if mask.exists() else None, glaucoma=_optional_int(row.get("glaucoma")),
-                vcdr=_optional_float(row.get("vcdr")), split=(row.get("split") or "").strip() or None,
+                mask_path=mask if mask.exists() else None, glaucoma=optional_int(row.get("glaucoma")),
+                vcdr=optional_float(row.get("vcdr")), split=(row.get("split") or "").strip() or None,
                 fovea=(fx, fy) if fx is not None and fy is not None else None,
-                camera=(row.get("camera") or "").strip() or None))
+                camera=(row.get("camera") or "").strip() or None,
+                patient=(row.get("patient") or row.get("patient_id") or "").strip() or None,
+                eye=eye_from(row.get("eye") or row.get("laterality"))))
     return records
 
 
-def _find_index(folder: Path) -> Path | None:
+def find_refuge_index(folder: Path) -> Path | None:
     direct = folder / "index.json"
     if direct.exists():
         return direct
@@ -114,7 +206,7 @@ def _first_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _read_refuge_index(index: Path) -> list[Record]:
+def read_refuge_index(index: Path) -> list[Record]:
     root = index.parent
     try:
         entries = json.loads(index.read_text())
@@ -132,12 +224,12 @@ def _read_refuge_index(index: Path) -> list[Record]:
         if not name:
             raise DatasetError(f"{index}: an entry has no ImgName: {entry!r}")
         stem = Path(name).stem
-        image = images / name if (images / name).exists() else _find_image(images, stem)
+        image = images / name if (images / name).exists() else find_image(images, stem)
         if image is None:
             raise DatasetError(f"{index} names {name} but {images} has no such photo")
         mask = None
         if masks is not None:
-            mask = masks / f"{stem}.bmp" if (masks / f"{stem}.bmp").exists() else _find_image(masks, stem)
+            mask = masks / f"{stem}.bmp" if (masks / f"{stem}.bmp").exists() else find_image(masks, stem)
         fx, fy = entry.get("Fovea_X"), entry.get("Fovea_Y")
         label = entry.get("Label")
         records.append(Record(
@@ -168,6 +260,126 @@ def encode_mask(disc: np.ndarray, cup: np.ndarray) -> np.ndarray:
     mask[disc] = 128
     mask[cup & disc] = 0
     return mask
+
+
+def decode_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0 background / 1 disc rim / 2 cup label image -> (disc, cup); the disc includes the cup."""
+    labels = np.asarray(labels)
+    if labels.ndim == 3:
+        labels = labels[..., 0]
+    if labels.size and labels.max() > 2:
+        raise DatasetError(f"a 0/1/2 label mask holds the value {labels.max()}: this is not that coding")
+    return labels >= 1, labels >= 2
+
+
+# MATLAB level 5 MAT-file: data types of the element tags and numeric array classes, as numpy dtypes
+_MAT_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
+_MAT_MATRIX, _MAT_COMPRESSED = 14, 15
+_MAT_NUMERIC_CLASSES = set(range(6, 16))
+
+
+def read_mat_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The numeric arrays of a MATLAB v5 .mat file (compressed or not), by variable name.
+
+    Written here because scipy is not a dependency of the unit; cells, structs and v7.3 (HDF5)
+    files are refused with a message saying how to convert them.
+    """
+    data = Path(path).read_bytes()
+    if data[:10] == b"MATLAB 7.3":
+        raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file; save it with save(..., '-v7') or as a PNG label image")
+    if len(data) < 128 or not data.startswith(b"MATLAB 5.0"):
+        raise DatasetError(f"{path} is not a MATLAB v5 .mat file")
+    endian = {b"IM": "<", b"MI": ">"}.get(data[126:128])
+    if endian is None:
+        raise DatasetError(f"{path}: unreadable MAT-file header")
+    arrays: dict[str, np.ndarray] = {}
+    _mat_elements(data, 128, endian, arrays, path)
+    return arrays
+
+
+def _mat_tag(data: bytes, pos: int, endian: str) -> tuple[int, int, int, int]:
+    """(type, size, data start, next element) of the element at `pos`; small elements pack into 8 bytes."""
+    first, size = struct.unpack_from(endian + "II", data, pos)
+    if first >> 16:
+        return first & 0xFFFF, first >> 16, pos + 4, pos + 8
+    return first, size, pos + 8, pos + 8 + size + (-size % 8)
+
+
+def _mat_elements(data: bytes, pos: int, endian: str, arrays: dict, path: Path) -> None:
+    while pos + 8 <= len(data):
+        kind, size, start, following = _mat_tag(data, pos, endian)
+        if kind == _MAT_COMPRESSED:
+            try:
+                _mat_elements(zlib.decompress(data[start:start + size]), 0, endian, arrays, path)
+            except zlib.error as exc:
+                raise DatasetError(f"{path}: damaged compressed variable ({exc})") from exc
+            following = start + size  # compressed elements are not padded
+        elif kind == _MAT_MATRIX and size:
+            name, array = _mat_matrix(data[start:start + size], endian, path)
+            if array is not None:
+                arrays[name] = array
+        pos = following
+
+
+def _mat_matrix(body: bytes, endian: str, path: Path) -> tuple[str, np.ndarray | None]:
+    parts = []
+    pos = 0
+    while pos + 8 <= len(body) and len(parts) < 4:
+        kind, size, start, pos = _mat_tag(body, pos, endian)
+        parts.append((kind, body[start:start + size]))
+    if len(parts) < 3:
+        raise DatasetError(f"{path}: truncated variable")
+    flags = struct.unpack_from(endian + "I", parts[0][1])[0]
+    dims = np.frombuffer(parts[1][1], endian + "i4")
+    name = parts[2][1].decode("latin-1")
+    if (flags & 0xFF) not in _MAT_NUMERIC_CLASSES or len(parts) < 4:
+        return name, None  # a cell, struct, text or empty variable: not a mask
+    kind, raw = parts[3]
+    if kind not in _MAT_TYPES:
+        raise DatasetError(f"{path}: variable {name!r} is stored in an unsupported data type {kind}")
+    values = np.frombuffer(raw, endian + _MAT_TYPES[kind])
+    if values.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: variable {name!r} holds {values.size} values for a {'x'.join(map(str, dims))} array")
+    return name, values.reshape(tuple(int(d) for d in dims), order="F")
+
+
+def read_mat_mask(path: Path, names: tuple[str, ...] = ("mask", "Mask", "gt", "label", "labels")) -> np.ndarray:
+    """The label image of an ORIGA-style .mat file: the variable called mask (or the only 2-D one)."""
+    arrays = read_mat_arrays(path)
+    for name in names:
+        if name in arrays:
+            return arrays[name]
+    images = [a for a in arrays.values() if a.ndim == 2 and min(a.shape) > 1]
+    if len(images) == 1:
+        return images[0]
+    raise DatasetError(f"{path} holds no mask variable (found: {', '.join(arrays) or 'nothing numeric'})")
+
+
+def read_outline(path: Path) -> np.ndarray:
+    """An outline as an Nx2 array of (x, y) photo pixels, from a text file of one point per line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise DatasetError(f"outline {path} cannot be read: {exc}") from exc
+    points = []
+    for line in text.splitlines():
+        fields = [f for f in re.split(r"[\s,;]+", line.strip()) if f]
+        if not fields:
+            continue
+        try:
+            points.append((float(fields[0]), float(fields[1])))
+        except (ValueError, IndexError):
+            raise DatasetError(f"outline {path}: a line is not an x y point: {line!r}") from None
+    if len(points) < 3:
+        raise DatasetError(f"outline {path} has {len(points)} points; an outline needs at least 3")
+    return np.asarray(points, float)
+
+
+def draw_outline(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Fill a closed outline on an HxW grid (sub-pixel vertices, pixel centres at integer coordinates)."""
+    canvas = np.zeros(shape, np.uint8)
+    cv2.fillPoly(canvas, [np.round(np.asarray(points) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return canvas.astype(bool)
 
 
 def vcdr_from_masks(disc: np.ndarray, cup: np.ndarray) -> float:

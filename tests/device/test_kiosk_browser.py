@@ -1,11 +1,13 @@
 """The kiosk in a real Chromium (Debian's, driven by Playwright) against the app served by waitress, on
-the real unit in simulation: a health worker's whole visit, the PIN lock, and the layout at the
-unit's two screen sizes (no sideways scrolling at 800x480, touch targets at least 44 px tall).
+the real unit in simulation: a health worker's whole visit, the PIN lock, an administrator's rounds of
+the operations pages (models, devices, settings, storage, export to a USB folder), and the layout at
+the unit's two screen sizes (no sideways scrolling at 800x480, touch targets at least 44 px tall).
 
 Screenshots of every page at both sizes land in test-artifacts/screenshots/ for a person to look at.
 """
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -15,7 +17,9 @@ import pytest
 import waitress
 
 from device.accounts import MAX_FAILURES
+from device.config import overrides_path
 from device.kiosk import create_app
+from device.sync_trials import add_visits, sample_eyes
 from tests.device.test_kiosk import PIN, add_workers, make_unit
 
 pytestmark = pytest.mark.browser
@@ -32,7 +36,7 @@ NEVER = 10**9                   # gradable frames in a row that auto-capture wai
 
 # every visible thing a finger has to hit; radio buttons and checkboxes sit inside tiles that are checked instead
 TARGETS_JS = """() => [...document.querySelectorAll(
-    'button, .button, .bar-button, .tile, .consent, select, input:not([type=radio]):not([type=checkbox]):not([type=hidden])')]
+    'button, .button, .bar-button, nav a, .tile, .consent, select, input:not([type=radio]):not([type=checkbox]):not([type=hidden])')]
   .filter(e => e.offsetParent !== null)
   .map(e => [(e.textContent || e.name || e.tagName).trim().slice(0, 40), e.getBoundingClientRect().height])"""
 
@@ -41,7 +45,10 @@ TARGETS_JS = """() => [...document.querySelectorAll(
 def kiosk(tmp_path):
     unit = make_unit(tmp_path / "unit")
     add_workers(unit)
-    server = waitress.create_server(create_app(unit), host="127.0.0.1", port=0, threads=6)
+    app = create_app(unit)
+    (tmp_path / "media" / "CLINIC-USB").mkdir(parents=True)  # a folder stands in for a mounted stick
+    app.config.update(EXPORT_ROOTS=[str(tmp_path / "media")], EXPORT_MOUNTED_ONLY=False)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
     thread = threading.Thread(target=server.run, name="kiosk-server", daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}", unit
@@ -205,3 +212,55 @@ def test_a_health_workers_visit_in_chromium(kiosk, page):
     look(page, "13-not-found")
     page.goto(base + "/admin/")
     look(page, "14-admin")
+
+
+def test_an_administrators_rounds_in_chromium(kiosk, page, shared_data, tmp_path):
+    base, unit = kiosk
+    add_visits(unit.visits, sample_eyes(shared_data, 2), 2, random.Random(11))
+    page.goto(base + "/signin")
+    page.check("input[name=user][value=amina]")
+    page.fill("#pin", PIN)
+    page.click("main button[type=submit]")
+    page.wait_for_url(base + "/")
+    page.click("text=Admin")
+    page.wait_for_url(base + "/admin/")
+
+    page.click("nav.subnav >> text=Models")
+    page.wait_for_url(base + "/admin/models")
+    assert page.inner_text("#segmentation-backend") == "ONNX Runtime (CPU)"
+    assert page.locator("#model-segmentation .check-ok").count() == 2
+    look(page, "15-admin-models")
+
+    page.click("nav.subnav >> text=Camera and lights")
+    page.wait_for_url(base + "/admin/devices")
+    assert page.inner_text("#camera-frames").startswith("Yes, ")
+    assert page.inner_text("#module-serial") == "GSO-SIM-0001"
+    look(page, "16-admin-devices")
+
+    page.click("nav.subnav >> text=Settings")
+    page.wait_for_url(base + "/admin/settings/")
+    look(page, "17-admin-settings")
+    page.fill("#capture-max_led_level", "0.95")
+    page.click("main button:has-text('Save the settings')")
+    assert "safety cap" in page.inner_text("#setting-capture-max_led_level")
+    look(page, "18-admin-settings-refused")
+    page.fill("#capture-max_led_level", "0.6")
+    page.click("main button:has-text('Save the settings')")
+    page.wait_for_url(base + "/admin/settings/")
+    assert "Saved" in page.inner_text(".notice")
+    assert unit.illumination.max_level == 0.6 and "max_led_level = 0.6" in overrides_path(unit.config.data_dir).read_text()
+
+    page.click("nav.subnav >> text=Storage")
+    page.wait_for_url(base + "/admin/storage")
+    assert page.inner_text("#refuse-below") == "200.0 MB free"
+    look(page, "19-admin-storage")
+
+    page.click("nav.subnav >> text=Export to USB")
+    page.wait_for_url(base + "/admin/export/")
+    look(page, "20-admin-export")
+    page.click(".tile:has-text('CLINIC-USB')")
+    page.click("main button:has-text('Export')")
+    page.wait_for_selector("#export-result", timeout=60_000)  # the page follows the export, then shows its result
+    assert "2 visits (4 eyes, 12 files" in page.inner_text("#export-result")
+    assert (tmp_path / "media" / "CLINIC-USB" / "GlaucoScreen-test-unit" / "visits.csv").exists()
+    look(page, "21-admin-export-done")

@@ -36,12 +36,13 @@ def test_pi5_profile():
     assert pi.pins.white_ring in PI_PWM
 
 
-def test_jetson_profile_uses_header_positions_and_says_gpiozero_has_no_factory():
+def test_jetson_profile_uses_header_positions_through_our_jetson_gpio_factory():
     jetson = PROFILES["jetson-orin-nano"]
     assert jetson.pins.numbering == "BOARD"
     assert jetson.camera_backend == "gstreamer"
     assert jetson.serial_port == "/dev/ttyTHS1"
-    assert jetson.pin_factory is None and "gpiozero" in jetson.note
+    assert jetson.pin_factory == "jetson-gpio" and boards.GPIO_DRIVERS["jetson-gpio"] == "Jetson.GPIO"
+    assert "jetson-io" in jetson.note and "pull-up" in jetson.note
     assert set(_pins(jetson)) <= JETSON_GPIO
     assert jetson.pins.white_ring in JETSON_PWM
 

@@ -23,7 +23,7 @@ from hardware.camera import (
 from hardware.illumination import Illumination
 from hardware.optic_module import OpticModule
 from hardware.optic_module_sim import OpticModuleSimulator
-from hardware.simulated_camera import MAX_DRIFT, SimulatedCamera
+from hardware.simulated_camera import MAX_DRIFT, STILL_S, SimulatedCamera
 from models.images import read_rgb
 from models.synthetic import field_geometry
 
@@ -288,3 +288,54 @@ def test_the_simulated_camera_keeps_up_with_a_preview(lights):
             cam.read()
         fps = 30 / (time.perf_counter() - start)
     assert fps >= 15, f"{fps:.1f} frames/s"
+
+
+def test_simulated_time_charges_the_readers_work_and_drops_the_frames_it_missed(lights):
+    period = 1 / 30
+    with SimulatedCamera(illumination=lights, still_size=STILL, fps=30, simulated_time=True) as cam:
+        cam.read()  # drawing the eye the first time is the simulator's cost, not the unit's
+        assert cam.clock() == pytest.approx(period, abs=1e-3)
+        cam.read()  # a reader that keeps up gets the very next frame
+        frames = cam.info()["frames"]
+        assert frames == 2
+        time.sleep(0.04)  # a frame's work that takes more than a period ...
+        at = cam.clock()
+        assert 2 * period + 0.04 <= at < 2 * period + 0.1  # ... shows on the sensor's clock at once
+        cam.read()  # ... and the frame after it is the one the sensor finished next: one was missed
+        missed = cam.info()["frames"] - frames - 1
+        assert missed >= 1
+        after = cam.clock()
+        assert after == pytest.approx((frames + missed + 1) * period, abs=0.005)  # back on the sensor's frame grid
+        cam.capture_still()  # a still takes its readout time
+        assert cam.clock() >= after + STILL_S - 1e-6
+    started = time.monotonic()
+    with SimulatedCamera(illumination=lights, still_size=STILL, fps=30, simulated_time=True, blinks_per_s=0) as cam:
+        for _ in range(60):
+            cam.read()
+        simulated = cam.clock()
+    assert simulated >= 2.0 - 1e-6 and time.monotonic() - started < simulated  # faster than the wall clock
+    with pytest.raises(ValueError, match="frame rate"):
+        SimulatedCamera(fps=None, simulated_time=True)
+
+
+def test_an_exposure_cannot_outlast_the_frame_period(lights):
+    with SimulatedCamera(illumination=lights, still_size=STILL, fps=30) as cam:
+        cam.set_exposure(60000, 1.0)
+        assert cam.info()["exposure_us"] == 33333
+    with SimulatedCamera(illumination=lights, still_size=STILL, fps=None) as cam:  # no frame rate: no such bound
+        cam.set_exposure(60000, 1.0)
+        assert cam.info()["exposure_us"] == 60000
+
+
+def test_the_corneal_reflex_stands_out_more_against_a_dim_fundus():
+    """The reflex comes off the cornea, so it does not dim with the fundus: with the light made up for a
+    dim eye (small pupil, dark pigment), more of the frame is washed white-blue than for a bright eye."""
+    def white_blue(light_scale):
+        with SimulatedCamera(offset=(0.25, 0.0), alignment_s=None, light_scale=light_scale, blinks_per_s=0,
+                             still_size=STILL, fps=None, seed=5) as cam:
+            cam.set_exposure(20000 / light_scale, 1.0)  # the fundus exposed alike in both
+            rgb = cam.read().astype(np.int16)
+        reflex = (rgb[..., 2] >= 0.6 * 255) & (rgb[..., 2] >= 0.7 * rgb[..., 0])
+        return reflex[field_inside()].mean()
+
+    assert white_blue(0.3) > 3 * white_blue(1.0)

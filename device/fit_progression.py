@@ -1,0 +1,174 @@
+"""`glaucoscreen fit-progression`: fit the progression fusion on GRAPE's validation patients, then
+measure it on the test patients, which nothing else has seen.
+
+Each eye is judged as the unit judges it: its first and last photos go through the screening
+pipeline's pass 2 (GRAPE's photos are already disc crops, so pass 1 is replaced by a first pass 2
+on the whole crop), giving each visit's vCDR and disc; the progression engine compares the two
+disc crops. The fusion is a logistic regression on (engine logit, vCDR change per year) whose
+coefficients may not be negative (a growing cup never argues against progression; a fit that says
+so has learned noise, and that feature is dropped); its threshold is set at `specificity` on
+validation. It is allowed to decide (`use_models`) only when its validation AUC's 95% interval lies
+above 0.5. Confidence intervals resample patients. The vCDR rule (`vcdr_jump`) is reported beside it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from device.fit_referral import fit_logistic_features
+from device.measurements import measure
+from device.pipeline import ScreeningPipeline
+from device.progression import PROGRESSION_POLICY, ProgressionAssessor, ProgressionPolicy, crop_input
+from device.roc import auc, threshold_at_specificity
+from models import preprocess
+from models.grape import Eye, patient_split, read_grape
+from models.images import read_rgb
+
+GRAPE_DISC_FRACTION = 0.4  # GRAPE's crops are about 2.5 disc diameters wide
+
+
+def disc_of_crop(pipeline: ScreeningPipeline, rgb: np.ndarray) -> tuple[dict, float] | None:
+    """(disc centre and vertical diameter, vCDR) of a photo that is already a disc crop, or None."""
+    h, w = rgb.shape[:2]
+    guess = (w / 2.0, h / 2.0, GRAPE_DISC_FRACTION * min(h, w))
+    for _ in range(2):  # the second pass is centred on the disc the first one found
+        seg = pipeline.segment_disc(rgb, *guess)
+        disc, cup = seg.masks()
+        m = measure(disc, cup, scale=seg.box.side / preprocess.INPUT_SIZE, offset=(seg.box.x0, seg.box.y0))
+        if m is None:
+            return None
+        guess = (m.disc.cx, m.disc.cy, m.disc.vertical_diameter)
+    return {"cx": m.disc.cx, "cy": m.disc.cy, "vertical_diameter": m.disc.vertical_diameter}, m.vcdr
+
+
+def eye_features(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, eye: Eye) -> dict | None:
+    """Engine logit and vCDR slope between the eye's first and last photo."""
+    first, last = eye.visits[0], eye.visits[-1]
+    years = last.years - first.years
+    if years <= 0:
+        return None
+    photos = [read_rgb(first.photo), read_rgb(last.photo)]
+    found = [disc_of_crop(pipeline, rgb) for rgb in photos]
+    if any(f is None for f in found):
+        return None
+    crops = [crop_input(rgb, d["cx"], d["cy"], d["vertical_diameter"]) for rgb, (d, _) in zip(photos, found)]
+    return {"eye": eye.key, "patient": eye.patient, "progressed": eye.progressed, "years": years,
+            "vcdr_first": found[0][1], "vcdr_last": found[1][1],
+            "vcdr_slope": (found[1][1] - found[0][1]) / years,
+            "engine_logit": assessor.engine_logit(crops[0], crops[1], years)}
+
+
+def bootstrap_auc(patients: list[str], labels: np.ndarray, scores: np.ndarray, resamples: int = 2000,
+                  seed: int = 0) -> list[float] | None:
+    """Percentile 95% interval of the AUC, resampling patients (both eyes of one go together)."""
+    ids = sorted(set(patients))
+    rows = {p: [i for i, q in enumerate(patients) if q == p] for p in ids}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = [i for p in rng.choice(ids, len(ids)) for i in rows[p]]
+        a = auc(labels[pick], scores[pick])
+        if a is not None:
+            values.append(a)
+    return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)] if values else None
+
+
+def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path, specificity: float = 0.8,
+        out: Path = PROGRESSION_POLICY) -> dict:
+    eyes = read_grape(grape)
+    split = patient_split(eyes)
+    rows = {"val": [], "test": []}
+    for eye in eyes:
+        if split[eye.patient] in rows and len(eye.visits) >= 2:
+            f = eye_features(pipeline, assessor, eye)
+            if f is not None:
+                rows[split[eye.patient]].append(f)
+
+    def columns(part: str):
+        r = rows[part]
+        y = np.array([x["progressed"] for x in r], float)
+        slope = np.array([x["vcdr_slope"] for x in r], float)
+        logit = np.array([x["engine_logit"] if x["engine_logit"] is not None else 0.0 for x in r], float)
+        return r, y, slope, logit
+
+    val_rows, y, slope, logit = columns("val")
+    have_engine = assessor.engine is not None
+    use = {"engine": have_engine, "slope": True}
+    while True:
+        names = [k for k in ("engine", "slope") if use[k]]
+        x = np.stack([{"engine": logit, "slope": slope}[k] for k in names], 1) if names else np.zeros((len(y), 0))
+        w = fit_logistic_features(x, y, l2=1.0)
+        negative = [k for k, c in zip(names, w[:-1]) if c < 0]
+        if not negative:
+            break
+        use[negative[0]] = False
+    coef = dict(zip(names, w[:-1]))
+    policy = ProgressionPolicy(engine_coef=float(coef.get("engine", 0.0)), slope_coef=float(coef.get("slope", 0.0)),
+                               intercept=float(w[-1]), fitted=True)
+    val_p = np.array([policy.probability(lg if have_engine else None, s) for lg, s in zip(logit, slope)])
+    policy.threshold = threshold_at_specificity(y, val_p, specificity)
+    ci = bootstrap_auc([r["patient"] for r in val_rows], y, val_p) if names else None
+    policy.use_models = bool(ci and ci[0] > 0.5)
+
+    report: dict = {"specificity_target": specificity}
+    for part in ("val", "test"):
+        r, y, slope, logit = columns(part)
+        fused = np.array([policy.probability(lg if have_engine else None, s) for lg, s in zip(logit, slope)])
+        patients = [x["patient"] for x in r]
+        called = fused >= policy.threshold
+        jump = np.array([x["vcdr_last"] - x["vcdr_first"] >= policy.vcdr_jump for x in r])
+        verdict = jump | (called if policy.use_models else False)
+        report[part] = {
+            "eyes": len(r), "patients": len(set(patients)), "progressing_eyes": int(y.sum()),
+            "auc_fused": auc(y, fused), "auc_fused_ci95": bootstrap_auc(patients, y, fused),
+            "auc_engine": auc(y, logit) if have_engine else None,
+            "auc_engine_ci95": bootstrap_auc(patients, y, logit) if have_engine else None,
+            "auc_vcdr_slope": auc(y, slope), "auc_vcdr_slope_ci95": bootstrap_auc(patients, y, slope),
+            "sensitivity": float(called[y == 1].mean()) if y.any() else None,
+            "specificity": float((~called[y == 0]).mean()) if (y == 0).any() else None,
+            "vcdr_jump_sensitivity": float(jump[y == 1].mean()) if y.any() else None,
+            "vcdr_jump_specificity": float((~jump[y == 0]).mean()) if (y == 0).any() else None,
+            "verdict_sensitivity": float(verdict[y == 1].mean()) if y.any() else None,
+            "verdict_specificity": float((~verdict[y == 0]).mean()) if (y == 0).any() else None,
+        }
+    policy.operating_point = {k: report["val"][k] for k in ("eyes", "progressing_eyes", "auc_fused", "sensitivity",
+                                                             "specificity")}
+    versions = pipeline.model_versions
+    policy.source = (f"progression fitted {dt.date.today().isoformat()} on GRAPE validation patients with "
+                     f"{versions.get('progression', 'no engine')} and {versions.get('segmentation', '?')}")
+    policy.save(out)
+    report["policy"] = {"engine_coef": policy.engine_coef, "slope_coef": policy.slope_coef,
+                        "intercept": policy.intercept, "threshold": policy.threshold, "use_models": policy.use_models,
+                        "features_kept": names, "val_auc_ci95": ci}
+    report["eyes"] = rows
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from models.datasets import DEFAULT_DATA
+
+    parser = argparse.ArgumentParser(description="Fit and measure the progression fusion on GRAPE.")
+    parser.add_argument("--grape", type=Path, default=DEFAULT_DATA / "grape")
+    parser.add_argument("--specificity", type=float, default=0.8)
+    parser.add_argument("--out", type=Path, default=PROGRESSION_POLICY)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    pipeline = ScreeningPipeline.from_artifacts(precision="fp32")
+    report = fit(pipeline, ProgressionAssessor.from_artifacts(), args.grape, args.specificity, args.out)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    for part in ("val", "test"):
+        r = report[part]
+        print(f"{part}: {r['eyes']} eyes of {r['patients']} patients ({r['progressing_eyes']} progressing): "
+              f"AUC fused {r['auc_fused']} {r['auc_fused_ci95']}, engine {r['auc_engine']} {r['auc_engine_ci95']}, "
+              f"vCDR slope {r['auc_vcdr_slope']} {r['auc_vcdr_slope_ci95']}; "
+              f"sensitivity {r['sensitivity']}, specificity {r['specificity']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The administrator's view of the unit's insides: which models run and on what, the camera, lights and
+optic module as they are now, and the storage.
+
+Everything is read from the running unit (the engine it loaded, the capture loop's published state,
+the lights' own state) or from `glaucoscreen doctor`'s checks, so the page shows what the unit is
+doing rather than what a second look at the hardware would find.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from flask import Blueprint, abort, render_template, session
+
+from device import doctor
+from device.kiosk import get_unit
+from device.kiosk.home import LOW_DISK_BYTES, unit_status
+from models import registry
+from models.runtime import EngineError
+
+bp = Blueprint("operations", __name__, url_prefix="/admin")
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA GPU", "TensorrtExecutionProvider": "TensorRT"}
+
+
+@bp.before_request
+def admins_only():
+    if not session.get("admin"):
+        abort(403)
+
+
+@bp.app_template_filter("size")
+def size(n: int | float | None) -> str:
+    """Bytes as a person reads them (the powers of 1024 that file managers show)."""
+    if n is None:
+        return "unknown"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _checked(fn, *args) -> dict:
+    """A doctor check that cannot take the page down with it."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the page says what failed instead
+        log.exception("admin page: %s failed", getattr(fn, "__name__", fn))
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+# -- models -------------------------------------------------------------------------------------
+def describe_engine(engine) -> dict | None:
+    """The engine the screening pipeline holds, as loaded: backend, precision, file, threads."""
+    if engine is None:
+        return None
+    out = {"name": engine.name, "precision": engine.precision, "backend": engine.backend,
+           "backend_name": BACKEND_NAMES.get(engine.backend, engine.backend), "version": getattr(engine, "version", None)}
+    path = getattr(engine, "path", None)
+    if path is not None:
+        out["file"] = Path(path).name
+    session_ = getattr(engine, "session", None)
+    if session_ is not None:  # ONNX Runtime
+        options = session_.get_session_options()
+        out["threads"] = options.intra_op_num_threads
+        out["providers"] = [PROVIDER_NAMES.get(p, p) for p in session_.get_providers()]
+        out["backend_name"] += " (" + ", ".join(out["providers"]) + ")"
+    engine_file = getattr(engine, "engine_file", None)
+    if engine_file is not None:  # TensorRT: the cached engine built for this GPU
+        out["engine_file"] = Path(engine_file).name
+    return out
+
+
+def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
+    """One row per model in the manifest, each build (FP32, INT8) with its hash check (`files`, from
+    `doctor.models`), and which one runs."""
+    try:
+        manifest = registry.manifest()
+    except EngineError as exc:
+        return [], str(exc)
+    loaded = describe_engine(unit.pipeline.engine) if unit.pipeline is not None else None
+    rows = []
+    for name, entry in manifest.items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        builds = []
+        for precision in ["fp32"] + [p for p in ("int8",) if isinstance(entry.get(p), dict)]:
+            build = entry if precision == "fp32" else entry[precision]
+            found = files.get(name if precision == "fp32" else f"{name}.{precision}", {})
+            builds.append({"precision": precision, "file": build.get("file"), "version": build.get("version"),
+                           "sha256": build.get("sha256"), "verified": bool(found.get("ok")), "error": found.get("error"),
+                           "bytes": found.get("bytes"),
+                           "in_use": bool(loaded and loaded["name"] == name and loaded["precision"] == precision)})
+        rows.append({"name": name, "version": entry.get("version"), "builds": builds,
+                     "shipped_precision": registry.shipped_precision(name),
+                     "preferred_precision": registry.preferred_precision(name),
+                     "loaded": loaded if loaded and loaded["name"] == name else None})
+    return rows, None
+
+
+@bp.get("/models")
+def models():
+    unit = get_unit()
+    files = _checked(doctor.models)
+    rows, manifest_error = model_rows(unit, files)
+    versions = unit.pipeline.model_versions if unit.pipeline is not None else {}
+    return render_template("models.html", rows=rows, manifest_error=manifest_error, model_error=unit.model_error,
+                           inference=_checked(doctor.inference), precision_setting=unit.config.precision,
+                           referral=versions.get("referral"), policy=files.get("referral_policy", {}))
+
+
+# -- camera, lights, optic module ---------------------------------------------------------------
+@bp.get("/devices")
+def devices():
+    unit = get_unit()
+    cfg = unit.config
+    status = unit_status()
+    capture = unit.capture.state()
+    capture["needed"] = cfg.capture.consecutive_gradable  # the live setting (the loop's copy is from its start)
+    return render_template(
+        "devices.html", status=status, camera=status.get("camera", {}), lights=status.get("illumination", {}),
+        module=unit.optic_module_state(), capture=capture, led_cap=cfg.led_safety_cap, settings=cfg.capture,
+        board=_checked(doctor.board, cfg), camera_check=_checked(doctor.camera, cfg),
+        gpio=_checked(doctor.gpio, cfg), serial=_checked(doctor.serial_port, cfg))
+
+
+# -- storage ------------------------------------------------------------------------------------
+def folder_bytes(path: Path) -> tuple[int, int]:
+    """Bytes and files under `path` (0, 0 when it does not exist); files that vanish meanwhile are skipped."""
+    total = count = 0
+    stack = [Path(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                    count += 1
+            except OSError:
+                continue
+    return total, count
+
+
+def storage_figures(unit) -> dict:
+    """Free and used space of the data directory's disk, what the unit's own parts take of it, and the
+    limits: below `min_free_bytes` a new visit is refused; below LOW_DISK_BYTES the home page warns."""
+    data_dir = Path(unit.config.data_dir)
+    usage = shutil.disk_usage(data_dir)
+    visits = unit.visits
+    log_bytes = sum(p.stat().st_size for p in data_dir.glob("visits.db*") if p.is_file())
+    image_bytes, photos = folder_bytes(visits.images.root)
+    everything, _ = folder_bytes(data_dir)
+    engine_bytes, _ = folder_bytes(data_dir / "engines")
+    finished = len(visits.finished_visits())
+    per_visit = (log_bytes + image_bytes) / finished if finished else None
+    room = usage.free - visits.min_free_bytes
+    return {
+        "path": str(data_dir), "total": usage.total, "used": usage.used, "free": usage.free,
+        "used_fraction": usage.used / usage.total if usage.total else None,
+        "visit_log": log_bytes, "images": image_bytes, "photos": photos, "engines": engine_bytes,
+        "other": max(0, everything - log_bytes - image_bytes - engine_bytes),
+        "refuse_below": visits.min_free_bytes, "warn_below": LOW_DISK_BYTES,
+        "finished_visits": finished, "per_visit": per_visit,
+        "visits_left": int(room // per_visit) if per_visit and room > 0 else (0 if room <= 0 else None),
+        "state": "full" if usage.free < visits.min_free_bytes else ("low" if usage.free < LOW_DISK_BYTES else "ok"),
+        "outbox": visits.outbox_counts(),
+    }
+
+
+@bp.get("/storage")
+def storage():
+    unit = get_unit()
+    return render_template("storage.html", disk=storage_figures(unit), check=_checked(doctor.data_dir, unit.config))

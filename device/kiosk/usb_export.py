@@ -1,0 +1,220 @@
+"""Export visits to a USB stick from the kiosk, for a clinic whose unit cannot reach a PACS.
+
+Only drives mounted under the export roots (/media and /run/media unless configured otherwise) are
+offered: a folder there that is not a mount point is the unit's own storage, and writing patients'
+data there while the worker believes it went onto a stick would lose it from the clinic's hands.
+The export itself is `device.export` (what `glaucoscreen export` runs), into a folder named for the
+unit on the stick, in a thread of its own so the page can show how far it got.
+
+App settings: EXPORT_ROOTS (folders to look in; GLAUCOSCREEN_EXPORT_ROOTS, separated by ':', when not
+set) and EXPORT_MOUNTED_ONLY (True; False offers every writable folder in a root, for a workstation
+or a test where a plain folder stands in for a stick).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session,
+                   url_for)
+
+from device.export import ExportError, export
+from device.kiosk import get_unit
+from device.kiosk.security import passive
+
+bp = Blueprint("usb_export", __name__, url_prefix="/admin/export")
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOTS = ("/media", "/run/media")
+ROOTS_ENV = "GLAUCOSCREEN_EXPORT_ROOTS"
+JOB = "glaucoscreen.export_job"
+
+
+@bp.record_once
+def _setup(state) -> None:
+    app = state.app
+    env = os.environ.get(ROOTS_ENV)
+    app.config.setdefault("EXPORT_ROOTS", [p for p in env.split(":") if p] if env else list(DEFAULT_ROOTS))
+    app.config.setdefault("EXPORT_MOUNTED_ONLY", True)
+    app.extensions[JOB] = ExportJob()
+
+
+@bp.before_request
+def admins_only():
+    if not session.get("admin"):
+        abort(403)
+
+
+# -- drives -------------------------------------------------------------------------------------
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:  # a per-user folder this service may not list
+        return []
+
+
+def describe_drive(path: Path) -> dict:
+    """A drive as the page shows it: its name, space, and whether the unit can write there (and if not, why)."""
+    out = {"path": str(path), "name": path.name, "mounted": os.path.ismount(path), "writable": False, "problem": None,
+           "free": None, "total": None}
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        out["problem"] = f"cannot be read ({exc.strerror})"
+        return out
+    out["free"], out["total"] = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    if st.f_flag & os.ST_RDONLY:
+        out["problem"] = "mounted read-only (is the stick's write-protect switch on?)"
+    elif not os.access(path, os.W_OK | os.X_OK):
+        out["problem"] = "the unit is not allowed to write there (the stick was mounted for another user)"
+    else:
+        out["writable"] = True
+    return out
+
+
+def find_drives(roots, mounted_only: bool = True) -> list[dict]:
+    """Drives under `roots`: mount points directly in a root (/media/STICK) or one folder down, where desktop
+    systems mount a user's sticks (/media/USER/STICK, /run/media/USER/STICK). With `mounted_only` False,
+    every folder directly in a root counts."""
+    found: dict[str, dict] = {}
+    for root in roots:
+        for folder in _subfolders(Path(root)):
+            if os.path.ismount(folder) or not mounted_only:
+                found.setdefault(str(folder), describe_drive(folder))
+                continue
+            for inner in _subfolders(folder):
+                if os.path.ismount(inner):
+                    found.setdefault(str(inner), describe_drive(inner))
+    return list(found.values())
+
+
+def export_folder_name(device_id: str) -> str:
+    """The unit's own folder on the stick: several units can share one stick without mixing their sheets."""
+    return "GlaucoScreen-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", device_id).strip("-.") or "unit")
+
+
+# -- the export job -----------------------------------------------------------------------------
+class ExportJob:
+    """One export at a time, run in a thread; its state is what the page and its polling show."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._state: dict = {"status": "idle"}
+        self._thread: threading.Thread | None = None
+
+    def state(self) -> dict:
+        with self._lock:
+            return dict(self._state)
+
+    def start(self, unit, drive: Path, *, since: dt.date | None, until: dt.date | None, by: str) -> bool:
+        """False when an export is already running."""
+        with self._lock:
+            if self._state["status"] == "running":
+                return False
+            target = drive / export_folder_name(unit.config.device_id)
+            self._state = {"status": "running", "drive": str(drive), "folder": str(target), "by": by,
+                           "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
+                           "started": time.time(), "done": 0, "total": None}
+            self._thread = threading.Thread(target=self._run, args=(unit, drive, target, since, until),
+                                            name="usb-export", daemon=True)
+            self._thread.start()
+            return True
+
+    def wait(self, timeout: float | None = None) -> dict:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.state()
+
+    def _progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._state.update(done=done, total=total)
+
+    def _run(self, unit, drive: Path, target: Path, since, until) -> None:
+        try:
+            if not drive.is_dir():
+                raise ExportError(f"{drive} is not there any more: is the USB stick plugged in?")
+            try:
+                target.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ExportError(f"cannot write to {drive} ({exc.strerror or exc}): is the stick write-protected "
+                                  "or mounted read-only?") from None
+            result = export(unit.visits, target, since=since, until=until, device_id=unit.config.device_id,
+                            progress=self._progress)
+        except (ExportError, ValueError, LookupError) as exc:
+            log.warning("export to %s failed: %s", drive, exc)
+            outcome = {"status": "failed", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the page must say it failed, not spin for ever
+            log.exception("export to %s failed", drive)
+            outcome = {"status": "failed", "error": f"the export stopped ({type(exc).__name__}: {exc}); "
+                                                    "the files already on the stick are whole"}
+        else:
+            log.info("exported %d visits (%d eyes) to %s", result["visits"], result["eyes"], target)
+            outcome = {"status": "finished", "result": result}
+        with self._lock:
+            self._state.update(outcome, ended=time.time())
+
+
+def get_job() -> ExportJob:
+    return current_app.extensions[JOB]
+
+
+def _drives() -> list[dict]:
+    return find_drives(current_app.config["EXPORT_ROOTS"], current_app.config["EXPORT_MOUNTED_ONLY"])
+
+
+def _day(text: str, what: str) -> dt.date | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"the {what} date is not a date (year-month-day, such as 2025-03-04)") from None
+
+
+def _page(error: str | None = None, form: dict | None = None, status: int = 200):
+    unit = get_unit()
+    return render_template("export.html", drives=_drives(), job=get_job().state(), error=error, form=form or {},
+                           roots=current_app.config["EXPORT_ROOTS"], finished=len(unit.visits.finished_visits()),
+                           folder_name=export_folder_name(unit.config.device_id)), status
+
+
+@bp.get("/")
+def index():
+    return _page()
+
+
+@bp.post("/")
+def start():
+    form = {k: request.form.get(k, "") for k in ("drive", "since", "until")}
+    chosen = next((d for d in _drives() if d["path"] == form["drive"]), None)
+    if chosen is None:
+        return _page("Choose a USB drive from the list. If yours is not there, plug it in, wait a few seconds "
+                     "and look again." if not form["drive"] else
+                     f"{form['drive']} is not there any more: plug the stick in again and look again.", form, 422)
+    if not chosen["writable"]:
+        return _page(f"{chosen['name']} cannot be written: {chosen['problem']}.", form, 422)
+    try:
+        since, until = _day(form["since"], "first"), _day(form["until"], "last")
+        if since and until and since > until:
+            raise ValueError("the first date is after the last date")
+    except ValueError as exc:
+        return _page(f"Not exported: {exc}.", form, 422)
+    if not get_job().start(get_unit(), Path(chosen["path"]), since=since, until=until, by=session["user"]):
+        flash("An export is already running: wait for it to finish.", "warning")
+    else:
+        log.info("kiosk: %s started an export to %s", session["user"], chosen["path"])
+    return redirect(url_for("usb_export.index"))
+
+
+@bp.get("/state")
+@passive
+def state():
+    """For the export page's progress bar; polling it does not count as the administrator being active."""
+    return jsonify(get_job().state())

@@ -1,0 +1,280 @@
+"""A stand-in for NVIDIA's Jetson.GPIO that behaves like it on an Orin Nano developer kit.
+
+Jetson.GPIO only loads on a Jetson, so the Jetson pin factory is exercised against this instead:
+an object with the library's names (put where `import Jetson.GPIO` finds it, or handed to the
+factory) that keeps what the real one keeps — the numbering mode, each channel's set-up (input,
+output or hardware PWM), output levels, PWM frequency and duty cycle, edge callbacks — and refuses
+what the real one refuses: any call before `setmode`, a channel that is not a GPIO on this header,
+`output` on a channel not set up as an output, `input` on one not set up at all, PWM on a position
+with no PWM controller behind it, a second PWM object on a channel, a duty cycle outside 0..100,
+edge detection on a channel that is not an input.
+
+The outside world is what tests change: `drive(channel, level)` is a button or a wire pulling an
+input; inputs nothing drives sit at the level the carrier's own resistors give them
+(`pulled_up`), because Jetson.GPIO leaves pulls to the pinmux rather than to `setup`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+from hardware.jetson_gpio import ORIN_NANO_HEADER
+
+
+class SimulatedJetsonGPIO:
+    """One board's GPIO state behind the Jetson.GPIO API (one instance stands for the module)."""
+
+    BOARD, BCM, TEGRA_SOC, CVM = "BOARD", "BCM", "TEGRA_SOC", "CVM"
+    PUD_OFF, PUD_DOWN, PUD_UP = 20, 21, 22
+    HIGH, LOW = 1, 0
+    RISING, FALLING, BOTH = 31, 32, 33
+    UNKNOWN, OUT, IN, HARD_PWM = -1, 0, 1, 43
+    model = "JETSON_ORIN_NANO"
+    JETSON_INFO = {"P1_REVISION": 1, "RAM": "8192M", "REVISION": "Unknown", "TYPE": "JETSON_ORIN_NANO",
+                   "MANUFACTURER": "NVIDIA", "PROCESSOR": "A78AE"}
+
+    def __init__(self, pulled_up: tuple[int, ...] = ()):
+        self._lock = threading.RLock()
+        self._pulled_up = set(pulled_up)
+        self._mode: str | None = None
+        self._warnings = True
+        self._config: dict[int, int] = {}       # channel -> IN / OUT / HARD_PWM
+        self._out: dict[int, int] = {}          # output levels
+        self._driven: dict[int, int] = {}       # levels the outside world puts on inputs
+        self._pwm: dict[int, SimulatedPWM] = {}
+        self.pwms_made: list[SimulatedPWM] = []  # every PWM object, in order, also after cleanup
+        self._events: dict[int, dict] = {}
+        self.PWM = _pwm_class(self)
+
+    # -- the library's API ----------------------------------------------------------------------
+    def setwarnings(self, state: bool) -> None:
+        self._warnings = bool(state)
+
+    def setmode(self, mode: str) -> None:
+        with self._lock:
+            if self._mode is not None and mode != self._mode:
+                raise ValueError("A different mode has already been set!")
+            if mode not in (self.BOARD, self.BCM, self.TEGRA_SOC, self.CVM):
+                raise ValueError("An invalid mode was passed to setmode()!")
+            if mode != self.BOARD:
+                raise NotImplementedError("this stand-in numbers channels by header position (BOARD) only")
+            self._mode = mode
+
+    def getmode(self) -> str | None:
+        return self._mode
+
+    def setup(self, channels, direction, pull_up_down=PUD_OFF, initial=None) -> None:
+        if direction not in (self.IN, self.OUT):
+            raise ValueError("An invalid direction was passed to setup()")
+        if direction == self.OUT and pull_up_down != self.PUD_OFF:
+            raise ValueError("pull_up_down parameter is not valid for outputs")
+        if direction == self.IN and initial is not None:
+            raise ValueError("initial parameter is not valid for inputs")
+        if pull_up_down not in (self.PUD_OFF, self.PUD_UP, self.PUD_DOWN):
+            raise ValueError("Invalid value for pull_up_down - should be either PUD_OFF, PUD_UP or PUD_DOWN")
+        if pull_up_down != self.PUD_OFF and self._warnings:
+            warnings.warn("Jetson.GPIO ignores setup()'s pull_up_down parameter", RuntimeWarning, stacklevel=2)
+        with self._lock:
+            for ch in _iterable(channels):
+                self._check(ch)
+                if self._config.get(ch) == self.HARD_PWM:
+                    raise ValueError(f"Channel {ch} is in use as a PWM; stop it and cleanup() it first")
+                self._config[ch] = direction
+                if direction == self.OUT:
+                    self._out[ch] = self.HIGH if initial else self.LOW
+
+    def output(self, channels, values) -> None:
+        chans = list(_iterable(channels))
+        vals = list(_iterable(values))
+        if len(vals) == 1:
+            vals = vals * len(chans)
+        if len(vals) != len(chans):
+            raise RuntimeError("Number of channels != number of values")
+        with self._lock:
+            for ch in chans:
+                self._check(ch)
+                if self._config.get(ch) != self.OUT:
+                    raise RuntimeError("The GPIO channel has not been set up as an OUTPUT")
+            for ch, v in zip(chans, vals):
+                if int(v) not in (self.HIGH, self.LOW):
+                    raise ValueError("An invalid value was passed to output()")
+                self._out[ch] = int(v)
+
+    def input(self, channel: int) -> int:
+        with self._lock:
+            self._check(channel)
+            function = self._config.get(channel)
+            if function not in (self.IN, self.OUT):
+                raise RuntimeError("You must setup() the GPIO channel first")
+            return self._level(channel)
+
+    def gpio_function(self, channel: int) -> int:
+        with self._lock:
+            self._check(channel)
+            return self._config.get(channel, self.UNKNOWN)
+
+    def cleanup(self, channel=None) -> None:
+        with self._lock:
+            if self._mode is None:
+                return
+            chans = list(self._config) if channel is None else list(_iterable(channel))
+            for ch in chans:
+                self._check(ch)
+                pwm = self._pwm.pop(ch, None)
+                if pwm is not None:
+                    pwm.stop()
+                self._events.pop(ch, None)
+                self._config.pop(ch, None)
+                self._out.pop(ch, None)
+            if channel is None:
+                self._mode = None
+
+    def add_event_detect(self, channel: int, edge: int, callback=None, bouncetime=None, polltime=0.2) -> None:
+        if callback is not None and not callable(callback):
+            raise TypeError("Callback Parameter must be callable")
+        with self._lock:
+            self._check(channel)
+            if self._config.get(channel) != self.IN:
+                raise RuntimeError("You must setup() the GPIO channel as an input first")
+            if edge not in (self.RISING, self.FALLING, self.BOTH):
+                raise ValueError("The edge must be set to RISING, FALLING, or BOTH")
+            if bouncetime is not None and (type(bouncetime) is not int or bouncetime < 0):
+                raise TypeError("bouncetime must be an integer of milliseconds, 0 or more")
+            if channel in self._events:
+                raise RuntimeError("Conflicting edge already enabled for this GPIO channel")
+            self._events[channel] = {"edge": edge, "callbacks": [callback] if callback else [],
+                                     "bounce_s": (bouncetime or 0) / 1000.0, "last": None, "detected": False}
+
+    def add_event_callback(self, channel: int, callback) -> None:
+        with self._lock:
+            self._check(channel)
+            if channel not in self._events:
+                raise RuntimeError("Add event detection using add_event_detect first before adding a callback")
+            self._events[channel]["callbacks"].append(callback)
+
+    def remove_event_detect(self, channel: int) -> None:
+        with self._lock:
+            self._check(channel)
+            self._events.pop(channel, None)
+
+    def event_detected(self, channel: int) -> bool:
+        with self._lock:
+            self._check(channel)
+            event = self._events.get(channel)
+            if event is None:
+                return False
+            seen, event["detected"] = event["detected"], False
+            return seen
+
+    # -- the outside world, for tests -----------------------------------------------------------
+    def drive(self, channel: int, level: int) -> None:
+        """Something outside the board pulls `channel` to `level` (a button to ground is 0)."""
+        with self._lock:
+            before = self._level(channel) if self._config.get(channel) == self.IN else None
+            self._driven[channel] = 1 if level else 0
+            event = self._events.get(channel)
+            after = self._level(channel)
+            fire = []
+            if event is not None and before is not None and after != before:
+                wanted = {self.RISING: after == 1, self.FALLING: after == 0, self.BOTH: True}[event["edge"]]
+                now = time.monotonic()
+                if wanted and (event["last"] is None or now - event["last"] >= event["bounce_s"]):
+                    event["last"], event["detected"] = now, True
+                    fire = list(event["callbacks"])
+        for callback in fire:  # outside the lock, as the library's event thread calls them
+            callback(channel)
+
+    def release(self, channel: int) -> None:
+        """Nothing drives `channel` any more: it returns to the level the carrier's resistors give it."""
+        with self._lock:
+            self._driven.pop(channel, None)
+
+    def function(self, channel: int) -> str | None:
+        """'in', 'out', 'pwm' or None (not set up): what a test checks a device did to the pin."""
+        return {self.IN: "in", self.OUT: "out", self.HARD_PWM: "pwm"}.get(self._config.get(channel))
+
+    def level(self, channel: int) -> int:
+        with self._lock:
+            return self._level(channel)
+
+    def duty(self, channel: int) -> float | None:
+        """The running PWM's duty cycle in percent (None: no PWM running on the channel)."""
+        pwm = self._pwm.get(channel)
+        return pwm.duty_cycle if pwm is not None and pwm.running else None
+
+    def frequency(self, channel: int) -> float | None:
+        pwm = self._pwm.get(channel)
+        return pwm.frequency_hz if pwm is not None and pwm.running else None
+
+    def configured(self) -> dict[int, str]:
+        return {ch: self.function(ch) for ch in sorted(self._config)}
+
+    # -- inside ---------------------------------------------------------------------------------
+    def _check(self, channel) -> None:
+        if self._mode is None:
+            raise RuntimeError("Please set pin numbering mode using GPIO.setmode(GPIO.BOARD), GPIO.setmode(GPIO.BCM), "
+                               "GPIO.setmode(GPIO.TEGRA_SOC) or GPIO.setmode(GPIO.CVM)")
+        if isinstance(channel, bool) or not isinstance(channel, int):
+            raise ValueError("Channel must be an integer or list/tuple of integers")
+        if channel not in ORIN_NANO_HEADER:
+            raise ValueError(f"Channel {channel} is invalid")
+
+    def _level(self, channel: int) -> int:
+        if self._config.get(channel) == self.OUT:
+            return self._out.get(channel, self.LOW)
+        if channel in self._driven:
+            return self._driven[channel]
+        return self.HIGH if channel in self._pulled_up else self.LOW
+
+
+class SimulatedPWM:
+    """Jetson.GPIO's PWM object: a hardware PWM controller behind one header position."""
+
+    def __init__(self, gpio: SimulatedJetsonGPIO, channel: int, frequency_hz: float):
+        with gpio._lock:
+            gpio._check(channel)
+            if ORIN_NANO_HEADER[channel][1] is None:
+                raise ValueError(f"Channel {channel} is not a PWM")
+            if gpio._config.get(channel) == gpio.HARD_PWM:
+                raise ValueError("Can't create duplicate PWM objects")
+            if gpio._config.get(channel) in (gpio.IN, gpio.OUT):
+                gpio.cleanup(channel)  # as the library does: the pin leaves GPIO for the PWM controller
+            if not frequency_hz > 0:
+                raise ValueError("frequency must be greater than 0")
+            self._gpio, self.channel = gpio, channel
+            self.frequency_hz = float(frequency_hz)
+            self.duty_cycle = 0.0
+            self.running = False
+            gpio._config[channel] = gpio.HARD_PWM
+            gpio._pwm[channel] = self
+            gpio.pwms_made.append(self)
+
+    def start(self, duty_cycle_percent: float) -> None:
+        self.ChangeDutyCycle(duty_cycle_percent)
+        self.running = True
+
+    def ChangeDutyCycle(self, duty_cycle_percent: float) -> None:  # noqa: N802 - the library's name
+        if not 0.0 <= duty_cycle_percent <= 100.0:
+            raise ValueError("invalid duty_cycle_percent")
+        self.duty_cycle = float(duty_cycle_percent)
+
+    def ChangeFrequency(self, frequency_hz: float) -> None:  # noqa: N802 - the library's name
+        if not frequency_hz > 0:
+            raise ValueError("frequency must be greater than 0")
+        self.frequency_hz = float(frequency_hz)
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def _pwm_class(gpio: SimulatedJetsonGPIO):
+    class PWM(SimulatedPWM):
+        def __init__(self, channel: int, frequency_hz: float):
+            super().__init__(gpio, channel, frequency_hz)
+
+    return PWM
+
+
+def _iterable(value):
+    return value if isinstance(value, (list, tuple)) else (value,)
