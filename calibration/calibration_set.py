@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from models import preprocess
-from models.datasets import disc_geometry, load_mask, read_dataset
+from models.datasets import disc_geometry, read_dataset
 from models.images import read_rgb
 from models.splits import load_splits
 
@@ -34,7 +34,7 @@ def choose(data: list[Path], per_source: int = PER_SOURCE, seed: int = SEED) -> 
     rng = random.Random(seed)
     chosen: list[tuple[str, str]] = []
     for folder in data:
-        records = [r for r in read_dataset(folder) if splits.get((folder.name, r.id)) == "train" and r.mask_path]
+        records = [r for r in read_dataset(folder) if splits.get((folder.name, r.id)) == "train" and r.has_mask]
         by_class: dict[int | None, list] = {}
         for r in sorted(records, key=lambda r: r.id):
             by_class.setdefault(r.glaucoma, []).append(r)
@@ -71,9 +71,10 @@ def batches(data: list[Path], path: Path = SET_CSV, synthetic: int = SYNTHETIC) 
     for folder in data:
         for r in read_dataset(folder):
             if (Path(folder).name, r.id) in wanted:
-                disc, _ = load_mask(r.mask_path)
+                rgb = read_rgb(r.image_path)
+                disc, _ = r.load_mask(rgb.shape)
                 found += 1
-                yield from views(read_rgb(r.image_path), disc)
+                yield from views(rgb, disc)
     if found < len(wanted):
         raise FileNotFoundError(f"only {found} of the {len(wanted)} calibration photos were found in "
                                 f"{', '.join(map(str, data))}")

@@ -420,6 +420,7 @@ class CaptureLoop:
         with self._lock:
             s = dict(self._state)
             s["reasons"] = list(s["reasons"])
+            s["needed"] = self.settings.consecutive_gradable  # an administrator may change it while running
             return s
 
     def responsive(self, stall_s: float = 10.0) -> bool:

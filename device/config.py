@@ -18,9 +18,10 @@ import math
 import os
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from device.durable import fsync_dir, write_whole
 
 from device.quality import QualitySettings
 
@@ -215,7 +216,7 @@ def write_overrides(data_dir: Path, values: dict[str, dict], *, changed_by: str 
     sections = {s: dict(sorted(v.items())) for s, v in values.items() if v}
     if not sections:
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return None
     stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = ["# Settings changed on the kiosk's settings page. They apply on top of the unit's configuration file;",
@@ -225,17 +226,7 @@ def write_overrides(data_dir: Path, values: dict[str, dict], *, changed_by: str 
         lines += ["", f"[{section}]"] + [f"{name} = {_toml_number(value)}" for name, value in entries.items()]
     text = "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{OVERRIDES_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_whole(path, text.encode("utf-8"))
     return path
 
 
@@ -291,17 +282,6 @@ def _number(raw, *, whole: bool) -> float | int:
 
 def _toml_number(value: float | int) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _apply(obj, data: dict, where: str) -> None:

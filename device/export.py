@@ -16,13 +16,13 @@ import csv
 import datetime as dt
 import errno
 import io
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from pydicom import dcmread
 
+from device.durable import write_whole
 from device.sync import Unencodable, encode_item
 from device.visitlog import VisitLog
 
@@ -54,35 +54,6 @@ def _check_target(out: Path) -> None:
     except OSError as exc:
         raise ExportError(f"cannot write to {out} ({exc.strerror}): is the stick write-protected or mounted "
                           "read-only?") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems (and FAT on some kernels) cannot sync a folder
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` either does not change or holds all of it."""
-    temp = path.with_name(TEMP_PREFIX + path.name)
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _chosen(visits: VisitLog, visit_uuid: str | None, since: dt.date | None, until: dt.date | None) -> list[str]:
@@ -164,7 +135,7 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
                 folder.mkdir(parents=True, exist_ok=True)
                 for data in encoded:
                     modality = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality"]).Modality
-                    _write_whole(folder / FILE_NAMES[modality], data)
+                    write_whole(folder / FILE_NAMES[modality], data, TEMP_PREFIX)
             except OSError as exc:
                 raise _write_error(out, exc, size, len(rows)) from None
             files += len(encoded)
@@ -178,7 +149,7 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     if rows:
         table = _csv_bytes(_merged(earlier, rows))
         try:
-            _write_whole(csv_path, table)
+            write_whole(csv_path, table, TEMP_PREFIX)
         except OSError as exc:
             raise _write_error(out, exc, len(table), len(rows)) from None
         written += len(table)

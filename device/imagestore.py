@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from device.durable import fsync_dir
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".tmp"
 
@@ -37,15 +39,6 @@ class CorruptImageError(RuntimeError):
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` survive a power cut (the entry lives in the folder)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ImageStore:
@@ -73,7 +66,7 @@ class ImageStore:
         folder = final.parent
         if not folder.is_dir():
             folder.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{sha[:12]}.", suffix=_TEMP_SUFFIX)
         try:
             try:
@@ -89,7 +82,7 @@ class ImageStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return sha
 
     def get(self, sha256: str) -> bytes:

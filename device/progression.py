@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from device.referral import sigmoid
 from models import preprocess, registry
 from models.runtime import Engine
 
@@ -38,10 +38,6 @@ MESSAGES = {
     STABLE: "No change of the optic disc was found since the first visit.",
     NO_HISTORY: "No earlier photo of this eye to compare with.",
 }
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
 @dataclass

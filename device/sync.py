@@ -146,8 +146,9 @@ def encode_study(study: EyeStudy) -> list[bytes] | Unencodable:
 
 
 def _die_with_parent() -> None:
-    """In an encoding worker: be killed when the sync process dies, even by SIGKILL, so no worker
-    outlives it (Linux's PR_SET_PDEATHSIG; elsewhere the worker ends when its pipe closes)."""
+    """In an encoding worker: be killed when its parent dies, even by SIGKILL, so no worker outlives
+    the sync (Linux's PR_SET_PDEATHSIG; the parent is the fork server, which exits when the sync
+    process does; elsewhere the worker ends when its pipe closes)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -165,7 +166,12 @@ def _encoder(visits: VisitLog, device_id: str) -> Iterator[Callable[[int], Futur
     import multiprocessing
 
     workers = min(4, os.cpu_count() or 1)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_die_with_parent)
+    # Workers come from a fork server, never by forking this process: the kiosk and the tests hold
+    # threads (ONNX Runtime's pools, Flask's, logging's locks), and a child forked while one of them
+    # holds a lock waits on it forever.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["device.sync"])
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent)
 
     def submit(item_id: int) -> Future:
         try:

@@ -62,6 +62,15 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+def lite0_blocks() -> list[MBConv]:
+    """EfficientNet-Lite0's 16 MBConv blocks in order (the stages of LITE0_STAGES, repeated)."""
+    blocks = []
+    for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+        for i in range(repeats):
+            blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
+    return blocks
+
+
 class EfficientNetLite0(nn.Module):
     """The encoder; returns the feature maps at strides 2, 4, 8, 16 and the bottleneck at 32."""
 
@@ -71,11 +80,7 @@ class EfficientNetLite0(nn.Module):
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(32)
-        blocks = []
-        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
-        self._blocks = nn.ModuleList(blocks)
+        self._blocks = nn.ModuleList(lite0_blocks())
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self.skip_channels = [LITE0_STAGES[0][5], LITE0_STAGES[1][5], LITE0_STAGES[2][5], LITE0_STAGES[4][5]]

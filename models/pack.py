@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from models.datasets import DEFAULT_DATA, read_dataset
+from models.datasets import DEFAULT_DATA, encode_mask, read_dataset
 from models.splits import load_splits
 
 JPEG_QUALITY = 85
@@ -45,8 +45,8 @@ def pack_dataset(src: Path, dst: Path, max_side: int, splits: set[str] | None = 
             raise ValueError(f"unreadable photo {r.image_path}")
         cv2.imwrite(str(dst / "images" / f"{r.id}.jpg"), _scaled(image, max_side, cv2.INTER_AREA),
                     [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if r.mask_path is not None:
-            mask = cv2.imread(str(r.mask_path), cv2.IMREAD_GRAYSCALE)
+        if r.has_mask:
+            mask = encode_mask(*r.load_mask(image.shape))
             cv2.imwrite(str(dst / "masks" / f"{r.id}.png"), _scaled(mask, max_side, cv2.INTER_NEAREST))
     kept = {r.id for r in records}
     lines = (src / "labels.csv").read_text().splitlines(keepends=True)

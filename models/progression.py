@@ -33,7 +33,7 @@ from torch import nn
 from models.augment import Colour, recolour
 from models.datasets import DEFAULT_DATA
 from models.grape import Eye, patient_split, read_grape
-from models.net import LITE0_STAGES, MBConv, _bn, load_pretrained_encoder, parameter_count
+from models.net import _bn, lite0_blocks, parameter_count
 from models.preprocess import normalize
 
 SIZE = 160
@@ -67,12 +67,9 @@ class LiteStem(nn.Module):
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(32)
-        layers = []
-        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
-            for i in range(repeats):
-                layers.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
-        self._blocks = nn.ModuleList(layers[:blocks])
-        self.out_channels = [c for r, _, _, _, _, c in LITE0_STAGES for _ in range(r)][blocks - 1]
+        kept = lite0_blocks()[:blocks]
+        self._blocks = nn.ModuleList(kept)
+        self.out_channels = kept[-1]._bn2.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))

@@ -58,6 +58,17 @@ def _photo(images: Path, name: str) -> Path | None:
     return images / name if (images / name).is_file() else find_image(images, Path(name).stem)
 
 
+def _listed_photo(table: Path, row: dict, images: Path, *columns: str) -> tuple[str, Path]:
+    """The photo a table's row names (under the first of `columns` it has), which must exist."""
+    name = _column(row, *columns)
+    if not name:
+        raise DatasetError(f"{table}: a row has no {columns[0]}")
+    image = _photo(images, name)
+    if image is None:
+        raise DatasetError(f"{table.name} names {name} but {images} has no such photo")
+    return name, image
+
+
 # ---------------------------------------------------------------- ORIGA
 
 ORIGA_SETS = {"A": "train", "B": "test"}  # the release's two halves of 325 photos, used as train / test
@@ -70,12 +81,7 @@ def read_origa(root: Path) -> list[Record]:
     mask_folders = [root / n for n in ("Masks", "masks", "Semi-automatic-annotations") if (root / n).is_dir()]
     records = []
     for row in _csv_rows(root / "OrigaList.csv"):
-        name = _column(row, "Filename", "Image", "filename")
-        if not name:
-            raise DatasetError(f"{root / 'OrigaList.csv'}: a row has no Filename")
-        image = _photo(images, name)
-        if image is None:
-            raise DatasetError(f"OrigaList.csv names {name} but {images} has no such photo")
+        name, image = _listed_photo(root / "OrigaList.csv", row, images, "Filename", "Image", "filename")
         stem = Path(name).stem
         annotation = None
         for folder in mask_folders:
@@ -173,12 +179,7 @@ def read_g1020(root: Path) -> list[Record]:
     masks = next((root / n for n in ("Masks", "masks") if (root / n).is_dir()), None)
     records = []
     for row in _csv_rows(root / "G1020.csv"):
-        name = _column(row, "imageID", "image", "filename")
-        if not name:
-            raise DatasetError(f"{root / 'G1020.csv'}: a row has no imageID")
-        image = _photo(images, name)
-        if image is None:
-            raise DatasetError(f"G1020.csv names {name} but {images} has no such photo")
+        name, image = _listed_photo(root / "G1020.csv", row, images, "imageID", "image", "filename")
         stem = Path(name).stem
         mask = masks / f"{stem}.png" if masks is not None else None
         records.append(Record(

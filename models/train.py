@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from models.augment import Colour, Geometry, apply_affine, recolour, sample_affine
-from models.datasets import DEFAULT_DATA, Record, decode_mask, disc_geometry, read_dataset, vcdr_from_masks
+from models.datasets import (DEFAULT_DATA, Record, decode_mask, disc_geometry, encode_mask, read_dataset,
+                             vcdr_from_masks)
 from models.images import read_rgb
 from models.losses import task_losses
 from models.net import build_net, parameter_count
@@ -169,7 +170,7 @@ def select_records(data: Path, source: dict, splits: dict[tuple[str, str], str])
             raise ConfigError(f"{folder}: {len(unknown)} photos (e.g. {unknown[0]}) are not in splits.csv; "
                               f"give this source \"splits\": null to use all of them")
         records = [r for r in records if splits[(folder, r.id)] in wanted]
-    records = [r for r in records if r.mask_path is not None]
+    records = [r for r in records if r.has_mask]
     if source.get("limit"):
         records = records[: int(source["limit"])]
     if not records:
@@ -184,7 +185,8 @@ def cache_sources(data: Path, sources: list[dict], kinds, size: int, for_trainin
     for source in sources:
         views = []
         for r in select_records(data, source, splits):
-            views += photo_views((source["folder"], r.id), read_rgb(r.image_path), cv2.imread(str(r.mask_path), 0),
+            rgb = read_rgb(r.image_path)
+            views += photo_views((source["folder"], r.id), rgb, encode_mask(*r.load_mask(rgb.shape)),
                                  r.fovea, r.glaucoma, kinds, size, for_training)
         out.append((source, views))
     return out

@@ -342,3 +342,31 @@ def test_a_refused_result_is_shown_with_the_servers_reason_and_can_be_sent_again
     assert r.status_code == 302
     assert u.visits.outbox_counts() == {"pending": 1, "sent": 0, "quarantined": 0}
     assert "Nothing: every result" in c.get("/admin/sync").text
+
+
+def test_the_result_says_whether_the_disc_changed_since_the_first_visit(client, unit):
+    """Two visits three years apart (the first moved back in the real log file), the cup grown by 0.24."""
+    import datetime as dt
+    import sqlite3
+
+    from device.recording import record_eye
+    from models.synthetic import progress, random_eye, render
+
+    eye = random_eye(5, glaucoma=False)
+    unit.visits.add_patient("PR-1", name="Moses Otieno", consent=True)
+    visits = []
+    for years, seed in ((0.0, 1), (3.0, 2)):
+        rgb = render(progress(eye, years, rate=0.08), (768, 768), seed=seed).image
+        uuid = unit.visits.start_visit("PR-1", operator="amina", device_id="test-unit")
+        record_eye(unit.visits, uuid, "right", rgb, unit.pipeline.screen(rgb), progression=unit.progression)
+        visits.append(uuid)
+        if years == 0.0:
+            unit.visits.finalize_visit(uuid)
+            then = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3 * 365)).isoformat()
+            with sqlite3.connect(unit.config.data_dir / "visits.db") as db:
+                db.execute("UPDATE visits SET started_at = ? WHERE uuid = ?", (then, uuid))
+    sign_in(client)
+    page = client.get(f"/visits/{visits[1]}").text
+    assert "Changed" in page and "has changed since the first visit" in page
+    first = client.get(f"/visits/{visits[0]}").text
+    assert "No earlier photo of this eye to compare with." in first
