@@ -123,6 +123,15 @@ class Unit:
                              source="simulator" if self.simulated else "camera", progression=self.progression)
         return result.to_dict() | ids | {"capture_trace": photo.trace}
 
+    def engines(self) -> list:
+        """The inference engines this unit has loaded: segmentation, disc classifier, progression."""
+        found = []
+        if self.pipeline is not None:
+            found += [e for e in (self.pipeline.engine, self.pipeline.classifier) if e is not None]
+        if self.progression is not None and self.progression.engine is not None:
+            found.append(self.progression.engine)
+        return found
+
     def status(self) -> dict:
         cap = self.capture.state()
         out = {

@@ -82,11 +82,12 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
         manifest = registry.manifest()
     except EngineError as exc:
         return [], str(exc)
-    loaded = describe_engine(unit.pipeline.engine) if unit.pipeline is not None else None
+    running = {e.name: describe_engine(e) for e in unit.engines()}
     rows = []
     for name, entry in manifest.items():
         if not isinstance(entry, dict) or "file" not in entry:
             continue
+        loaded = running.get(name)
         builds = []
         for precision in ["fp32"] + [p for p in ("int8",) if isinstance(entry.get(p), dict)]:
             build = entry if precision == "fp32" else entry[precision]
@@ -94,11 +95,11 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
             builds.append({"precision": precision, "file": build.get("file"), "version": build.get("version"),
                            "sha256": build.get("sha256"), "verified": bool(found.get("ok")), "error": found.get("error"),
                            "bytes": found.get("bytes"),
-                           "in_use": bool(loaded and loaded["name"] == name and loaded["precision"] == precision)})
+                           "in_use": bool(loaded and loaded["precision"] == precision)})
         rows.append({"name": name, "version": entry.get("version"), "builds": builds,
                      "shipped_precision": registry.shipped_precision(name),
                      "preferred_precision": registry.preferred_precision(name),
-                     "loaded": loaded if loaded and loaded["name"] == name else None})
+                     "loaded": loaded})
     return rows, None
 
 

@@ -136,6 +136,10 @@ def test_models_page_shows_each_build_with_its_hash_and_what_runs(unit):
     threads = engine.session.get_session_options().intra_op_num_threads
     assert text_of(page, "segmentation-threads") == str(threads)
     assert f"Precision shipped</dt><dd>{registry.shipped_precision('segmentation').upper()}" in page
+    for name in ("glaucoma", "progression"):  # the disc classifier and the progression engine run too
+        block = page[page.index(f'id="build-{name}-fp32"'):]
+        assert "In use" in block[:block.index("</li>")]
+        assert text_of(page, f"{name}-backend") == "ONNX Runtime (CPU)"
 
 
 def test_a_model_file_that_does_not_match_its_hash_is_shown_unverified(unit, monkeypatch):
