@@ -111,6 +111,11 @@ unit_install() {
     # sync as soon as a network comes up, not only on the timer
     as_root install -m 0755 -o root -g root "$here/systemd/90-glaucoscreen-sync" /etc/NetworkManager/dispatcher.d/90-glaucoscreen-sync
   fi
+  if [ -d /etc/udev/rules.d ] || [ "$dry" = 1 ]; then
+    # USB sticks mount writable by the service user, for the kiosk's export page
+    as_root install -m 0644 "$here/systemd/90-glaucoscreen-usb.rules" /etc/udev/rules.d/90-glaucoscreen-usb.rules
+    as_root udevadm control --reload
+  fi
   as_root systemctl daemon-reload
   as_root systemctl enable --now glaucoscreen-kiosk.service
   for timer in "$here"/systemd/*.timer; do

@@ -1,5 +1,6 @@
 """The unit installer can't run on a Pi here; its dry run shows every step it would take."""
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_pi_install_sees_system_camera_and_installs_units():
     assert "systemctl enable --now glaucoscreen-kiosk.service" in out
     assert "systemctl enable --now glaucoscreen-sync.timer" in out
     assert "/etc/NetworkManager/dispatcher.d/90-glaucoscreen-sync" in out
+    assert "/etc/udev/rules.d/90-glaucoscreen-usb.rules" in out  # sticks writable by the service user
     assert "build-engines" not in out
 
 
@@ -56,3 +58,12 @@ def test_systemd_units_are_valid(unit, tmp_path):
             (tmp_path / dep).write_text("[Service]\nExecStart=/bin/true\n")
     res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True)
     assert res.returncode == 0 and "Unknown" not in res.stderr, res.stderr
+
+
+def test_usb_sticks_mount_where_the_export_page_looks_and_for_the_service_user():
+    from device.kiosk.usb_export import DEFAULT_ROOTS
+
+    rule = (REPO / "systemd" / "90-glaucoscreen-usb.rules").read_text()
+    mounts = re.findall(r"systemd-mount [^\n]*?(/\S+)-%k\"", rule)
+    assert mounts and all(any(m.startswith(f"{root}/") for root in DEFAULT_ROOTS) for m in mounts)
+    assert "--owner=glaucoscreen" in rule and 'ACTION=="remove"' in rule
