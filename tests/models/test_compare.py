@@ -35,6 +35,9 @@ def test_six_arms_train_evaluate_and_fill_the_table(shared_data, tmp_path):
     assert stl["disc_dice"] == result["arms"]["stl-disc"]["test"]["all real"]["disc_dice"]  # each task from its own net
     assert stl["glaucoma_auc"] == result["arms"]["stl-glaucoma"]["test"]["all real"]["glaucoma_auc"]
     assert rows["MTL-IO"]["seconds_per_step"] > 0
+    # one MTL-IO step is four forward/backward passes, an MTL step one (same batch, same process)
+    assert rows["MTL-IO"]["seconds_per_step"] > 1.5 * rows["MTL"]["seconds_per_step"]
+    assert stl["vcdr_mae"] == result["stl_vcdr_mae"]["all real"] != result["arms"]["stl-cup"]["test"]["all real"]["vcdr_mae"]
     assert rows["MTL-IO"]["all real"]["fovea_error_dd"] is not None  # measured on synthetic photos
     table = markdown(result)
     assert table.count("| STL |") == 3 and "Drishti-GS1 official test" in table
