@@ -17,6 +17,7 @@ import pytest
 import waitress
 
 from device.accounts import MAX_FAILURES
+from device.bench_kiosk import CHROMIUM, CHROMIUM_ARGS, TARGETS_SELECTOR
 from device.config import overrides_path
 from device.kiosk import create_app
 from device.sync_trials import add_visits, sample_eyes
@@ -26,17 +27,14 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "test-artifacts" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SMALL, LARGE = (800, 480), (1280, 800)
 MIN_TARGET_PX = 44
 SCREENING_TIMEOUT_MS = 90_000   # auto-capture plus a screening on a busy 2-core machine
 NEVER = 10**9                   # gradable frames in a row that auto-capture waits for: it does not fire
 
-# every visible thing a finger has to hit; radio buttons and checkboxes sit inside tiles that are checked instead
-TARGETS_JS = """() => [...document.querySelectorAll(
-    'button, .button, .bar-button, nav a, .tile, .consent, select, input:not([type=radio]):not([type=checkbox]):not([type=hidden])')]
+# every visible thing a finger has to hit (the benchmark's selector); radio buttons and checkboxes sit
+# inside tiles that are checked instead
+TARGETS_JS = """(selector) => [...document.querySelectorAll(selector)]
   .filter(e => e.offsetParent !== null)
   .map(e => [(e.textContent || e.name || e.tagName).trim().slice(0, 40), e.getBoundingClientRect().height])"""
 
@@ -80,7 +78,7 @@ def look(page, name: str) -> None:
     page.set_viewport_size({"width": SMALL[0], "height": SMALL[1]})
     scroll_width, inner_width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert scroll_width <= inner_width, f"{name}: the page scrolls sideways at 800x480 ({scroll_width} > {inner_width} px)"
-    small = [(text, round(h)) for text, h in page.evaluate(TARGETS_JS) if h < MIN_TARGET_PX]
+    small = [(text, round(h)) for text, h in page.evaluate(TARGETS_JS, TARGETS_SELECTOR) if h < MIN_TARGET_PX]
     assert not small, f"{name}: touch targets under {MIN_TARGET_PX} px tall at 800x480: {small}"
     SHOTS.mkdir(parents=True, exist_ok=True)
     for width, height in (SMALL, LARGE):
