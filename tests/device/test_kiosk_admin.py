@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import time
+
 import pytest
 
 from device.config import Config, overrides_path
@@ -17,18 +18,10 @@ from device.kiosk.operations import size
 from device.kiosk.usb_export import export_folder_name, find_drives
 from device.sync_trials import add_visits, sample_eyes
 from models import registry
-from tests.device.test_kiosk import add_workers, csrf_of, make_unit, sign_in
+from tests.device.test_kiosk import add_workers, csrf_of, make_unit, sign_in, unit  # noqa: F401 (a fixture)
 
 PAGES = ["/admin/models", "/admin/devices", "/admin/settings/", "/admin/storage", "/admin/export/"]
 POSTS = ["/admin/settings/", "/admin/settings/reset", "/admin/export/"]
-
-
-@pytest.fixture(scope="module")
-def unit(tmp_path_factory):
-    u = make_unit(tmp_path_factory.mktemp("admin") / "unit")
-    add_workers(u)
-    yield u
-    u.close()
 
 
 @pytest.fixture
