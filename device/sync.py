@@ -145,16 +145,31 @@ def encode_study(study: EyeStudy) -> list[bytes] | Unencodable:
     return files
 
 
-def _die_with_parent() -> None:
-    """In an encoding worker: be killed when its parent dies, even by SIGKILL, so no worker outlives
-    the sync (Linux's PR_SET_PDEATHSIG; the parent is the fork server, which exits when the sync
-    process does; elsewhere the worker ends when its pipe closes)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _die_with(sync_pid: int) -> None:
+    """In an encoding worker: exit as soon as the sync process is gone, even after a SIGKILL, so no
+    worker outlives it. A worker's parent is the fork server, and its own copy of the task queue's
+    write end means it never sees end-of-file, so it watches the sync process itself: a pidfd where
+    Linux has one (no PID-reuse race), else a poll of the PID."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(sync_pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the line above ran
-        os._exit(1)
+            select.select([fd], [], [])  # readable once the process has exited
+            os._exit(1)
+        while True:
+            try:
+                os.kill(sync_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="die-with-sync", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -171,7 +186,7 @@ def _encoder(visits: VisitLog, device_id: str) -> Iterator[Callable[[int], Futur
     # holds a lock waits on it forever.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["device.sync"])
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),))
 
     def submit(item_id: int) -> Future:
         try:

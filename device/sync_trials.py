@@ -26,6 +26,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import os
 import random
 import select
 import signal
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from tests.orthanc import FaultProxy, OrthancServer
 
 DEVICE_ID = "GSE-TRIALS"
+TRIAL_MARK = "GLAUCOSCREEN_SYNC_TRIAL"  # marks every process a killed sync run started
 FAULTS = ("500", "503", "429", "hang", "drop", "400", "413", "401")
 _CHILD = "import sys; from device.sync_trials import child_sync; child_sync(sys.argv[1])"
 
@@ -170,8 +172,10 @@ class Trials:
         args = {"data_dir": str(self.data_dir), "url": cfg.url, "username": cfg.username,
                 "password_file": cfg.password_file, "timeout_s": cfg.timeout_s, "now": self.now.isoformat(),
                 "seed": self.rng.getrandbits(32)}
+        mark = f"{os.getpid()}-{self.stats['trials']}"
         child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parent.parent)
+                                 stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parent.parent,
+                                 env={**os.environ, TRIAL_MARK: mark})
         try:
             ready, _, _ = select.select([child.stdout], [], [], 60)
             if not ready or child.stdout.readline().strip() != "ready":
@@ -187,6 +191,7 @@ class Trials:
                 child.wait()
             child.stdout.close()
         self.stats["kills_mid_run" if killed else "runs_finished_before_kill"] += 1
+        self.stats["processes_left_behind"] += len(survivors(mark, grace_s=5.0))
         # Items the PACS holds but the outbox still has pending: the crash fell between "stored" and
         # "marked sent", the case that idempotent UIDs exist for.
         held = self.pacs.studies()
@@ -274,6 +279,25 @@ class Trials:
             "instances_in_pacs": sum(held.values()),
             "stats": dict(sorted(self.stats.items())),
         }
+
+
+def survivors(mark: str, grace_s: float) -> list[int]:
+    """PIDs of processes started by a killed sync run (they carry its TRIAL_MARK in their environment:
+    the encoding workers and the fork server) still alive after `grace_s`."""
+    needle = f"{TRIAL_MARK}={mark}".encode()
+    end = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if needle in (proc / "environ").read_bytes().split(b"\0"):
+                        alive.append(int(proc.name))
+                except OSError:
+                    pass  # gone meanwhile, or not ours to read
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.1)
 
 
 def measure_throughput(server: "OrthancServer", workdir: Path, eyes: list[SampleEye], visits_count: int,

@@ -167,3 +167,4 @@ def test_sync_killed_at_random_and_faults_lose_and_duplicate_nothing(orthanc, fa
     assert verdict["eyes_sent"] == verdict["eyes_created"] == 2 * verdict["visits_created"] >= 8
     assert verdict["instances_in_pacs"] == 3 * verdict["eyes_created"]
     assert verdict["stats"]["kills_mid_run"] >= 5, verdict  # the kills did land inside runs
+    assert verdict["stats"]["processes_left_behind"] == 0, verdict  # no encoding worker outlived its sync
