@@ -50,8 +50,8 @@ def time_engine(path: Path, runs: int, warmup: int = 3, threads: int | None = No
     from models.runtime import OnnxEngine
 
     engine = OnnxEngine(path, threads=threads)
-    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
-    return _timed(lambda: engine.run({"image": x}), runs, warmup) | {"model_mib": round(path.stat().st_size / 2**20, 2)}
+    feeds = engine.example_feeds()
+    return _timed(lambda: engine.run(feeds), runs, warmup) | {"model_mib": round(path.stat().st_size / 2**20, 2)}
 
 
 def time_pipeline(precision: str, photo: np.ndarray, runs: int, warmup: int = 2, threads: int | None = None) -> dict:

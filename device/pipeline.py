@@ -121,7 +121,7 @@ class ScreeningPipeline:
                        engine_cache: Path | None = None) -> "ScreeningPipeline":
         """The shipped models; `auto` takes INT8 where the accuracy gate allows it and this CPU runs it faster."""
         if precision == "auto":
-            precision = registry.preferred_precision("segmentation")
+            precision = registry.preferred_precision("segmentation", measure_in=engine_cache, threads=threads)
         engine = registry.load_engine("segmentation", precision, threads=threads, engine_cache=engine_cache)
         classifier = None
         if "glaucoma" in registry.manifest():

@@ -64,10 +64,7 @@ def cpu_has_int8_dot(cpuinfo: str | None = None) -> bool:
     extension on ARM (the Pi 5's Cortex-A76 has it). Elsewhere ONNX Runtime's INT8 kernels run
     slower than FP32 (measured by `glaucoscreen bench`)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        cpuinfo = _cpuinfo()
     flags = set(cpuinfo.split())
     return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
 
@@ -78,11 +75,69 @@ def have_tensorrt() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
 
 
-def preferred_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
-    """What `precision = "auto"` runs here: INT8 where the gate allows it and it is faster (always on a
-    TensorRT GPU; on a CPU only with 8-bit dot products)."""
+def preferred_precision(name: str, artifacts: Path = ARTIFACTS, measure_in: Path | None = None,
+                        threads: int | None = None) -> str:
+    """What `precision = "auto"` runs here: INT8 where the gate allows it and it is faster. On a
+    TensorRT GPU it is. On a CPU, 8-bit dot products are necessary but not enough (ONNX Runtime's INT8
+    ran at 0.76x FP32 on an x86 CPU with VNNI), so with `measure_in` both builds are timed once on
+    this CPU and the faster kept, remembered there per model files, CPU and threads."""
     allowed = shipped_precision(name, artifacts)
-    return "int8" if allowed == "int8" and (have_tensorrt() or cpu_has_int8_dot()) else "fp32"
+    if allowed != "int8":
+        return "fp32"
+    if have_tensorrt():
+        return "int8"
+    if not cpu_has_int8_dot():
+        return "fp32"
+    if measure_in is None:
+        return "int8"
+    return faster_on_this_cpu(name, artifacts, measure_in, threads)["precision"]
+
+
+def faster_on_this_cpu(name: str, artifacts: Path, cache_dir: Path, threads: int | None = None,
+                       runs: int = 12) -> dict:
+    """Median latency of the FP32 and INT8 builds on this CPU, and the faster; cached in `cache_dir`."""
+    import platform
+    import statistics
+    import time
+
+    from models.runtime import cpu_threads
+
+    entry = manifest(artifacts)[name]
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    key = f"{name}:{entry['sha256'][:16]}:{entry['int8']['sha256'][:16]}:{cpu}:{threads or cpu_threads()}"
+    path = Path(cache_dir) / "precision.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    timings = {}
+    for precision in ("fp32", "int8"):
+        engine = OnnxEngine(model_file(name, precision, artifacts)[0], name=name, precision=precision, threads=threads)
+        feeds = engine.example_feeds()
+        engine.run(feeds)
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            engine.run(feeds)
+            samples.append((time.perf_counter() - started) * 1000)
+        timings[precision] = round(statistics.median(samples), 2)
+    known[key] = {"precision": min(timings, key=timings.get), "median_ms": timings}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1) + "\n")
+    except OSError:
+        pass  # measured again at the next start: slower, never wrong
+    return known[key]
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None,

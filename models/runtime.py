@@ -62,6 +62,15 @@ class OnnxEngine:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def example_feeds(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs of the model's own shapes (dynamic axes as `batch`), for timing and checks."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for i in self.session.get_inputs():
+            shape = [d if isinstance(d, int) else batch for d in i.shape]
+            feeds[i.name] = rng.normal(size=shape).astype(np.float32)
+        return feeds
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = set(self.input_names) - set(feeds)
         if missing:

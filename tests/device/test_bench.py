@@ -16,4 +16,6 @@ def test_bench_reports_engines_pipeline_and_the_reference_line(tmp_path):
     assert report["reference_unet"]["parameters"] > 17_000_000
     assert report["reference_unet"]["pipeline"]["p50_ms"] > report["reference_unet"]["p50_ms"]  # two passes
     assert report["shipped_precision"]["segmentation"] in ("fp32", "int8")
+    for name in ("glaucoma", "progression"):  # every shipped engine is timed with its own inputs
+        assert report["engines"][name]["fp32"]["p50_ms"] > 0, report["engines"][name]
     assert report["pipeline_fp32_vs_reference_speedup"] > 0

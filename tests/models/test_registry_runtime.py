@@ -69,3 +69,24 @@ def test_int8_is_preferred_only_where_the_gate_allows_it_and_the_cpu_has_dot_pro
     assert registry.cpu_has_int8_dot("flags : fpu sse avx2 avx512_vnni")
     assert registry.cpu_has_int8_dot("Features : fp asimd asimddp")
     assert not registry.cpu_has_int8_dot("flags : fpu sse avx2")
+
+
+def test_auto_precision_on_a_cpu_is_the_build_measured_faster_here_and_remembered(tmp_path, monkeypatch):
+    from models import registry
+
+    monkeypatch.setattr(registry, "have_tensorrt", lambda: False)
+    monkeypatch.setattr(registry, "cpu_has_int8_dot", lambda cpuinfo=None: True)
+    assert registry.shipped_precision("segmentation") == "int8"  # the gate allowed it
+    chosen = registry.preferred_precision("segmentation", measure_in=tmp_path, threads=1)
+    measured = json.loads((tmp_path / "precision.json").read_text())
+    (entry,) = measured.values()
+    assert set(entry["median_ms"]) == {"fp32", "int8"} and all(v > 0 for v in entry["median_ms"].values())
+    assert chosen == entry["precision"] == min(entry["median_ms"], key=entry["median_ms"].get)
+
+    def no_second_measurement(*args, **kwargs):
+        raise AssertionError("measured again instead of using the remembered choice")
+
+    monkeypatch.setattr(registry, "OnnxEngine", no_second_measurement)
+    assert registry.preferred_precision("segmentation", measure_in=tmp_path, threads=1) == chosen
+    monkeypatch.setattr(registry, "cpu_has_int8_dot", lambda cpuinfo=None: False)
+    assert registry.preferred_precision("segmentation", measure_in=tmp_path, threads=1) == "fp32"
