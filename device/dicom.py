@@ -81,6 +81,7 @@ REFERRAL_VALUES = {
 }
 REFERRAL_REASON = hd.sr.CodedConcept("referral-reason", LOCAL_SCHEME, "Referral reason")
 MODEL_VERSION = hd.sr.CodedConcept("model-version", LOCAL_SCHEME, "Model version")
+PROGRESSION = hd.sr.CodedConcept("progression", LOCAL_SCHEME, "Change since the first visit")
 _LOCAL_CODES = CodingSchemeIdentificationItem(
     designator=LOCAL_SCHEME, name="GlaucoScreen Edge local codes", responsible_organization=MANUFACTURER)
 
@@ -519,11 +520,26 @@ def _cdr_measurements(result: dict) -> list[hd.sr.Measurement]:
     return out
 
 
+def _progression_text(p: dict) -> str:
+    """The verdict in the worker's words, then the figures a reader checks it against."""
+    text = str(p.get("message", ""))
+    if p.get("vcdr_then") is not None and p.get("vcdr_now") is not None:
+        text += (f" Cup-to-disc ratio {p['vcdr_then']:.2f} at {str(p.get('compared_with', ''))[:10]}, "
+                 f"{p['vcdr_now']:.2f} now ({p.get('years') or 0:.1f} years).")
+    if p.get("engine_probability") is not None:
+        text += f" Progression engine: {p['engine_probability']:.0%} (research output, not a decision)."
+    return text[:1024]  # a TEXT item's value stays within what a PACS displays
+
+
 def _qualitative_evaluations(result: dict) -> hd.sr.ContainerContentItem:
-    """TID 1500's root "Qualitative Evaluations": the referral's reasons and the model versions, in words."""
+    """TID 1500's root "Qualitative Evaluations": the referral's reasons, the comparison with the eye's
+    first visit and the model versions, in words."""
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [hd.sr.TextContentItem(REFERRAL_REASON, str(reason), relationship_type="CONTAINS")
              for reason in result.get("referral_reasons") or []]
+    if result.get("progression"):
+        items.append(hd.sr.TextContentItem(PROGRESSION, _progression_text(result["progression"]),
+                                           relationship_type="CONTAINS"))
     items += [hd.sr.TextContentItem(MODEL_VERSION, f"{name}: {version}", relationship_type="CONTAINS")
               for name, version in sorted((result.get("model_versions") or {}).items())]
     container.ContentSequence = hd.sr.ContentSequence(items)

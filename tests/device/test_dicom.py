@@ -227,3 +227,15 @@ def test_an_ungradable_eye_is_a_photo_and_a_rescreen_report(photo):
     assert "The photo is out of focus: hold still." in {i.TextValue for i in items if i.ValueType == "TEXT"}
     with pytest.raises(ValueError, match="refer, rescreen or normal"):
         build_datasets(eye_study(photo, result={**result, "referral": "maybe"}))
+
+
+def test_the_report_says_how_the_eye_changed_since_its_first_visit(photo):
+    progression = {"verdict": "progressing", "message": "The optic disc has changed since the first visit: the eye "
+                   "doctor should compare the photos.", "compared_with": "2021-05-06T07:08:09+00:00", "years": 3.0,
+                   "vcdr_then": 0.52, "vcdr_now": 0.7312, "engine_probability": 0.41}
+    study = eye_study(photo)
+    sr = reread(build_datasets(replace(study, result={**study.result, "progression": progression}))[2])
+    texts = {concept(i): i.TextValue for i in content_items(sr) if i.ValueType == "TEXT"}
+    said = texts[("99GLSCR", "progression")]
+    assert said.startswith("The optic disc has changed") and "0.52 at 2021-05-06, 0.73 now (3.0 years)" in said
+    assert "41%" in said
