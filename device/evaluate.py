@@ -123,6 +123,12 @@ def _interval(values: np.ndarray, point) -> list[float] | None:
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def auc_interval(units: list[str], labels, scores, resamples: int = RESAMPLES, seed: int = SEED) -> list[float] | None:
+    """95% percentile interval of the AUC, resampling whole units (patients: both eyes go together)."""
+    point = auc(labels, scores)
+    return _interval(weighted_auc(labels, scores, resample_weights(units, resamples, seed)), point)
+
+
 def _unit(row: dict) -> str:
     return f"{row['source']}/patient/{row['patient']}" if row.get("patient") else f"{row['source']}/photo/{row['id']}"
 

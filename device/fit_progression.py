@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.fit_referral import fit_logistic_features
+from device.evaluate import auc_interval
 from device.measurements import measure
 from device.pipeline import ScreeningPipeline
 from device.progression import PROGRESSION_POLICY, ProgressionAssessor, ProgressionPolicy, crop_input
@@ -61,21 +62,6 @@ def eye_features(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, eye
             "engine_logit": assessor.engine_logit(crops[0], crops[1], years)}
 
 
-def bootstrap_auc(patients: list[str], labels: np.ndarray, scores: np.ndarray, resamples: int = 2000,
-                  seed: int = 0) -> list[float] | None:
-    """Percentile 95% interval of the AUC, resampling patients (both eyes of one go together)."""
-    ids = sorted(set(patients))
-    rows = {p: [i for i, q in enumerate(patients) if q == p] for p in ids}
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        pick = [i for p in rng.choice(ids, len(ids)) for i in rows[p]]
-        a = auc(labels[pick], scores[pick])
-        if a is not None:
-            values.append(a)
-    return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)] if values else None
-
-
 def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path, specificity: float = 0.8,
         out: Path = PROGRESSION_POLICY) -> dict:
     eyes = read_grape(grape)
@@ -110,7 +96,7 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
                                intercept=float(w[-1]), fitted=True)
     val_p = np.array([policy.probability(lg if have_engine else None, s) for lg, s in zip(logit, slope)])
     policy.threshold = threshold_at_specificity(y, val_p, specificity)
-    ci = bootstrap_auc([r["patient"] for r in val_rows], y, val_p) if names else None
+    ci = auc_interval([r["patient"] for r in val_rows], y, val_p) if names else None
     policy.use_models = bool(ci and ci[0] > 0.5)
 
     report: dict = {"specificity_target": specificity}
@@ -123,10 +109,10 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
         verdict = jump | (called if policy.use_models else False)
         report[part] = {
             "eyes": len(r), "patients": len(set(patients)), "progressing_eyes": int(y.sum()),
-            "auc_fused": auc(y, fused), "auc_fused_ci95": bootstrap_auc(patients, y, fused),
+            "auc_fused": auc(y, fused), "auc_fused_ci95": auc_interval(patients, y, fused),
             "auc_engine": auc(y, logit) if have_engine else None,
-            "auc_engine_ci95": bootstrap_auc(patients, y, logit) if have_engine else None,
-            "auc_vcdr_slope": auc(y, slope), "auc_vcdr_slope_ci95": bootstrap_auc(patients, y, slope),
+            "auc_engine_ci95": auc_interval(patients, y, logit) if have_engine else None,
+            "auc_vcdr_slope": auc(y, slope), "auc_vcdr_slope_ci95": auc_interval(patients, y, slope),
             "sensitivity": float(called[y == 1].mean()) if y.any() else None,
             "specificity": float((~called[y == 0]).mean()) if (y == 0).any() else None,
             "vcdr_jump_sensitivity": float(jump[y == 1].mean()) if y.any() else None,

@@ -144,11 +144,8 @@ class ScreeningPipeline:
         disc = largest_component(out["disc"][0, 0] >= 0.5)
         fovea = None
         heat = out["fovea"][0, 0]
-        if heat.max() >= 0.3:
-            # centre of mass of the heatmap's peak region
-            w = np.where(heat >= 0.5 * heat.max(), heat, 0)
-            ys, xs = np.mgrid[0:heat.shape[0], 0:heat.shape[1]]
-            fovea = box.to_source(float((xs * w).sum() / w.sum()) + 0.5, float((ys * w).sum() / w.sum()) + 0.5)
+        if heat.max() >= 0.3:  # a confident peak only
+            fovea = box.to_source(*preprocess.heatmap_peak(heat))
         if disc.sum() < MIN_DISC_FRACTION * disc.size:
             return None, fovea
         ys, xs = np.nonzero(disc)

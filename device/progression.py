@@ -128,13 +128,12 @@ class ProgressionAssessor:
         first; `result`: this visit's `ScreeningResult.to_dict()`."""
         now = now or dt.datetime.now(dt.timezone.utc)
         disc, vcdr = result.get("disc"), result.get("vcdr")
-        earlier = next((h for h in history if h.get("gradable") and h.get("vcdr") is not None
-                        and json.loads(h["result_json"]).get("disc")
-                        and _years_between(h["time"], now) >= MIN_YEARS), None)
+        earlier, then = next(((h, d) for h in history if h.get("gradable") and h.get("vcdr") is not None
+                              and _years_between(h["time"], now) >= MIN_YEARS
+                              and (d := json.loads(h["result_json"]).get("disc"))), (None, None))
         if not result.get("gradable") or disc is None or vcdr is None or earlier is None:
             return Assessment(NO_HISTORY, MESSAGES[NO_HISTORY])
         years = _years_between(earlier["time"], now)
-        then = json.loads(earlier["result_json"])["disc"]
         slope = (vcdr - earlier["vcdr"]) / years
         logit = None
         if self.engine is not None:

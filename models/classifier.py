@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.progression import LiteStem, load_pretrained_stem
+from models.net import LiteStem, load_pretrained_encoder
 
 ENCODER_BLOCKS = 11
 
@@ -39,5 +39,5 @@ class DiscClassifier(nn.Module):
 def build_classifier(pretrained: bool = True, dropout: float = 0.5) -> DiscClassifier:
     net = DiscClassifier(dropout=dropout)
     if pretrained:
-        load_pretrained_stem(net.encoder)
+        load_pretrained_encoder(net.encoder)
     return net

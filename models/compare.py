@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from models.datasets import DEFAULT_DATA
+from models.export import load_checkpoint
 from models.net import parameter_count
 from models.datasets import decode_mask, vcdr_from_masks
 from models.train import (REPO, TASKS, VIEW_KINDS, augmented, build_network, cache_sources, cache_synthetic,
@@ -87,13 +88,6 @@ def slim(runs: Path, out: Path) -> None:
         print(f"{best.parent.name}: epoch {state['epoch'] + 1} of {state['config']['epochs']}", flush=True)
 
 
-def load_run(path: Path) -> tuple[torch.nn.Module, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_network(state["config"], pretrained=False)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
-    return net.eval(), state
-
-
 def time_steps(base: dict, steps: int = 8, warmup: int = 2) -> dict[str, float]:
     """Seconds per optimisation step of each arm (the four STL arms separately) on one fixed batch."""
     import numpy as np
@@ -141,16 +135,17 @@ def evaluate_runs(runs: Path, data: Path, limit: int | None = None) -> dict:
     if missing:
         raise SystemExit(f"no checkpoint for {missing} in {runs}")
     torch.set_num_threads(2)
-    size = int(load_run(files["mtl"])[1]["config"]["input_size"])  # the arms share it
+    loaded = {arm: load_checkpoint(files[arm]) for arm in ARMS}
+    base = loaded["mtl"][1]["config"]
+    size = int(base["input_size"])  # the arms share it
     sources = [{**s, "limit": limit} for s in TEST_SOURCES] if limit else TEST_SOURCES
     real = {source["folder"]: views for source, views in cache_sources(data, sources, VIEW_KINDS, size, False)}
     synthetic = cache_synthetic({**TEST_SYNTHETIC, "count": limit or TEST_SYNTHETIC["count"], "glaucoma_fraction": 0.3},
                                 VIEW_KINDS, size, for_training=False)
     groups = {**real, "all real": [v for views in real.values() for v in views], "synthetic": synthetic}
     arms, nets = {}, {}
-    timing = time_steps(load_run(files["mtl"])[1]["config"])
-    for arm in ARMS:
-        net, state = load_run(files[arm])
+    timing = time_steps(base)
+    for arm, (net, state) in loaded.items():
         nets[arm] = net
         arms[arm] = {"epoch": state["epoch"] + 1, "epochs": state["config"]["epochs"],
                      "parameters": parameter_count(net), "seconds_per_step": timing[arm],

