@@ -25,6 +25,7 @@ def cmd_screen(args) -> int:
     visits = visit_uuid = cfg = progression = None
     if args.record:
         from device.progression import ProgressionAssessor
+        from device.recording import record_eye
         from device.visitlog import VisitLog
 
         progression = ProgressionAssessor.from_artifacts()
@@ -39,8 +40,6 @@ def cmd_screen(args) -> int:
         if not row["ok"] or not row["gradable"]:
             failed += 1
         if visits is not None and result is not None:
-            from device.recording import record_eye
-
             if visit_uuid is None:
                 visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
             original = Path(image).read_bytes()

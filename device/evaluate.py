@@ -198,8 +198,11 @@ def summarize(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, th
     """All photos together, then each source on its own (under `by_source`)."""
     summary = figures(rows, resamples, seed, threshold)
     sources = sorted({r["source"] for r in rows})
-    summary["by_source"] = {src: figures([r for r in rows if r["source"] == src], resamples, seed, threshold)
-                            for src in sources}
+    if len(sources) == 1:  # the source is all the photos: the same figures, not a second bootstrap
+        summary["by_source"] = {sources[0]: dict(summary)}
+    else:
+        summary["by_source"] = {src: figures([r for r in rows if r["source"] == src], resamples, seed, threshold)
+                                for src in sources}
     return summary
 
 

@@ -58,8 +58,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 # `weight` times gives the resample's figure without building it. Weights are an n-vector or a B x n
 # matrix (one row per resample), so all resamples are computed in a few matrix operations.
 
-def _weighted_levels(labels, scores, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(normal weight per score level B x L, glaucoma weights B x P, their levels P, weights as B x n)."""
+def _weighted_levels(labels, scores, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normal weight per score level B x L, glaucoma weights B x P, their levels P)."""
     y = np.asarray(labels, bool)
     s = np.asarray(scores, float)
     w = np.atleast_2d(np.asarray(weights, float))
@@ -69,14 +69,14 @@ def _weighted_levels(labels, scores, weights) -> tuple[np.ndarray, np.ndarray, n
     n_levels = int(level.max()) + 1 if len(level) else 0
     one_hot = np.zeros((int((~y).sum()), n_levels))
     one_hot[np.arange(one_hot.shape[0]), level[~y]] = 1.0
-    return w[:, ~y] @ one_hot, w[:, y], level[y], w
+    return w[:, ~y] @ one_hot, w[:, y], level[y]
 
 
 def weighted_auc(labels, scores, weights) -> np.ndarray:
     """AUC (ties count half) with each photo counted `weights` times; NaN where a class weighs nothing.
 
     With all weights 1 this is `auc`."""
-    normal_at, pos_w, pos_level, w = _weighted_levels(labels, scores, weights)
+    normal_at, pos_w, pos_level = _weighted_levels(labels, scores, weights)
     below = np.cumsum(normal_at, axis=1) - normal_at
     wins = (pos_w * (below[:, pos_level] + 0.5 * normal_at[:, pos_level])).sum(axis=1)
     pairs = pos_w.sum(axis=1) * normal_at.sum(axis=1)
@@ -87,11 +87,11 @@ def weighted_auc(labels, scores, weights) -> np.ndarray:
 def weighted_sensitivity_at_specificity(labels, scores, weights, specificity: float = 0.9) -> np.ndarray:
     """`sensitivity_at_specificity` with each photo counted `weights` times (integer weights); NaN where
     a class weighs nothing. The threshold sits just above the k-th lowest normal score, as there."""
-    normal_at, pos_w, pos_level, _ = _weighted_levels(labels, scores, weights)
+    normal_at, pos_w, pos_level = _weighted_levels(labels, scores, weights)
     cum = np.cumsum(normal_at, axis=1)
     n_normal = cum[:, -1] if cum.shape[1] else np.zeros(len(cum))
-    k = np.ceil(specificity * n_normal) - 1
-    kth_level = np.argmax(cum >= (k + 1 - 1e-9)[:, None], axis=1)
+    need = np.ceil(specificity * n_normal)  # normal photos at or below the threshold's level
+    kth_level = np.argmax(cum >= (need - 1e-9)[:, None], axis=1)
     detected = (pos_w * (pos_level[None, :] > kth_level[:, None])).sum(axis=1)
     total = pos_w.sum(axis=1)
     ok = (total > 0) & (n_normal > 0)

@@ -146,12 +146,12 @@ def _papila_clinical(folder: Path) -> dict[tuple[str, str], int | None]:
             rows = [[c.strip() for c in r] for r in csv.reader(f)]
         # The sheets carry two or three heading rows (grouped headings over the column names), and ID and
         # Diagnosis need not be on the same one: take each column from whichever row names it.
-        id_col = _heading_column(rows, "id")
+        id_col = _heading_column(rows, "id") or 0
         dx_col = _heading_column(rows, "diagnosis")
         if dx_col is None:
             raise DatasetError(f"{sheet} has no Diagnosis column")
         for r in rows:
-            m = re.fullmatch(r"#?(\d+)", r[id_col or 0] if len(r) > (id_col or 0) else "")
+            m = re.fullmatch(r"#?(\d+)", r[id_col] if len(r) > id_col else "")
             if not m or len(r) <= dx_col or not r[dx_col]:
                 continue
             try:
