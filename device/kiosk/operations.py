@@ -121,7 +121,6 @@ def devices():
     cfg = unit.config
     status = unit_status()
     capture = unit.capture.state()
-    capture["needed"] = cfg.capture.consecutive_gradable  # the live setting (the loop's copy is from its start)
     return render_template(
         "devices.html", status=status, camera=status.get("camera", {}), lights=status.get("illumination", {}),
         module=unit.optic_module_state(), capture=capture, led_cap=cfg.led_safety_cap, settings=cfg.capture,
