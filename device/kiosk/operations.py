@@ -12,11 +12,12 @@ import os
 import shutil
 from pathlib import Path
 
-from flask import Blueprint, abort, render_template, session
+from flask import Blueprint, render_template
 
 from device import doctor
 from device.kiosk import get_unit
 from device.kiosk.home import LOW_DISK_BYTES, unit_status
+from device.kiosk.security import require_admin
 from models import registry
 from models.runtime import EngineError
 
@@ -27,10 +28,7 @@ BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA GPU", "TensorrtExecutionProvider": "TensorRT"}
 
 
-@bp.before_request
-def admins_only():
-    if not session.get("admin"):
-        abort(403)
+bp.before_request(require_admin)
 
 
 @bp.app_template_filter("size")
@@ -129,25 +127,28 @@ def devices():
 
 
 # -- storage ------------------------------------------------------------------------------------
-def folder_bytes(path: Path) -> tuple[int, int]:
-    """Bytes and files under `path` (0, 0 when it does not exist); files that vanish meanwhile are skipped."""
-    total = count = 0
-    stack = [Path(path)]
+def bytes_by_part(root: Path) -> dict[str, tuple[int, int]]:
+    """(bytes, files) under each top-level entry of `root` (files directly in it under ""), in one walk:
+    the image store may hold thousands of photos on an SD card, so it is walked once per page."""
+    out: dict[str, list[int]] = {}
+    stack = [(Path(root), "")]
     while stack:
+        folder, part = stack.pop()
         try:
-            entries = list(os.scandir(stack.pop()))
+            entries = list(os.scandir(folder))
         except OSError:
             continue
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    stack.append((Path(entry.path), part or entry.name))
                 elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-                    count += 1
+                    totals = out.setdefault(part, [0, 0])
+                    totals[0] += entry.stat(follow_symlinks=False).st_size
+                    totals[1] += 1
             except OSError:
                 continue
-    return total, count
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def storage_figures(unit) -> dict:
@@ -157,9 +158,10 @@ def storage_figures(unit) -> dict:
     usage = shutil.disk_usage(data_dir)
     visits = unit.visits
     log_bytes = sum(p.stat().st_size for p in data_dir.glob("visits.db*") if p.is_file())
-    image_bytes, photos = folder_bytes(visits.images.root)
-    everything, _ = folder_bytes(data_dir)
-    engine_bytes, _ = folder_bytes(data_dir / "engines")
+    parts = bytes_by_part(data_dir)
+    image_bytes, photos = parts.get(Path(visits.images.root).name, (0, 0))
+    engine_bytes, _ = parts.get("engines", (0, 0))
+    everything = sum(b for b, _ in parts.values())
     finished = len(visits.finished_visits())
     per_visit = (log_bytes + image_bytes) / finished if finished else None
     room = usage.free - visits.min_free_bytes

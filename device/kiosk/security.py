@@ -35,11 +35,16 @@ def passive(view: Callable) -> Callable:
     return view
 
 
+def require_admin() -> None:
+    """403 unless the signed-in account is an administrator; a blueprint's `before_request`."""
+    if not session.get("admin"):
+        abort(403)
+
+
 def admin_required(view: Callable) -> Callable:
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if not session.get("admin"):
-            abort(403)
+        require_admin()
         return view(*args, **kwargs)
     return wrapped
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 
 from device.config import (ADJUSTABLE_CAPTURE, MAX_CONSECUTIVE_GRADABLE, MIN_LED_LEVEL, TARGET_BRIGHTNESS_RANGE,
                            SettingsError, changed_from_file, check_overrides, overrides_path, write_overrides)
 from device.kiosk import get_unit
+from device.kiosk.security import require_admin
 
 bp = Blueprint("settings", __name__, url_prefix="/admin/settings")
 log = logging.getLogger(__name__)
@@ -52,10 +53,7 @@ LABELS = {
 }
 
 
-@bp.before_request
-def admins_only():
-    if not session.get("admin"):
-        abort(403)
+bp.before_request(require_admin)
 
 
 def _fields(current: dict, base: dict, entered: dict | None, problems: dict) -> list[dict]:

@@ -20,12 +20,12 @@ import threading
 import time
 from pathlib import Path
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session,
+from flask import (Blueprint, current_app, flash, jsonify, redirect, render_template, request, session,
                    url_for)
 
 from device.export import ExportError, export
 from device.kiosk import get_unit
-from device.kiosk.security import passive
+from device.kiosk.security import passive, require_admin
 
 bp = Blueprint("usb_export", __name__, url_prefix="/admin/export")
 log = logging.getLogger(__name__)
@@ -44,10 +44,7 @@ def _setup(state) -> None:
     app.extensions[JOB] = ExportJob()
 
 
-@bp.before_request
-def admins_only():
-    if not session.get("admin"):
-        abort(403)
+bp.before_request(require_admin)
 
 
 # -- drives -------------------------------------------------------------------------------------
