@@ -191,7 +191,6 @@ class FocusController:
         self.limits = (int(limits[0]), int(limits[1]))
         self.fine_frames = int(fine_frames)
         self.position: int | None = None
-        self.error: str | None = None
         self.restart()
 
     def restart(self) -> None:
@@ -225,7 +224,6 @@ class FocusController:
                 self._hold(focus)
         except OpticModuleError as exc:  # a stalled or silent motor: stop focusing, keep capturing
             log.warning("autofocus stopped: %s", exc)
-            self.error = str(exc)
             self.state = "failed"
         return self.position
 
@@ -360,7 +358,7 @@ class CaptureLoop:
         self._jpeg: bytes | None = None
         self._jpeg_at = 0.0
         self._state: dict = {"running": False, "armed_eye": None, "gradable": False, "instruction": "Starting the camera",
-                             "reasons": [], "streak": 0, "needed": settings.consecutive_gradable, "light": 0.0,
+                             "reasons": [], "streak": 0, "light": 0.0,
                              "exposure_us": self.light.exposure_us, "gain": 1.0, "focus": None,
                              "focus_search": self.focus.state, "captured": False, "error": None}
         self._armed: str | None = None

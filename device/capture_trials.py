@@ -58,6 +58,15 @@ class HardStart:
     defocus_steps: int  # the eye's best focus minus where the focus motor starts
     light_scale: float  # light the eye returns, relative to an average eye
 
+    @property
+    def best_focus(self) -> int:
+        return self.focus_start + self.defocus_steps
+
+    def apply(self, rig) -> None:
+        """Stand the rig's focus motor where this start leaves it and give the eye its refraction."""
+        rig.optic_module.focus(self.focus_start)
+        rig.simulator.best_focus = self.best_focus
+
     def camera_options(self) -> dict:
         return {"seed": self.seed, "eye_seed": self.eye_seed, "laterality": self.laterality,
                 "offset": self.offset, "light_scale": self.light_scale}
@@ -88,8 +97,7 @@ def run_trial(start: HardStart, config=None, limit_s: float = 2 * TARGET_S, wall
 
     config = config or Config(simulate=True)
     with simulated_rig(config, simulated_time=True, **start.camera_options()) as rig:
-        rig.optic_module.focus(start.focus_start)
-        rig.simulator.best_focus = start.focus_start + start.defocus_steps
+        start.apply(rig)
         loop = CaptureLoop(rig.camera, QualityGate(config.quality), config.capture,
                            illumination=rig.illumination, optic_module=rig.optic_module)
         loop.begin(start.laterality)

@@ -179,8 +179,7 @@ def cmd_capture(args) -> int:
             options = {**start.camera_options(), "laterality": args.eye}
     with open_rig(cfg, **options) as rig:
         if start is not None:
-            rig.optic_module.focus(start.focus_start)
-            rig.simulator.best_focus = start.focus_start + start.defocus_steps
+            start.apply(rig)
         loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
         loop.start()
         try:

@@ -30,9 +30,6 @@ class SimulatedJetsonGPIO:
     HIGH, LOW = 1, 0
     RISING, FALLING, BOTH = 31, 32, 33
     UNKNOWN, OUT, IN, HARD_PWM = -1, 0, 1, 43
-    model = "JETSON_ORIN_NANO"
-    JETSON_INFO = {"P1_REVISION": 1, "RAM": "8192M", "REVISION": "Unknown", "TYPE": "JETSON_ORIN_NANO",
-                   "MANUFACTURER": "NVIDIA", "PROCESSOR": "A78AE"}
 
     def __init__(self, pulled_up: tuple[int, ...] = ()):
         self._lock = threading.RLock()
@@ -109,11 +106,6 @@ class SimulatedJetsonGPIO:
                 raise RuntimeError("You must setup() the GPIO channel first")
             return self._level(channel)
 
-    def gpio_function(self, channel: int) -> int:
-        with self._lock:
-            self._check(channel)
-            return self._config.get(channel, self.UNKNOWN)
-
     def cleanup(self, channel=None) -> None:
         with self._lock:
             if self._mode is None:
@@ -144,28 +136,12 @@ class SimulatedJetsonGPIO:
             if channel in self._events:
                 raise RuntimeError("Conflicting edge already enabled for this GPIO channel")
             self._events[channel] = {"edge": edge, "callbacks": [callback] if callback else [],
-                                     "bounce_s": (bouncetime or 0) / 1000.0, "last": None, "detected": False}
-
-    def add_event_callback(self, channel: int, callback) -> None:
-        with self._lock:
-            self._check(channel)
-            if channel not in self._events:
-                raise RuntimeError("Add event detection using add_event_detect first before adding a callback")
-            self._events[channel]["callbacks"].append(callback)
+                                     "bounce_s": (bouncetime or 0) / 1000.0, "last": None}
 
     def remove_event_detect(self, channel: int) -> None:
         with self._lock:
             self._check(channel)
             self._events.pop(channel, None)
-
-    def event_detected(self, channel: int) -> bool:
-        with self._lock:
-            self._check(channel)
-            event = self._events.get(channel)
-            if event is None:
-                return False
-            seen, event["detected"] = event["detected"], False
-            return seen
 
     # -- the outside world, for tests -----------------------------------------------------------
     def drive(self, channel: int, level: int) -> None:
@@ -180,15 +156,10 @@ class SimulatedJetsonGPIO:
                 wanted = {self.RISING: after == 1, self.FALLING: after == 0, self.BOTH: True}[event["edge"]]
                 now = time.monotonic()
                 if wanted and (event["last"] is None or now - event["last"] >= event["bounce_s"]):
-                    event["last"], event["detected"] = now, True
+                    event["last"] = now
                     fire = list(event["callbacks"])
         for callback in fire:  # outside the lock, as the library's event thread calls them
             callback(channel)
-
-    def release(self, channel: int) -> None:
-        """Nothing drives `channel` any more: it returns to the level the carrier's resistors give it."""
-        with self._lock:
-            self._driven.pop(channel, None)
 
     def function(self, channel: int) -> str | None:
         """'in', 'out', 'pwm' or None (not set up): what a test checks a device did to the pin."""

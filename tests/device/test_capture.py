@@ -213,6 +213,6 @@ def test_a_hard_start_gets_a_gradable_photo_within_20_simulated_seconds(seed):
     assert trial["captured"] and trial["seconds_to_capture"] <= TARGET_S, summary
     trace = trial["trace"]
     assert trace["gate"][0] != "gradable"  # it did start badly
-    best = start.focus_start + start.defocus_steps
+    best = start.best_focus
     assert abs(trace["focus"][-1] - best) <= 60  # focused on this eye, not merely past the gate's bar
     assert trial["light_reversals"] <= 8 and trial["light_unsettled_after"] <= 5
