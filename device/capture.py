@@ -366,6 +366,7 @@ class CaptureLoop:
         self._captured: CapturedPhoto | None = None
         self._trace: dict = {}
         self._last_frame = time.monotonic()
+        self._light_sent: tuple | None = None  # what _set_light last sent
         if illumination is not None and getattr(illumination, "button", None) is not None:
             illumination.button.when_pressed = self.press_button
 
@@ -461,7 +462,7 @@ class CaptureLoop:
     def _run(self) -> None:
         try:
             self.camera.start()
-            self._set_light()
+            self._set_light(force=True)
             with self._lock:
                 self._state.update(running=True, error=None)
             while not self._stop.is_set():
@@ -539,7 +540,7 @@ class CaptureLoop:
                 self.illumination.flash(self.light.level, self.settings.max_flash_s)
             still = self.camera.capture_still()
             stills.append((sharpness(still), still))
-        self._set_light()
+        self._set_light(force=True)
         best = max(stills, key=lambda s: s[0])[1]
         quality = self.gate.assess(best)
         with self._lock:
@@ -558,13 +559,21 @@ class CaptureLoop:
             self._button.clear()
             self._state.update(captured=True, armed_eye=None, streak=0, instruction="Photo taken")
 
-    def _set_light(self) -> None:
+    def _set_light(self, force: bool = False) -> None:
+        """Send the light controller's exposure, gain and LED level, only where they changed: on a
+        settled eye that is no command at all, so the camera's control queue and the LED driver see
+        changes, not a steady stream of repeats. `force` after anything else has touched the light
+        (the camera starting, a flash)."""
+        wanted = (int(self.light.exposure_us), round(float(self.light.gain), 3), round(float(self.light.level), 4))
+        if not force and wanted == self._light_sent:
+            return
         try:
             self.camera.set_exposure(self.light.exposure_us, self.light.gain)
         except Exception as exc:  # noqa: BLE001
             log.debug("camera exposure not set: %s", exc)
         if self.illumination is not None:
             self.illumination.set_white(self.light.level)
+        self._light_sent = wanted
 
     def _lights_off(self) -> None:
         if self.illumination is not None:

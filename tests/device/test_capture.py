@@ -216,3 +216,35 @@ def test_a_hard_start_gets_a_gradable_photo_within_20_simulated_seconds(seed):
     best = start.best_focus
     assert abs(trace["focus"][-1] - best) <= 60  # focused on this eye, not merely past the gate's bar
     assert trial["light_reversals"] <= 8 and trial["light_unsettled_after"] <= 5
+
+
+def test_a_settled_light_sends_no_repeat_commands(rig):
+    """Once the light has settled on the eye, frames go by without a command to the LEDs or the
+    camera; any change of the controller's output is still sent."""
+    cfg, r = rig
+    loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module)
+    sent = []
+    real_set_white = r.illumination.set_white
+
+    def set_white(level):
+        sent.append(level)
+        real_set_white(level)
+
+    r.illumination.set_white = set_white
+    loop.start()
+    try:
+        loop.begin("right")
+        assert loop.wait_photo(40) is not None, loop.state()
+        frames_before, sent_before = loop.trace()["frames"], len(sent)
+        cfg.capture.consecutive_gradable = 10_000  # no second photo: count frames on the same, settled eye
+        loop.begin("right")
+        assert wait_until(lambda: loop.trace().get("frames", 0) >= 15, 20)
+        loop.cancel()
+        steady_frames = loop.trace()["frames"]
+        assert frames_before > 0 and sent_before > 0
+        assert len(sent) - sent_before < steady_frames / 3, (len(sent) - sent_before, steady_frames)
+        level = loop.light.level
+        loop.light.level = level * 0.5  # the controller moves: the next frame must carry it out
+        assert wait_until(lambda: len(sent) > 0 and sent[-1] != level, 10)
+    finally:
+        loop.stop()
