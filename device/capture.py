@@ -411,6 +411,18 @@ class CaptureLoop:
     def press_button(self) -> None:
         self._button.set()
 
+    def set_light_aim(self, target: float | None = None, max_level: float | None = None) -> None:
+        """An administrator's new brightness target or light limit, from the next frame on. The limit
+        goes into the lights themselves as well as the controller, so nothing else driving the LEDs
+        can exceed it either; the caller has checked it against the safety cap."""
+        if max_level is not None:
+            if self.illumination is not None and hasattr(self.illumination, "max_level"):
+                self.illumination.max_level = float(max_level)
+            self.light.max_level = float(max_level)
+            self.light.level = min(self.light.level, float(max_level))
+        if target is not None:
+            self.light.target = float(target)
+
     def latest_jpeg(self) -> bytes | None:
         with self._lock:
             return self._jpeg

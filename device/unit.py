@@ -183,14 +183,7 @@ class Unit:
             setattr(self.config.quality, name, value)
         for name, value in capture.items():
             setattr(self.config.capture, name, value)
-        light = self.capture.light
-        if level is not None:
-            if self.illumination is not None and hasattr(self.illumination, "max_level"):
-                self.illumination.max_level = float(level)
-            light.max_level = float(level)
-            light.level = min(light.level, float(level))
-        if "target_brightness" in capture:
-            light.target = float(capture["target_brightness"])
+        self.capture.set_light_aim(target=capture.get("target_brightness"), max_level=level)
 
     def start(self) -> None:
         self.visits.recover()
