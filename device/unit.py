@@ -150,16 +150,21 @@ class Unit:
             out["optic_module"] = {"ok": False, "error": str(exc)}
         return out
 
-    def optic_module_state(self) -> dict:
+    def optic_module_state(self, identity: dict | None = None) -> dict:
         """What the optic module says of itself: identity, focus motor, temperature, faults, line quality.
-        Each reading on its own, so one the firmware does not answer still leaves the others."""
+        Each reading on its own, so one the firmware does not answer still leaves the others. `identity`
+        is `status()["optic_module"]` when the caller has it already: one question less on the line."""
         module = self.optic_module
         if module is None:
             return {"ok": False, "error": "none configured"}
-        try:
-            out = {"ok": True, **module.identify()}
-        except Exception as exc:  # noqa: BLE001 - shown on the admin's device page
-            return {"ok": False, "error": str(exc), "port": getattr(module, "port", None)}
+        if identity is None:
+            try:
+                identity = {"ok": True, **module.identify()}
+            except Exception as exc:  # noqa: BLE001 - shown on the admin's device page
+                identity = {"ok": False, "error": str(exc)}
+        if not identity.get("ok"):
+            return {**identity, "port": getattr(module, "port", None)}
+        out = dict(identity)
         for key, read in (("focus_position", module.focus_position), ("temperature_c", module.temperature),
                           ("faults", module.faults), ("line", module.stats)):
             try:

@@ -121,7 +121,7 @@ def devices():
     capture = unit.capture.state()
     return render_template(
         "devices.html", status=status, camera=status.get("camera", {}), lights=status.get("illumination", {}),
-        module=unit.optic_module_state(), capture=capture, led_cap=cfg.led_safety_cap, settings=cfg.capture,
+        module=unit.optic_module_state(identity=status.get("optic_module")), capture=capture, led_cap=cfg.led_safety_cap, settings=cfg.capture,
         board=_checked(doctor.board, cfg), camera_check=_checked(doctor.camera, cfg),
         gpio=_checked(doctor.gpio, cfg), serial=_checked(doctor.serial_port, cfg))
 

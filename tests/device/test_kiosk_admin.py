@@ -148,7 +148,14 @@ def test_a_model_file_that_does_not_match_its_hash_is_shown_unverified(unit, mon
 def test_devices_page_shows_frames_lights_and_the_optic_module(unit):
     client = admin_client(unit)
     wait_for(lambda: (unit.frames.rate()["fps"] or 0) > 0)
-    page = client.get("/admin/devices").text
+    asked = []
+    real_identify = unit.optic_module.identify
+    unit.optic_module.identify = lambda: asked.append(1) or real_identify()
+    try:
+        page = client.get("/admin/devices").text
+    finally:
+        unit.optic_module.identify = real_identify
+    assert len(asked) == 1  # the module is asked who it is once per page, not once per panel
     assert text_of(page, "camera-kind") == "simulated"
     fps = float(re.search(r"Yes, ([\d.]+) per second", text_of(page, "camera-frames")).group(1))
     assert 1 < fps < 100
