@@ -138,9 +138,3 @@ def rim_widths(disc: np.ndarray, cup: np.ndarray, fovea: tuple[float, float] | N
         out["temporal"] = width(towards, 0)
         out["nasal"] = width(-towards, 0)
     return out
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * (a & b).sum() / s)

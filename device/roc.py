@@ -7,16 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-def auc(labels, scores) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
-    y = np.asarray(labels, bool)
-    s = np.asarray(scores, float)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    ranks = _ranks(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+from models.metrics import auc  # noqa: F401 - the unit's callers read it from here
 
 
 def threshold_at_specificity(labels, scores, specificity: float = 0.9) -> float:
@@ -37,26 +28,6 @@ def sensitivity_at_specificity(labels, scores, specificity: float = 0.9) -> floa
     t = threshold_at_specificity(y, scores, specificity)
     return float((np.asarray(scores, float)[y] >= t).mean())
 
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-# ---------------------------------------------------------------- weighted figures, for the bootstrap
-#
-# A bootstrap resample draws some photos several times and others not at all; counting each photo
-# `weight` times gives the resample's figure without building it. Weights are an n-vector or a B x n
-# matrix (one row per resample), so all resamples are computed in a few matrix operations.
 
 def _weighted_levels(labels, scores, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(normal weight per score level B x L, glaucoma weights B x P, their levels P)."""

@@ -34,6 +34,7 @@ from models.augment import Colour, recolour
 from models.datasets import DEFAULT_DATA
 from models.grape import Eye, patient_split, read_grape
 from models.images import read_rgb
+from models.metrics import auc
 from models.net import LiteStem, load_pretrained_encoder, parameter_count
 from models.preprocess import normalize
 
@@ -200,7 +201,7 @@ def split_series(config: dict, data: Path) -> dict[str, list[Series]]:
 # ---------------------------------------------------------------- training
 
 def train(config: dict, out: Path, data: Path = DEFAULT_DATA) -> list[dict]:
-    from models.train import pick_device, roc_auc, seed_everything
+    from models.train import pick_device, seed_everything
 
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(config["threads"]))
@@ -241,12 +242,12 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA) -> list[dict]:
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(chunk)
-        auc = roc_auc(list(eye_scores(net, splits["val"])), [s.progressed for s in splits["val"]])
-        entry = {"epoch": epoch + 1, "loss": total / len(pairs), "val_auc": auc, "seconds": round(time.time() - t0, 1)}
+        val_auc = auc([s.progressed for s in splits["val"]], list(eye_scores(net, splits["val"])))
+        entry = {"epoch": epoch + 1, "loss": total / len(pairs), "val_auc": val_auc, "seconds": round(time.time() - t0, 1)}
         log.append(entry)
         print(json.dumps(entry), flush=True)
-        if auc is not None and auc > best:
-            best = auc
+        if val_auc is not None and val_auc > best:
+            best = val_auc
             torch.save({"model": net.state_dict(), "config": config, "log": log, "epoch": epoch + 1,
                         "parameters": parameter_count(net)}, out / "best.pt")
     (out / "log.json").write_text(json.dumps(log, indent=2))

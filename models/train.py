@@ -43,6 +43,7 @@ from models.datasets import (DEFAULT_DATA, Record, decode_mask, disc_geometry, e
                              vcdr_from_masks)
 from models.images import read_rgb
 from models.losses import task_losses
+from models.metrics import auc, dice
 from models.net import build_net, parameter_count
 from models.preprocess import (INPUT_SIZE, Box, disc_crop_box, fovea_heatmap, heatmap_peak, normalize, warp,
                                whole_image_box)
@@ -259,21 +260,6 @@ def plain(view: View, size: int):
 
 # ---------------------------------------------------------------- validation
 
-def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    total = pred.sum() + target.sum()
-    return 1.0 if total == 0 else float(2.0 * (pred & target).sum() / total)
-
-
-def roc_auc(scores: list[float], labels: list[int]) -> float | None:
-    """Mann-Whitney AUC with ties counted half; None when one class is missing."""
-    s, y = np.asarray(scores, float), np.asarray(labels, int)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 @torch.no_grad()
 def predict(net: torch.nn.Module, views: list[View], size: int, batch_size: int) -> list[dict[str, np.ndarray]]:
     net.eval()
@@ -318,7 +304,7 @@ def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int
             labels.append(int(view.glaucoma))
     result: dict[str, float | None] = {k: (float(np.mean(v)) if v else None) for k, v in metrics.items()}
     result["vcdr_mae"] = result.pop("vcdr_abs_error")
-    result["glaucoma_auc"] = roc_auc(scores, labels)
+    result["glaucoma_auc"] = auc(labels, scores)
     result["score"] = task_score(result, tasks)
     return result
 

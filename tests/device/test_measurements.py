@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.measurements import clean_masks, dice, measure, region
+from device.measurements import clean_masks, measure, region
+from models.metrics import dice
 
 
 def ellipse_mask(shape, centre, axes):
