@@ -37,11 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hardware.optic_module_sim import FOCUS_TRAVEL, NOMINAL_FOCUS
 from hardware.simulated_camera import REFRACTION_STEPS_SD
 
 TARGET_S = 20.0
-NOMINAL_FOCUS = 620  # where the reference module focuses an eye without refractive error
-FOCUS_TRAVEL = (0, 1000)
 TARGET_SHARE = 0.95
 REVERSAL_STEP = 0.05  # a change of the light command smaller than this fraction is not a move
 

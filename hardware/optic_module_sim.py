@@ -23,6 +23,8 @@ from hardware.optic_module import FrameError, LineReader, decode, encode
 
 PROTOCOL_VERSION = "1"
 TICK_S = 0.02
+FOCUS_TRAVEL = (0, 1000)  # the reference module's focus motor, in steps
+NOMINAL_FOCUS = 620  # where the reference module focuses an eye without refractive error
 FAULT_TEXT = {
     "MOTOR_STALL": "focus motor stalled",
     "LED_OVERTEMP": "LED ring too hot",
@@ -73,7 +75,7 @@ class OpticModuleSimulator:
     """The optic module's controller, served on `.port` (a pty slave path) while started."""
 
     def __init__(self, *, serial_number: str = "GSO-SIM-0001", firmware: str = "1.0.0-sim",
-                 focus_limits: tuple[int, int] = (0, 1000), start_focus: int = 500, best_focus: int = 620,
+                 focus_limits: tuple[int, int] = FOCUS_TRAVEL, start_focus: int = 500, best_focus: int = NOMINAL_FOCUS,
                  focus_steps_per_s: float = 4000.0, ambient_c: float = 28.0, warmup_c: float = 8.0,
                  warmup_s: float = 900.0, overtemp_c: float = 55.0, seed: int = 0):
         if not focus_limits[0] <= start_focus <= focus_limits[1]:
