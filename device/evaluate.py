@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from device.pipeline import ScreeningPipeline, screen_file
-from models.metrics import dice
 from device.roc import (auc, draw_roc, operating_point, roc_curve, sensitivity_at_specificity, weighted_auc,
                         weighted_sensitivity_at_specificity)
 from models.datasets import Record, disc_geometry, read_dataset, vcdr_from_masks
+from models.metrics import dice
 from models.preprocess import INPUT_SIZE
 from models.splits import load_splits
 
