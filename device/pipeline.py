@@ -6,6 +6,12 @@ disc-centred crop so that the cup, a few dozen pixels tall on a small photo and 
 phone photo, is always segmented at the same scale. The disc-crop glaucoma classifier, where it is
 installed, reads the very same crop tensor. `Engine` hides whether ONNX Runtime or TensorRT does
 the work.
+
+Pass 2 also runs on the crop mirrored left to right, in the same batch, and the disc and cup maps
+are the mean of the two: a disc outline should not depend on which side the network's receptive
+fields happen to favour, and on the validation photos the mean outlines the disc and cup better
+(model card). The glaucoma logits stay those of the crop as taken, the inputs the referral fusion
+was fitted on.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from models.runtime import Engine
 
 SCREENING_POLICY = registry.ARTIFACTS / "screening.json"
 MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" only a speck
+MIRROR_PASS_2 = True  # average pass 2's disc and cup maps with those of the mirrored crop
 
 
 @dataclass
@@ -108,8 +115,10 @@ class ScreeningResult:
 
 class ScreeningPipeline:
     def __init__(self, engine: Engine, policy: ReferralPolicy, gate: QualityGate | None = None,
-                 model_versions: dict[str, str] | None = None, classifier: Engine | None = None):
+                 model_versions: dict[str, str] | None = None, classifier: Engine | None = None,
+                 mirror: bool = MIRROR_PASS_2):
         self.engine = engine
+        self.mirror = mirror
         self.classifier = classifier
         self.policy = policy
         self.gate = gate or QualityGate()
@@ -157,11 +166,16 @@ class ScreeningPipeline:
         """Pass 2 on the disc-centred crop."""
         box = preprocess.disc_crop_box(cx, cy, diameter, rgb.shape)
         x = preprocess.to_input(rgb, box)
-        out = self.engine.run({"image": x})
+        batch = np.concatenate([x, x[..., ::-1]]) if self.mirror else x
+        out = self.engine.run({"image": np.ascontiguousarray(batch)})
+        disc, cup = out["disc"][0, 0], out["cup"][0, 0]
+        if self.mirror:
+            disc = (disc + out["disc"][1, 0, :, ::-1]) / 2
+            cup = (cup + out["cup"][1, 0, :, ::-1]) / 2
         second = None
         if self.classifier is not None:
             second = float(self.classifier.run({"image": x})["glaucoma"].reshape(-1)[0])
-        return DiscSegmentation(box, out["disc"][0, 0], out["cup"][0, 0], float(out["glaucoma"].reshape(-1)[0]), second)
+        return DiscSegmentation(box, disc, cup, float(out["glaucoma"].reshape(-1)[0]), second)
 
     def screen(self, rgb: np.ndarray, quality: QualityReport | None = None) -> ScreeningResult:
         t = {}
