@@ -30,6 +30,9 @@ from models.runtime import Engine
 
 SCREENING_POLICY = registry.ARTIFACTS / "screening.json"
 MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" only a speck
+# The fovea lies about 2.5 disc diameters from the disc centre in adults; a heatmap peak much nearer or
+# farther is something else (a disc-centred photo whose macula is at or past the edge of the field).
+FOVEA_DISC_DIAMETERS = (1.8, 3.5)
 MIRROR_PASS_2 = True  # average pass 2's disc and cup maps with those of the mirrored crop
 
 
@@ -147,7 +150,8 @@ class ScreeningPipeline:
         return self.engine.run({"image": preprocess.to_input(rgb, box)})
 
     def locate_disc(self, rgb: np.ndarray) -> tuple[tuple[float, float, float] | None, tuple[float, float] | None]:
-        """Pass 1 on the whole photo: disc centre and vertical diameter, and the fovea, in photo pixels."""
+        """Pass 1 on the whole photo: disc centre and vertical diameter, and the fovea, in photo pixels. The
+        fovea only where the heatmap's peak is confident and where anatomy allows it (FOVEA_DISC_DIAMETERS)."""
         box = preprocess.whole_image_box(rgb.shape)
         out = self._infer(rgb, box)
         disc = largest_component(out["disc"][0, 0] >= 0.5)
@@ -160,6 +164,10 @@ class ScreeningPipeline:
         ys, xs = np.nonzero(disc)
         cx, cy = box.to_source(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
         diameter = float(disc.sum(axis=0).max()) * box.side / preprocess.INPUT_SIZE
+        if fovea is not None:
+            apart = float(np.hypot(fovea[0] - cx, fovea[1] - cy)) / diameter
+            if not FOVEA_DISC_DIAMETERS[0] <= apart <= FOVEA_DISC_DIAMETERS[1]:
+                fovea = None
         return (cx, cy, diameter), fovea
 
     def segment_disc(self, rgb: np.ndarray, cx: float, cy: float, diameter: float) -> DiscSegmentation:

@@ -1,6 +1,6 @@
 """Export a trained checkpoint to the ONNX file the unit runs, and record it in the manifest.
 
-    python -m models.export --checkpoint runs/foundation/best.pt --out models/artifacts/segmentation.onnx
+    python -m models.export --checkpoint runs/segmentation/best.pt --out models/artifacts/segmentation.onnx
     python -m models.export --checkpoint runs/classifier/best.pt --out models/artifacts/glaucoma.onnx --name glaucoma
     python -m models.export --checkpoint runs/progression/best.pt --out models/artifacts/progression.onnx --name progression
 

@@ -1,6 +1,6 @@
 """Training of the segmentation network from a JSON config, on CPU or GPU, resumable.
 
-    python -m models.train --config models/configs/foundation.json [--out runs/NAME] [--data DIR] [--resume]
+    python -m models.train --config models/configs/segmentation.json [--out runs/NAME] [--data DIR] [--resume]
 
 Why it is built this way:
 - Every photo is read and resampled once into an in-memory cache of two views (the whole photo
