@@ -121,16 +121,17 @@ class TensorRTEngine:
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         self._dtype = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self._buffers: dict[str, tuple] = {}
+        self._buffers: dict[tuple, tuple] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...]):
-        held = self._buffers.get(name)
-        if held is None or held[0].shape != shape:
+        """Pinned host and device memory for one tensor at one shape, kept per shape: the screening
+        alternates batch 1 (whole photo) and batch 2 (crop and mirror), and must not reallocate each time."""
+        held = self._buffers.get((name, shape))
+        if held is None:
             host = self._cuda.pagelocked_empty(shape, self._dtype[name])
-            device = self._cuda.mem_alloc(host.nbytes)
-            self.context.set_tensor_address(name, int(device))
-            held = (host, device)
-            self._buffers[name] = held
+            held = (host, self._cuda.mem_alloc(host.nbytes))
+            self._buffers[(name, shape)] = held
+        self.context.set_tensor_address(name, int(held[1]))
         return held
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

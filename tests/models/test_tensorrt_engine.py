@@ -37,6 +37,12 @@ def test_builds_caches_and_runs_the_shipped_model(tmp_path):
 
     path, entry = registry.model_file("segmentation")
     eng = te.TensorRTEngine(path, name="segmentation", precision="fp32", model_sha256=entry["sha256"], cache_dir=tmp_path)
-    out = eng.run({"image": np.zeros((1, 3, 256, 256), np.float32)})
+    one = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
+    out = eng.run({"image": one})
     assert out["disc"].shape == (1, 1, 256, 256)
     assert eng.engine_file.exists()
+    # the screening alternates batch 1 and batch 2 (crop and mirror); each shape gets the right answer
+    pair = eng.run({"image": np.concatenate([one, one[..., ::-1]])})
+    assert pair["disc"].shape == (2, 1, 256, 256)
+    assert np.abs(pair["disc"][0] - out["disc"][0]).max() < 1e-3
+    assert np.abs(eng.run({"image": one})["disc"] - out["disc"]).max() < 1e-3
