@@ -579,13 +579,15 @@ class CaptureLoop:
         wanted = (int(self.light.exposure_us), round(float(self.light.gain), 3), round(float(self.light.level), 4))
         if not force and wanted == self._light_sent:
             return
+        sent = wanted
         try:
             self.camera.set_exposure(self.light.exposure_us, self.light.gain)
         except Exception as exc:  # noqa: BLE001
             log.debug("camera exposure not set: %s", exc)
+            sent = None  # try again on the next frame
         if self.illumination is not None:
             self.illumination.set_white(self.light.level)
-        self._light_sent = wanted
+        self._light_sent = sent
 
     def _lights_off(self) -> None:
         if self.illumination is not None:

@@ -9,8 +9,8 @@ the work.
 
 Pass 2 also runs on the crop mirrored left to right, in the same batch, and the disc and cup maps
 are the mean of the two: a disc outline should not depend on which side the network's receptive
-fields happen to favour, and on the validation photos the mean outlines the disc and cup better
-(model card). The glaucoma logits stay those of the crop as taken, the inputs the referral fusion
+fields happen to favour, and on the 80 REFUGE validation photos the mean outlines the disc and cup
+better (on 10 Drishti-GS1 ones it is a wash; model card). The glaucoma logits stay those of the crop as taken, the inputs the referral fusion
 was fitted on.
 """
 from __future__ import annotations
@@ -160,7 +160,7 @@ class ScreeningPipeline:
         if heat.max() >= 0.3:  # a confident peak only
             fovea = box.to_source(*preprocess.heatmap_peak(heat))
         if disc.sum() < MIN_DISC_FRACTION * disc.size:
-            return None, fovea
+            return None, None  # without a disc, a fovea cannot be checked against it
         ys, xs = np.nonzero(disc)
         cx, cy = box.to_source(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
         diameter = float(disc.sum(axis=0).max()) * box.side / preprocess.INPUT_SIZE

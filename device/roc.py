@@ -29,6 +29,12 @@ def sensitivity_at_specificity(labels, scores, specificity: float = 0.9) -> floa
     return float((np.asarray(scores, float)[y] >= t).mean())
 
 
+# ---------------------------------------------------------------- weighted figures, for the bootstrap
+#
+# A bootstrap resample draws some photos several times and others not at all; counting each photo
+# `weight` times gives the resample's figure without building it. Weights are an n-vector or a B x n
+# matrix (one row per resample), so all resamples are computed in a few matrix operations.
+
 def _weighted_levels(labels, scores, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(normal weight per score level B x L, glaucoma weights B x P, their levels P)."""
     y = np.asarray(labels, bool)

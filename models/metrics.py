@@ -20,6 +20,8 @@ def auc(labels, scores) -> float | None:
     """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
     y = np.asarray(labels, bool)
     s = np.asarray(scores, float)
+    if np.isnan(s).any():
+        raise ValueError("a score is NaN: leave unscored cases out before computing an AUC")
     pos, neg = s[y], s[~y]
     if len(pos) == 0 or len(neg) == 0:
         return None

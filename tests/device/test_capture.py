@@ -243,8 +243,9 @@ def test_a_settled_light_sends_no_repeat_commands(rig):
         steady_frames = loop.trace()["frames"]
         assert frames_before > 0 and sent_before > 0
         assert len(sent) - sent_before < steady_frames / 3, (len(sent) - sent_before, steady_frames)
-        level = loop.light.level
+        level, before = loop.light.level, len(sent)
         loop.light.level = level * 0.5  # the controller moves: the next frame must carry it out
-        assert wait_until(lambda: len(sent) > 0 and sent[-1] != level, 10)
+        assert wait_until(lambda: len(sent) > before, 10)
+        assert sent[before] < level * 0.9, (sent[before], level)
     finally:
         loop.stop()

@@ -1,5 +1,6 @@
 """Dice and AUC, the figures the training logs, the evaluation and the referral fit all report."""
 import numpy as np
+import pytest
 
 from models.metrics import auc, dice
 
@@ -15,6 +16,8 @@ def test_auc_counts_ties_half_and_matches_pairwise_counting():
     assert auc([1, 1, 0, 0], [0.1, 0.2, 0.9, 0.8]) == 0.0
     assert auc([1, 0], [0.5, 0.5]) == 0.5
     assert auc([1, 1], [0.3, 0.4]) is None and auc([], []) is None
+    with pytest.raises(ValueError, match="NaN"):
+        auc([1, 0, 0], [float("nan"), 1.0, float("nan")])
 
 
 def test_dice_of_masks():

@@ -45,4 +45,6 @@ def test_builds_caches_and_runs_the_shipped_model(tmp_path):
     pair = eng.run({"image": np.concatenate([one, one[..., ::-1]])})
     assert pair["disc"].shape == (2, 1, 256, 256)
     assert np.abs(pair["disc"][0] - out["disc"][0]).max() < 1e-3
+    held = len(eng._buffers)
     assert np.abs(eng.run({"image": one})["disc"] - out["disc"]).max() < 1e-3
+    assert len(eng._buffers) == held  # both shapes' buffers kept, none allocated again
