@@ -8,7 +8,8 @@ disc crops. The fusion is a logistic regression on (engine logit, vCDR change pe
 coefficients may not be negative (a growing cup never argues against progression; a fit that says
 so has learned noise, and that feature is dropped); its threshold is set at `specificity` on
 validation. It is allowed to decide (`use_models`) only when its validation AUC's 95% interval lies
-above 0.5. Confidence intervals resample patients. The vCDR rule (`vcdr_jump`) is reported beside it.
+above 0.5. Confidence intervals resample patients. The vCDR rule's jump (`vcdr_jump`) is chosen on
+the validation eyes too (`choose_vcdr_jump`) and reported beside it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from models.grape import Eye, patient_split, read_grape
 from models.images import read_rgb
 
 GRAPE_DISC_FRACTION = 0.4  # GRAPE's crops are about 2.5 disc diameters wide
+JUMP_SPECIFICITY = 0.9  # share of stable validation eyes the vCDR rule must leave unflagged
+JUMP_FLOOR, JUMP_STEP = 0.1, 0.05
 
 
 def disc_of_crop(pipeline: ScreeningPipeline, rgb: np.ndarray) -> tuple[dict, float] | None:
@@ -60,6 +63,24 @@ def eye_features(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, eye
             "vcdr_first": found[0][1], "vcdr_last": found[1][1],
             "vcdr_slope": (found[1][1] - found[0][1]) / years,
             "engine_logit": assessor.engine_logit(crops[0], crops[1], years)}
+
+
+def choose_vcdr_jump(changes, progressed, specificity: float = JUMP_SPECIFICITY) -> float:
+    """The smallest cup growth (vCDR, last minus first visit) the unit calls a change: a multiple of
+    JUMP_STEP, at least JUMP_FLOOR, that leaves at least `specificity` of the stable eyes unflagged.
+
+    Photo-to-photo noise of a measured vCDR is of the order of 0.1 (GRAPE's stable eyes move by 0.06
+    from one visit to the next at the median, 0.15 to 0.25 at the 90th percentile), so a fixed 0.10
+    flags many stable eyes. Graders read vCDR in steps of 0.05; the step keeps the choice from fitting
+    the last decimal of a few dozen validation eyes."""
+    changes = np.asarray(changes, float)
+    stable = changes[~np.asarray(progressed, bool)]
+    if len(stable) == 0:
+        return JUMP_FLOOR
+    jump = JUMP_FLOOR
+    while (stable >= jump - 1e-9).mean() > 1.0 - specificity:
+        jump += JUMP_STEP
+    return round(jump, 4)
 
 
 def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path, specificity: float = 0.8,
@@ -98,6 +119,7 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
     policy.threshold = threshold_at_specificity(y, val_p, specificity)
     ci = auc_interval([r["patient"] for r in val_rows], y, val_p) if names else None
     policy.use_models = bool(ci and ci[0] > 0.5)
+    policy.vcdr_jump = choose_vcdr_jump([x["vcdr_last"] - x["vcdr_first"] for x in val_rows], y)
 
     report: dict = {"specificity_target": specificity}
     for part in ("val", "test"):
@@ -128,6 +150,7 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
     policy.save(out)
     report["policy"] = {"engine_coef": policy.engine_coef, "slope_coef": policy.slope_coef,
                         "intercept": policy.intercept, "threshold": policy.threshold, "use_models": policy.use_models,
+                        "vcdr_jump": policy.vcdr_jump,
                         "features_kept": names, "val_auc_ci95": ci}
     report["eyes"] = rows
     return report

@@ -83,3 +83,16 @@ def test_the_fusion_decides_only_where_the_policy_allows_it():
     policy.intercept, policy.use_models = 5.0, True
     a = assessor.assess(history, None, rgb, result, now=now)
     assert a.verdict == PROGRESSING and a.probability > 0.99
+
+
+def test_the_vcdr_jump_is_the_smallest_step_that_spares_the_stable_eyes():
+    from device.fit_progression import JUMP_FLOOR, choose_vcdr_jump
+
+    quiet = [0.0, 0.02, -0.05, 0.04, 0.03, -0.01, 0.06, 0.01, 0.0, 0.05]
+    # a progressing eye's growth does not count against the rule, and it never goes below the reader's 0.10
+    assert choose_vcdr_jump(quiet + [0.3], [False] * 10 + [True]) == JUMP_FLOOR
+    # 3 of 13 stable eyes grew by 0.10 or more (77% unflagged); at 0.15 only one does (92%)
+    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16], [False] * 13) == 0.15
+    # one more noisy stable eye: 2 of 14 at 0.15 (86%), so the next step
+    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16, 0.21], [False] * 14) == 0.2
+    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16, 0.21], [False] * 14, specificity=0.8) == 0.15
