@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from device.referral import sigmoid
+from device.referral import PolicyFile, sigmoid
 from models import preprocess, registry
 from models.runtime import Engine
 
@@ -41,7 +41,7 @@ MESSAGES = {
 
 
 @dataclass
-class ProgressionPolicy:
+class ProgressionPolicy(PolicyFile):
     engine_coef: float = 1.0
     slope_coef: float = 40.0  # per (vCDR per year)
     intercept: float = -1.0
@@ -51,14 +51,6 @@ class ProgressionPolicy:
     fitted: bool = False
     operating_point: dict = field(default_factory=dict)
     source: str = "built-in defaults (not fitted)"
-
-    @classmethod
-    def load(cls, path: Path) -> "ProgressionPolicy":
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     def probability(self, engine_logit: float | None, vcdr_slope: float | None) -> float:
         z = self.intercept

@@ -33,8 +33,21 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
+class PolicyFile:
+    """A fitted policy dataclass kept as JSON beside the models. Keys the dataclass does not know are
+    ignored, so a policy file written by a newer fit still loads; missing ones take the defaults."""
+
+    @classmethod
+    def load(cls, path: Path):
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
 @dataclass
-class ReferralPolicy:
+class ReferralPolicy(PolicyFile):
     """Fusion weights and thresholds; loaded from the shipped `screening.json`."""
 
     vcdr_coef: float = 12.0
@@ -47,15 +60,6 @@ class ReferralPolicy:
     fitted: bool = False
     operating_point: dict = field(default_factory=dict)
     source: str = "built-in defaults (not fitted)"
-
-    @classmethod
-    def load(cls, path: Path) -> "ReferralPolicy":
-        data = json.loads(Path(path).read_text())
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     def vcdr_probability(self, vcdr: float) -> float:
         return sigmoid(self.vcdr_coef * vcdr + self.vcdr_intercept)
