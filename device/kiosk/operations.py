@@ -162,7 +162,7 @@ def storage_figures(unit) -> dict:
     image_bytes, photos = parts.get(Path(visits.images.root).name, (0, 0))
     engine_bytes, _ = parts.get("engines", (0, 0))
     everything = sum(b for b, _ in parts.values())
-    finished = len(visits.finished_visits())
+    finished = visits.count_finished()
     per_visit = (log_bytes + image_bytes) / finished if finished else None
     room = usage.free - visits.min_free_bytes
     return {
@@ -174,7 +174,6 @@ def storage_figures(unit) -> dict:
         "finished_visits": finished, "per_visit": per_visit,
         "visits_left": int(room // per_visit) if per_visit and room > 0 else (0 if room <= 0 else None),
         "state": "full" if usage.free < visits.min_free_bytes else ("low" if usage.free < LOW_DISK_BYTES else "ok"),
-        "outbox": visits.outbox_counts(),
     }
 
 

@@ -178,7 +178,7 @@ def _day(text: str, what: str) -> dt.date | None:
 def _page(error: str | None = None, form: dict | None = None, status: int = 200):
     unit = get_unit()
     return render_template("export.html", drives=_drives(), job=get_job().state(), error=error, form=form or {},
-                           roots=current_app.config["EXPORT_ROOTS"], finished=len(unit.visits.finished_visits()),
+                           roots=current_app.config["EXPORT_ROOTS"], finished=unit.visits.count_finished(),
                            folder_name=export_folder_name(unit.config.device_id)), status
 
 
