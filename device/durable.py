@@ -13,10 +13,9 @@ from pathlib import Path
 
 
 def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+    """Make a folder's new and renamed entries durable. A folder that cannot be opened is an error (the
+    write just made in it may not survive); only a file system that cannot sync folders is forgiven."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     except OSError as exc:
