@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from device.config import CaptureConfig
-from device.quality import QualityGate, QualityReport
+from device.quality import QualityGate, QualityReport, QualitySettings
 from hardware.optic_module import OpticModuleError
 from models.images import encode_jpeg
 
@@ -183,15 +183,21 @@ class FocusController:
     LOST_FRAMES = 15     # bar) for this many usable frames in a row: search again
 
     def __init__(self, optic_module, coarse_step: int = 100, fine_step: int = 40, limits: tuple[int, int] = (0, 1000),
-                 fine_frames: int = 2, min_peak: float = 0.25):
+                 fine_frames: int = 2, quality: QualitySettings | None = None):
         self.module = optic_module
-        self.min_peak = float(min_peak)  # a hill lower than what the gate calls sharp is noise, not focus
+        self.quality = quality or QualitySettings()  # the gate's own settings, read live
         self.coarse_step = int(coarse_step)
         self.fine_step = int(fine_step)
         self.limits = (int(limits[0]), int(limits[1]))
         self.fine_frames = int(fine_frames)
         self.position: int | None = None
         self.restart()
+
+    @property
+    def min_peak(self) -> float:
+        """A hill lower than what the gate calls sharp is noise, not focus; an administrator may change
+        the gate's bar while the loop runs."""
+        return float(self.quality.min_focus)
 
     def restart(self) -> None:
         """A new eye (or a lost one): search again from wherever the motor stands."""
@@ -350,7 +356,7 @@ class CaptureLoop:
         longest = int(0.9e6 / fps) if fps else 30000  # an exposure cannot outlast the frame period
         self.light = IlluminationController(settings.target_brightness, settings.max_led_level,
                                             exposure_range=(100, longest))
-        self.focus = FocusController(optic_module, min_peak=gate.settings.min_focus)
+        self.focus = FocusController(optic_module, quality=gate.settings)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

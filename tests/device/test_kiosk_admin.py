@@ -220,6 +220,7 @@ def test_settings_are_checked_saved_applied_and_loaded_again(fresh_unit, tmp_pat
     assert "amina" in saved
     assert [p.name for p in unit.config.data_dir.iterdir() if p.name.endswith(".tmp")] == []
     assert unit.capture.gate.settings.min_focus == 0.3 and unit.pipeline.gate.settings.min_focus == 0.3
+    assert unit.capture.focus.min_peak == 0.3  # the autofocus's bar for a real peak follows the gate's
     assert unit.capture.settings.consecutive_gradable == 6 and unit.capture.state()["needed"] == 6  # the capture page's bar too
     assert unit.capture.light.target == 0.45 and unit.capture.light.max_level == 0.6
     assert unit.illumination.max_level == 0.6
