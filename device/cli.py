@@ -61,8 +61,9 @@ def cmd_screen(args) -> int:
 def cmd_evaluate(args) -> int:
     from device import evaluate
 
+    bootstrap = {k: v for k, v in (("resamples", args.resamples), ("seed", args.seed)) if v is not None}
     report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out,
-                          resamples=args.resamples, seed=args.seed, roc_png=args.roc_png)
+                          roc_png=args.roc_png, **bootstrap)
     summary = report["summary"]
     print(json.dumps(summary, indent=1))
     # the tables are for people, the JSON on stdout for programs: the tables go to stderr beside the progress
@@ -288,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json-out", type=Path, help="write the summary and every photo's row as JSON")
     e.add_argument("--roc-png", type=Path, help="draw the ROC curve with the referral operating point as PNG")
     e.add_argument("--markdown-out", type=Path, help="also write the per-source tables as Markdown")
-    e.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the 95%% intervals (default 2000)")
-    e.add_argument("--seed", type=int, default=20240601, help="bootstrap seed (the same seed gives the same intervals)")
+    e.add_argument("--resamples", type=int, help="bootstrap resamples for the 95%% intervals (default: evaluate.RESAMPLES)")
+    e.add_argument("--seed", type=int, help="bootstrap seed (the same seed gives the same intervals; default: evaluate.SEED)")
     e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     e.set_defaults(func=cmd_evaluate)
 

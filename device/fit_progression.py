@@ -14,7 +14,6 @@ the validation eyes too (`choose_vcdr_jump`) and reported beside it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -154,30 +153,3 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
                         "features_kept": names, "val_auc_ci95": ci}
     report["eyes"] = rows
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from models.datasets import DEFAULT_DATA
-
-    parser = argparse.ArgumentParser(description="Fit and measure the progression fusion on GRAPE.")
-    parser.add_argument("--grape", type=Path, default=DEFAULT_DATA / "grape")
-    parser.add_argument("--specificity", type=float, default=0.8)
-    parser.add_argument("--out", type=Path, default=PROGRESSION_POLICY)
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args(argv)
-    pipeline = ScreeningPipeline.from_artifacts(precision="fp32")
-    report = fit(pipeline, ProgressionAssessor.from_artifacts(), args.grape, args.specificity, args.out)
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2))
-    for part in ("val", "test"):
-        r = report[part]
-        print(f"{part}: {r['eyes']} eyes of {r['patients']} patients ({r['progressing_eyes']} progressing): "
-              f"AUC fused {r['auc_fused']} {r['auc_fused_ci95']}, engine {r['auc_engine']} {r['auc_engine_ci95']}, "
-              f"vCDR slope {r['auc_vcdr_slope']} {r['auc_vcdr_slope_ci95']}; "
-              f"sensitivity {r['sensitivity']}, specificity {r['specificity']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ import numpy as np
 
 from device.measurements import Measurements, clean_masks, largest_component, measure
 from device.quality import QualityGate, QualityReport
-from device.referral import ADVICE, HEADLINE, RESCREEN, ReferralPolicy
+from device.referral import ADVICE, HEADLINE, RESCREEN, ReferralPolicy, sigmoid
 from models import preprocess, registry
 from models.runtime import Engine
 
@@ -216,9 +216,9 @@ class ScreeningPipeline:
             result.gradable = False
             result.reasons = messages + ["The optic disc could not be outlined: take the photo again with the disc in the centre."]
             return result
-        result.classifier_probability = 1.0 / (1.0 + np.exp(-seg.glaucoma_logit))
+        result.classifier_probability = sigmoid(seg.glaucoma_logit)
         if seg.disc_classifier_logit is not None:
-            result.disc_classifier_probability = 1.0 / (1.0 + np.exp(-seg.disc_classifier_logit))
+            result.disc_classifier_probability = sigmoid(seg.disc_classifier_logit)
         result.vcdr_probability = self.policy.vcdr_probability(m.vcdr)
         result.glaucoma_probability = self.policy.fuse(seg.glaucoma_logit, m.vcdr, seg.disc_classifier_logit)
         result.referral, result.reasons = self.policy.decide(

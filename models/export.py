@@ -48,7 +48,7 @@ SPECS = {
                             "glaucoma-0.1.0", PHOTO + ", the pass-2 disc crop"),
     "progression": Spec({"earlier": ("N", 3, 160, 160), "current": ("N", 3, 160, 160), "years": ("N", 1)},
                         {"progression": "N x 1 logit"}, "progression-0.1.0",
-                        "models.progression.crop_input on the disc crops of two visits; years between them"),
+                        "device.progression.crop_input on the disc crops of two visits; years between them"),
 }
 assert tuple(SPECS["segmentation"].outputs) == (*HEADS, "glaucoma")
 

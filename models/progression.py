@@ -1,7 +1,6 @@
 """The progression engine: has this eye's optic disc changed since an earlier visit?
 
     python -m models.progression train --config models/configs/progression.json [--out runs/progression]
-    python -m models.progression evaluate --checkpoint runs/progression/best.pt [--json-out F]
 
 Why this shape: glaucoma progresses as the cup widens and the rim thins, slowly, while the photos of
 two visits differ far more in framing, exposure and camera. A siamese encoder (the first stages of

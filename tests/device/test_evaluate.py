@@ -111,9 +111,14 @@ def test_a_large_evaluation_gets_intervals_pooled_and_for_each_source():
     rows = make_rows(1500, seed=7, sources=("A", "B", "C"), patients=True)
     summary = evaluate.summarize(rows, threshold=0.5)
     assert summary["bootstrap"]["resamples"] == 2000 and summary["ci"]["auc"] is not None
+    from models.metrics import auc
+
     for source in ("A", "B", "C"):
+        mine = [r for r in rows if r["source"] == source and r["glaucoma_probability"] is not None]
         lo, hi = summary["by_source"][source]["ci"]["auc"]
-        assert lo <= summary["by_source"][source]["auc"] <= hi
+        assert summary["by_source"][source]["auc"] == pytest.approx(  # that source's photos only (4 places shown)
+            auc([r["glaucoma"] for r in mine], [r["glaucoma_probability"] for r in mine]), abs=5e-5)
+        assert lo <= summary["by_source"][source]["auc"] <= hi and hi - lo < 0.2  # ~500 photos: a usable interval
 
 
 def test_roc_curve_goes_corner_to_corner_and_the_figure_marks_the_operating_point(tmp_path):

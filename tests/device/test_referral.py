@@ -53,3 +53,19 @@ def test_policy_round_trips_through_its_file(tmp_path):
     q = ReferralPolicy.load(tmp_path / "s.json")
     assert q == p
     assert q.fuse(0.0, 1 / 3) == pytest.approx(0.5)
+
+
+def test_a_policy_fitted_without_the_disc_classifier_never_averages_it_in(tmp_path):
+    """The threshold was fitted on the mean of the opinions it had: an older screening.json (no
+    `uses_disc_classifier` key) must give the same probability with or without the classifier."""
+    import json
+
+    from device.referral import ReferralPolicy
+
+    old = tmp_path / "screening.json"
+    old.write_text(json.dumps({"vcdr_coef": 20.0, "vcdr_intercept": -12.0, "refer_threshold": 0.3, "fitted": True}))
+    before = ReferralPolicy.load(old)
+    assert before.uses_disc_classifier is False
+    assert before.fuse(0.0, 0.5, 5.0) == before.fuse(0.0, 0.5)
+    now = ReferralPolicy(vcdr_coef=20.0, vcdr_intercept=-12.0, uses_disc_classifier=True)
+    assert now.fuse(0.0, 0.5, 5.0) == pytest.approx((0.5 + now.vcdr_probability(0.5) + 1 / (1 + 2.718281828459045 ** -5)) / 3)
