@@ -77,7 +77,7 @@ def serial_port(cfg: Config) -> dict:
     return {"ok": exists, "port": port, **({} if exists else {"error": f"{port} does not exist"})}
 
 
-def inference() -> dict:
+def inference(cfg: Config) -> dict:
     out: dict = {}
     try:
         import onnxruntime as ort
@@ -93,7 +93,8 @@ def inference() -> dict:
 
     out["backend"] = "tensorrt" if registry.have_tensorrt() else "onnxruntime"
     out["int8_dot_product_cpu"] = registry.cpu_has_int8_dot()
-    out["precision"] = {"segmentation": registry.preferred_precision("segmentation")}
+    # what `precision = "auto"` picks on this unit: the same measured choice the pipeline reads at start
+    out["precision"] = {"segmentation": registry.preferred_precision("segmentation", measure_in=cfg.data_dir / "engines")}
     out["ok"] = out["onnxruntime"]["ok"]
     return out
 
@@ -144,7 +145,7 @@ def report(cfg: Config) -> dict:
         "camera": _check(lambda: camera(cfg)),
         "gpio": _check(lambda: gpio(cfg)),
         "serial": _check(lambda: serial_port(cfg)),
-        "inference": _check(inference),
+        "inference": _check(lambda: inference(cfg)),
         "models": _check(models),
         "data_dir": _check(lambda: data_dir(cfg)),
     }

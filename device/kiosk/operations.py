@@ -81,6 +81,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
     except EngineError as exc:
         return [], str(exc)
     running = {e.name: describe_engine(e) for e in unit.engines()}
+    engine_cache = unit.config.data_dir / "engines"  # where the pipeline remembered what it measured
     rows = []
     for name, entry in manifest.items():
         if not isinstance(entry, dict) or "file" not in entry:
@@ -96,7 +97,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
                            "in_use": bool(loaded and loaded["precision"] == precision)})
         rows.append({"name": name, "version": entry.get("version"), "builds": builds,
                      "shipped_precision": registry.shipped_precision(name),
-                     "preferred_precision": registry.preferred_precision(name),
+                     "preferred_precision": registry.preferred_precision(name, measure_in=engine_cache),
                      "loaded": loaded})
     return rows, None
 
@@ -108,7 +109,7 @@ def models():
     rows, manifest_error = model_rows(unit, files)
     versions = unit.pipeline.model_versions if unit.pipeline is not None else {}
     return render_template("models.html", rows=rows, manifest_error=manifest_error, model_error=unit.model_error,
-                           inference=_checked(doctor.inference), precision_setting=unit.config.precision,
+                           inference=_checked(doctor.inference, unit.config), precision_setting=unit.config.precision,
                            referral=versions.get("referral"), policy=files.get("referral_policy", {}))
 
 

@@ -125,6 +125,9 @@ def test_models_page_shows_each_build_with_its_hash_and_what_runs(unit):
         assert "Verified" in block
         assert ("In use" in block) == (precision == engine.precision)
     assert text_of(page, "segmentation-precision") == engine.precision.upper()
+    assert unit.config.precision == "auto"  # what "auto" picks here is what the pipeline measured and runs
+    setting = page[page.index('id="segmentation-precision"'):page.index('id="build-segmentation-fp32"')]
+    assert f"(here: {engine.precision.upper()})" in setting
     assert text_of(page, "segmentation-backend") == "ONNX Runtime (CPU)"
     threads = engine.session.get_session_options().intra_op_num_threads
     assert text_of(page, "segmentation-threads") == str(threads)
