@@ -56,12 +56,13 @@ def focal_loss(logit: torch.Tensor, label: torch.Tensor, known: torch.Tensor, ga
     return ((1.0 - p_true) ** gamma * bce).mean()
 
 
-def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Unweighted loss per task the network has an output for: disc, cup, fovea, glaucoma."""
+def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], tasks=None) -> dict[str, torch.Tensor]:
+    """Unweighted loss per task the network has an output for (disc, cup, fovea, glaucoma), or only for
+    `tasks`: an MTL-IO step and a single-task arm need one loss, not all four."""
     losses = {
         "disc": lambda: mask_loss(out["disc"], batch["disc"]),
         "cup": lambda: mask_loss(out["cup"], batch["cup"]),
         "fovea": lambda: fovea_loss(out["fovea"], batch["fovea"], batch["fovea_known"]),
         "glaucoma": lambda: focal_loss(out["glaucoma"], batch["glaucoma"], batch["glaucoma_known"]),
     }
-    return {task: loss() for task, loss in losses.items() if task in out}
+    return {task: loss() for task, loss in losses.items() if task in out and (tasks is None or task in tasks)}

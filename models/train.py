@@ -366,7 +366,7 @@ def train_step(net, optimizers: dict, batch: dict, config: dict) -> dict[str, fl
     if config["mode"] == "mtl":
         opt = optimizers["all"]
         opt.zero_grad(set_to_none=True)
-        losses = task_losses(net(batch["image"]), batch)
+        losses = task_losses(net(batch["image"]), batch, tasks)
         total = sum(weights[t] * losses[t] for t in tasks)
         total.backward()
         opt.step()
@@ -379,7 +379,7 @@ def train_step(net, optimizers: dict, batch: dict, config: dict) -> dict[str, fl
             continue
         opt = optimizers[task]
         opt.zero_grad(set_to_none=True)
-        loss = task_losses(net(batch["image"]), batch)[task]
+        loss = task_losses(net(batch["image"]), batch, (task,))[task]
         (weights[task] * loss).backward()
         opt.step()
         logged[task] = float(loss.detach())
@@ -430,9 +430,11 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
         if synthetic:
             train_groups.append((float(config["synthetic"].get("weight", 1.0)) * config["views"][kind],
                                  [v for v in synthetic if v.kind == kind]))
-    val_views = [v for _, views in cache_sources(data, config["val_sources"], VIEW_KINDS, size, for_training=False)
+    # a disc-crop classifier is judged on disc crops only: the whole views would be predicted and dropped
+    val_kinds = ("disc",) if config["network"] == "disc_classifier" else VIEW_KINDS
+    val_views = [v for _, views in cache_sources(data, config["val_sources"], val_kinds, size, for_training=False)
                  for v in views]
-    val_views += cache_synthetic({**config["val_synthetic"], "glaucoma_fraction": 0.3}, VIEW_KINDS, size,
+    val_views += cache_synthetic({**config["val_synthetic"], "glaucoma_fraction": 0.3}, val_kinds, size,
                                  for_training=False)
     print(f"cached {sum(len(v) for _, v in train_groups)} training views, {len(val_views)} validation views "
           f"in {time.time() - started:.0f}s", flush=True)
