@@ -87,7 +87,6 @@ class SimulatedCamera(Camera):
         self._lock = threading.Lock()
         self._cache: dict[tuple[EyeParams, tuple[int, int]], Scene] = {}
         self._render_locks: dict[tuple[EyeParams, tuple[int, int]], threading.Lock] = {}
-        self._t_total = 0.0           # frame periods lived since the camera was made, in seconds
         self._exposure_us = REFERENCE_EXPOSURE_US
         self._gain = 1.0
         self._running = False
@@ -224,12 +223,16 @@ class SimulatedCamera(Camera):
         if not self._running:
             raise CameraError("the camera is not started")
 
+    @property
+    def _t_total(self) -> float:
+        """Frame periods lived since the camera was made, in seconds."""
+        return self._frames * self._dt
+
     # -- physics --------------------------------------------------------------------------------
     def _advance(self) -> None:
         """One frame period of the eye's life: drift (a bounded Ornstein-Uhlenbeck walk) and blinks."""
         dt = self._dt
         self._t += dt
-        self._t_total += dt
         self._frames += 1
         kick = self._rng.normal(0.0, DRIFT_SD * math.sqrt(2.0 * dt / DRIFT_TAU_S), 2)
         self._wander = np.clip(self._wander * (1.0 - dt / DRIFT_TAU_S) + kick, -MAX_DRIFT, MAX_DRIFT)
