@@ -339,15 +339,13 @@ def _vertex(ys: list[float], spacing: float) -> float:
 class CaptureLoop:
     """Preview -> gate -> light and focus -> auto-capture, in its own thread.
 
-    Times the worker sees (seconds to capture, the preview's rate) are on `clock`: by default the
-    camera's own clock where it keeps one (a simulated sensor runs on simulated time), else the wall
-    clock. The watchdog's stall check is always wall time: it is about this process, not the eye.
+    Times the worker sees (seconds to capture, the preview's rate) are on the camera's own clock where
+    it keeps one (a simulated sensor runs on simulated time), else the wall clock. The watchdog's stall check is always wall time: it is about this process, not the eye.
     """
 
-    def __init__(self, camera, gate: QualityGate, settings: CaptureConfig, *, illumination=None, optic_module=None,
-                 clock=None):
+    def __init__(self, camera, gate: QualityGate, settings: CaptureConfig, *, illumination=None, optic_module=None):
         self.camera = camera
-        self._clock = clock or getattr(camera, "clock", None) or time.monotonic
+        self._clock = getattr(camera, "clock", None) or time.monotonic
         self.gate = gate
         self.settings = settings
         self.illumination = illumination
