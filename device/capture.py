@@ -4,6 +4,10 @@ A health worker cannot judge focus or exposure on a small screen, so the unit do
 frame. The loop runs in its own thread at the camera's rate and never blocks the kiosk: the kiosk
 only reads `latest_jpeg()` and `state()` and asks for `take_photo()`.
 
+Each `begin` hands out a capture token, and the photo it leads to carries it: a page that armed the
+camera for one eye can take only its own photo, so a second tab (or a page left open) that armed it
+for another patient since can never have its photo recorded under this one.
+
 Auto-capture fires when the gate passes for `consecutive_gradable` frames in a row, the light has
 settled and the autofocus has locked (or the capture button is pressed); a short burst of
 full-resolution stills is taken under a time-limited flash and the sharpest one is kept. Waiting
@@ -15,6 +19,7 @@ edge, measured on the still, wants the sharpest the optics can give.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
@@ -41,6 +46,7 @@ class CapturedPhoto:
     rgb: np.ndarray
     quality: QualityReport
     trace: dict = field(default_factory=dict)
+    token: str = ""  # the capture token of the `begin` that armed it
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -366,6 +372,7 @@ class CaptureLoop:
                              "exposure_us": self.light.exposure_us, "gain": 1.0, "focus": None,
                              "focus_search": self.focus.state, "captured": False, "error": None}
         self._armed: str | None = None
+        self._token: str | None = None
         self._armed_at = 0.0
         self._captured: CapturedPhoto | None = None
         self._trace: dict = {}
@@ -388,7 +395,9 @@ class CaptureLoop:
             self._thread.join(timeout=5)
         self._lights_off()
 
-    def begin(self, eye: str) -> None:
+    def begin(self, eye: str) -> str:
+        """Arm the capture for one eye; returns the token that alone can take the photo it leads to.
+        A new `begin` supersedes the last one, whose token then takes nothing."""
         if eye not in ("right", "left"):
             raise ValueError("eye must be 'right' or 'left'")
         if self.optic_module is not None:
@@ -396,8 +405,10 @@ class CaptureLoop:
                 self.optic_module.fixation("disc", eye)
             except Exception as exc:  # noqa: BLE001 - fixation is a help, not a must
                 log.warning("fixation target not set: %s", exc)
+        token = secrets.token_urlsafe(16)
         with self._lock:
             self._armed = eye
+            self._token = token
             self._armed_at = self._clock()
             self.focus.restart()  # a new eye brings its own refraction
             self._captured = None
@@ -406,14 +417,33 @@ class CaptureLoop:
                            "brightness": [], "light_state": [], "sharpness": [], "light": [], "exposure_us": [],
                            "gain": [], "focus": [], "focus_search": []}
             self._state.update(armed_eye=eye, captured=False, streak=0)
+        return token
 
-    def cancel(self) -> None:
+    def owner(self) -> str | None:
+        """The token of the latest `begin` not cancelled since: whose the camera is now."""
         with self._lock:
+            return self._token
+
+    def cancel(self, token: str | None = None) -> None:
+        """Disarm, and drop a photo nobody took. With `token`, only if the camera is still that page's:
+        a page being left must not disarm the camera for the page that took it over."""
+        with self._lock:
+            if token is not None and token != self._token:
+                return
             self._armed = None
+            self._token = None
+            self._captured = None
+            self._button.clear()
             self._state.update(armed_eye=None, captured=False, streak=0)
 
-    def press_button(self) -> None:
+    def press_button(self, token: str | None = None) -> bool:
+        """The capture button (on the module, or on screen). With `token`, only if the camera is armed for
+        that page; the physical button takes whatever eye is armed."""
+        with self._lock:
+            if token is not None and (token != self._token or self._armed is None):
+                return False
         self._button.set()
+        return True
 
     def set_light_aim(self, target: float | None = None, max_level: float | None = None) -> None:
         """An administrator's new brightness target or light limit, from the next frame on. The limit
@@ -455,11 +485,14 @@ class CaptureLoop:
                 t["rejected"] = dict(t["rejected"])
             return t
 
-    def take_photo(self) -> CapturedPhoto | None:
+    def take_photo(self, token: str | None = None) -> CapturedPhoto | None:
+        """The photo the loop took, once. With `token`, only the photo that token's `begin` led to."""
         with self._lock:
-            photo, self._captured = self._captured, None
-            if photo is not None:
-                self._state["captured"] = False
+            photo = self._captured
+            if photo is None or (token is not None and photo.token != token):
+                return None
+            self._captured = None
+            self._state["captured"] = False
             return photo
 
     def wait_photo(self, timeout: float) -> CapturedPhoto | None:
@@ -528,7 +561,7 @@ class CaptureLoop:
                                instruction=instruction, light=round(level, 3), exposure_us=exposure,
                                gain=round(self.light.gain, 2), focus_search=self.focus.state,
                                focus=pos if pos is not None else self._state["focus"])
-            armed = self._armed
+            armed, token = self._armed, self._token
             if armed:
                 t = self._trace
                 t["frames"] += 1
@@ -545,9 +578,9 @@ class CaptureLoop:
                 t["focus"].append(self._state["focus"])
                 t["focus_search"].append(self.focus.state)
         if armed and ((ready and streak >= self.settings.consecutive_gradable) or self._button.is_set()):
-            self._capture(armed, manual=self._button.is_set())
+            self._capture(armed, token, manual=self._button.is_set())
 
-    def _capture(self, eye: str, manual: bool) -> None:
+    def _capture(self, eye: str, token: str | None, manual: bool) -> None:
         with self._lock:
             self._state["instruction"] = "Taking the photo - hold still"
         stills = []
@@ -560,6 +593,8 @@ class CaptureLoop:
         best = max(stills, key=lambda s: s[0])[1]
         quality = self.gate.assess(best)
         with self._lock:
+            if token != self._token:
+                return  # re-armed or cancelled during the burst: this still belongs to nobody now
             trace = self._trace
             trace["burst_sharpness"] = [round(s[0], 1) for s in stills]
             if not quality.gradable and not manual:
@@ -570,7 +605,7 @@ class CaptureLoop:
             trace["rejected"] = dict(trace["rejected"])
             trace["seconds_to_capture"] = round(self._clock() - self._armed_at, 2)
             trace["manual"] = manual
-            self._captured = CapturedPhoto(eye, best, quality, trace)
+            self._captured = CapturedPhoto(eye, best, quality, trace, token=token or "")
             self._armed = None
             self._button.clear()
             self._state.update(captured=True, armed_eye=None, streak=0, instruction="Photo taken")

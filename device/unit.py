@@ -62,6 +62,10 @@ class FrameMeter:
                 "last_frame_age_s": None if last is None else round(now - last, 2)}
 
 
+class StaleCapture(Exception):
+    """A page asked for a photo under a capture token that no longer owns the camera."""
+
+
 class Unit:
     model_error: str | None = None
 
@@ -77,6 +81,8 @@ class Unit:
         self.progression = progression
         self.visits = visits
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
+        self._binding_lock = threading.Lock()
+        self._binding: tuple[str, str, str] | None = None  # (capture token, visit, eye) the camera is armed for
         self.frames = FrameMeter(rig.camera)
         self.capture = CaptureLoop(self.frames, QualityGate(config.quality), config.capture, illumination=rig.illumination,
                                    optic_module=rig.optic_module)
@@ -107,12 +113,38 @@ class Unit:
         return unit
 
     # -- what the kiosk uses --------------------------------------------------------------------
-    def begin_capture(self, visit_uuid: str, eye: str) -> None:
-        """Arm the capture loop for one eye; in simulation, put that patient's eye in front of the camera."""
+    def begin_capture(self, visit_uuid: str, eye: str) -> str:
+        """Arm the capture loop for one eye of one visit; in simulation, put that patient's eye in front of
+        the camera. Returns the capture token: only it can take the photo, and only for this visit and eye."""
         if self.simulated and hasattr(self.camera, "present_eye"):
             ident = self.visits.get_visit(visit_uuid)["patient"]["identifier"]
             self.camera.present_eye(seed=zlib.crc32(f"{ident}:{eye}".encode()), laterality=eye)
-        self.capture.begin(eye)
+        with self._binding_lock:
+            token = self.capture.begin(eye)
+            self._binding = (token, visit_uuid, eye)
+        return token
+
+    def capture_bound_to(self, token: str) -> tuple[str, str] | None:
+        """The (visit, eye) the camera is armed for, if `token` is the page that armed it; else None: the
+        camera has been taken over by another page (another patient, or this one again) since."""
+        with self._binding_lock:
+            if self._binding is None or self._binding[0] != token or self.capture.owner() != token:
+                return None
+            return self._binding[1], self._binding[2]
+
+    def take_capture(self, visit_uuid: str, eye: str, token: str) -> CapturedPhoto | None:
+        """The photo taken for this visit and eye under `token`, or None while there is none yet.
+        Raises StaleCapture when the camera is no longer this page's: nothing may be recorded then."""
+        if self.capture_bound_to(token) != (visit_uuid, eye):
+            raise StaleCapture("The camera is in use for another patient or eye; nothing was recorded for this one.")
+        return self.capture.take_photo(token)
+
+    def cancel_capture(self, visit_uuid: str) -> None:
+        """Disarm the camera if it is armed for this visit; a visit being left never disarms another's."""
+        with self._binding_lock:
+            if self._binding is not None and self._binding[1] == visit_uuid:
+                self.capture.cancel(self._binding[0])
+                self._binding = None
 
     def screen_and_record(self, visit_uuid: str, eye: str, photo: CapturedPhoto) -> dict:
         if self.pipeline is None:

@@ -1,6 +1,12 @@
 """A screening visit: capture the right eye, then the left (live preview, quality instruction,
 auto-capture or the button, or skip with a reason), screen each photo as it is taken, show the
-result, finish the visit and print the patient's slip."""
+result, finish the visit and print the patient's slip.
+
+A capture page arms the camera for its visit and eye and gets a capture token; the photo is recorded
+only when the page that asks for it holds the token that armed the camera. A page whose camera was
+taken over (another tab, another patient) is told so and records nothing. An eye that already has its
+photo (or was skipped) is armed again only on the worker's explicit "Retake": Back or a reload of an
+old capture page never re-arms it."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +19,7 @@ from device.kiosk import get_unit
 from device.kiosk.errors import camera_trouble, model_trouble
 from device.kiosk.outcome import EYE_NAME, visit_outcome
 from device.kiosk.security import passive
+from device.unit import StaleCapture
 from device.visitlog import EYES
 
 bp = Blueprint("screening", __name__)
@@ -25,6 +32,9 @@ SKIP_REASONS = {
     "declined": "The patient did not want this eye photographed",
     "cannot": "This eye cannot be photographed (injury, infection, artificial eye)",
 }
+RETAKE_KEY = "retake"  # the session's record of the one eye the worker asked to photograph again
+CAMERA_TAKEN = ("The camera is now in use for another patient or eye. Nothing was recorded from this page. "
+                "To photograph this eye, press “Use the camera here”.")
 
 
 def _visit(visit_uuid: str) -> dict:
@@ -60,10 +70,15 @@ def start():
 
 @bp.get("/visits/<visit_uuid>/eye/<eye>")
 def capture(visit_uuid: str, eye: str):
-    """The capture page. Opening it arms the capture for this eye (a reload re-arms, as a worker expects)."""
+    """The capture page. Opening it arms the capture for this eye and binds it to this visit; an eye that
+    is done is armed only after "Retake" (POST), so Back from the result page never takes a second photo."""
     eye, visit = _eye(eye), _visit(visit_uuid)
     if visit["status"] == "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
+    status = next(e["status"] for e in visit_outcome(visit)["eyes"] if e["eye"] == eye)
+    if status != "waiting" and session.get(RETAKE_KEY) != f"{visit_uuid}:{eye}":
+        flash(f"The {EYE_NAME[eye].lower()} is done. To photograph it again, press “Retake”.", "info")
+        return _next_step(visit_uuid)
     unit = get_unit()
     error = unit.capture.state()["error"]
     if error:
@@ -72,15 +87,34 @@ def capture(visit_uuid: str, eye: str):
     models = unit.status().get("models", {})
     if not models.get("ok"):
         return model_trouble(models.get("error") or "The screening model did not load.")
-    unit.begin_capture(visit_uuid, eye)
-    return render_template("capture.html", visit=visit, outcome=visit_outcome(visit), eye=eye, eye_name=EYE_NAME[eye])
+    token = unit.begin_capture(visit_uuid, eye)
+    return render_template("capture.html", visit=visit, outcome=visit_outcome(visit), eye=eye, eye_name=EYE_NAME[eye],
+                           capture_token=token, camera_taken=CAMERA_TAKEN)
+
+
+@bp.post("/visits/<visit_uuid>/eye/<eye>/retake")
+def retake(visit_uuid: str, eye: str):
+    """The worker asks to photograph this eye (again): the one way a done eye's capture page arms the camera."""
+    eye, visit = _eye(eye), _visit(visit_uuid)
+    if visit["status"] == "finished":
+        return redirect(url_for("screening.result", visit_uuid=visit_uuid))
+    session[RETAKE_KEY] = f"{visit_uuid}:{eye}"
+    return redirect(url_for("screening.capture", visit_uuid=visit_uuid, eye=eye))
 
 
 @bp.get("/capture/state")
 @passive
 def capture_state():
-    state = get_unit().capture.state()
-    return jsonify({k: state.get(k) for k in STATE_FIELDS})
+    """The loop's state for a capture page; `stale` when the page's token no longer owns the camera."""
+    unit = get_unit()
+    state = unit.capture.state()
+    out = {k: state.get(k) for k in STATE_FIELDS}
+    token = request.args.get("token")
+    if token is not None:
+        out["stale"] = unit.capture_bound_to(token) is None
+        if out["stale"]:
+            out["captured"] = False
+    return jsonify(out)
 
 
 @bp.get("/capture/preview.mjpg")
@@ -108,7 +142,9 @@ def preview():
 
 @bp.post("/capture/press")
 def press():
-    get_unit().capture.press_button()
+    """The on-screen capture button: it presses only for the page that armed the camera."""
+    if not get_unit().capture.press_button(request.form.get("token", "")):
+        return jsonify({"stale": True, "message": CAMERA_TAKEN}), 409
     return "", 204
 
 
@@ -119,10 +155,16 @@ def accept(visit_uuid: str, eye: str):
     if visit["status"] == "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
     unit = get_unit()
-    photo = unit.capture.take_photo()
+    try:
+        photo = unit.take_capture(visit_uuid, eye, request.form.get("token", ""))
+    except StaleCapture:
+        log.warning("a stale capture page for visit %s, %s eye, asked for a photo: nothing recorded", visit_uuid, eye)
+        return render_template("camera_taken.html", visit=visit, eye=eye, eye_name=EYE_NAME[eye],
+                               message=CAMERA_TAKEN), 409
     if photo is None or photo.eye != eye:
         flash("No photo was taken yet. Keep the eye steady, or press “Take photo now”.", "warning")
         return redirect(url_for("screening.capture", visit_uuid=visit_uuid, eye=eye))
+    session.pop(RETAKE_KEY, None)
     unit.screen_and_record(visit_uuid, eye, photo)
     return _next_step(visit_uuid)
 
@@ -137,8 +179,9 @@ def skip(visit_uuid: str, eye: str):
         reason = SKIP_REASONS.get(choice) or (other if choice == "other" else "")
         if reason:
             unit = get_unit()
-            unit.capture.cancel()
+            unit.cancel_capture(visit_uuid)
             unit.visits.skip_eye(visit_uuid, eye, reason)
+            session.pop(RETAKE_KEY, None)
             return _next_step(visit_uuid)
         error = "Write why this eye is skipped." if choice == "other" else "Choose why this eye is skipped."
     return render_template("skip.html", visit=visit, eye=eye, eye_name=EYE_NAME[eye], reasons=SKIP_REASONS,
@@ -158,7 +201,7 @@ def finish(visit_uuid: str):
         flash(f"Photograph or skip the {EYE_NAME[outcome['next_eye']].lower()} before finishing.", "warning")
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
     unit = get_unit()
-    unit.capture.cancel()
+    unit.cancel_capture(visit_uuid)
     unit.visits.finalize_visit(visit_uuid)
     return redirect(url_for("screening.slip", visit_uuid=visit_uuid))
 

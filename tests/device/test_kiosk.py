@@ -370,3 +370,68 @@ def test_the_result_says_whether_the_disc_changed_since_the_first_visit(client, 
     assert "Changed" in page and "has changed since the first visit" in page
     first = client.get(f"/visits/{visits[0]}").text
     assert "No earlier photo of this eye to compare with." in first
+
+
+def _open_capture_page(client, unit, identifier: str, name: str) -> tuple[str, str, str]:
+    """A registered patient, a visit started from their page: (capture page path, its capture token, CSRF token)."""
+    unit.visits.add_patient(identifier, name=name, year_of_birth=1950, sex="F", consent=True)
+    csrf = csrf_of(client.get(f"/patients/{identifier}").text)
+    page = client.post("/visits", data={"patient": identifier, "csrf_token": csrf}).headers["Location"]
+    html = client.get(page).text
+    return page, re.search(r'name="token" value="([^"]+)"', html).group(1), csrf
+
+
+def _wait_for_photo(unit, timeout_s: float = 30) -> None:
+    end = time.monotonic() + timeout_s
+    while not unit.capture.state()["captured"]:
+        assert time.monotonic() < end, "the capture loop took no photo"
+        time.sleep(0.05)
+
+
+def test_a_capture_page_whose_camera_was_taken_over_records_nothing(client, unit):
+    """Two pages of one worker: Alpha's right eye, then Beta's. Beta's photo can never be recorded from
+    Alpha's page, and Alpha's page cannot press the button for Beta's eye."""
+    sign_in(client)
+    alpha_page, alpha_token, csrf = _open_capture_page(client, unit, "CL-ALPHA", "Alpha")
+    beta_page, beta_token, _ = _open_capture_page(client, unit, "CL-BETA", "Beta")
+    assert alpha_token != beta_token
+    state = client.get("/capture/state", query_string={"token": alpha_token}).json
+    assert state["stale"] is True and state["captured"] is False
+    assert client.get("/capture/state", query_string={"token": beta_token}).json["stale"] is False
+
+    r = client.post("/capture/press", data={"token": alpha_token}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 409 and "another patient" in r.json["message"]
+    assert client.post("/capture/press", data={"token": beta_token}, headers={"X-CSRF-Token": csrf}).status_code == 204
+    _wait_for_photo(unit)
+
+    r = client.post(alpha_page + "/accept", data={"token": alpha_token, "csrf_token": csrf})
+    assert r.status_code == 409 and "in use for another patient" in r.text
+    alpha_visit, beta_visit = alpha_page.split("/")[-3], beta_page.split("/")[-3]
+    assert unit.visits.get_visit(alpha_visit)["eyes"]["right"]["captures"] == 0
+    r = client.post(beta_page + "/accept", data={"token": "", "csrf_token": csrf})
+    assert r.status_code == 409, "a photo is never handed out without the token that armed the camera"
+    r = client.post(beta_page + "/accept", data={"token": beta_token, "csrf_token": csrf})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/eye/left")
+    assert unit.visits.get_visit(beta_visit)["eyes"]["right"]["captures"] == 1
+    assert unit.visits.get_visit(alpha_visit)["eyes"]["right"]["captures"] == 0
+
+    # leaving Alpha's visit (skip) does not disarm the camera that Beta's left eye now holds
+    client.get(r.headers["Location"])
+    assert unit.capture.state()["armed_eye"] == "left"
+    client.post(alpha_page + "/skip", data={"reason": "declined", "csrf_token": csrf})
+    assert unit.capture.state()["armed_eye"] == "left"
+
+
+def test_a_done_eye_is_armed_again_only_by_retake(client, unit):
+    """Back (or a reload) onto the capture page of an eye already photographed never re-arms it."""
+    sign_in(client)
+    page, token, csrf = _open_capture_page(client, unit, "CL-BACK", "Back")
+    client.post(page + "/skip", data={"reason": "declined", "csrf_token": csrf})
+    unit.capture.cancel()
+    r = client.get(page)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/eye/left")
+    assert unit.capture.state()["armed_eye"] is None
+    assert "is done" in client.get(r.headers["Location"]).text
+    r = client.post(page + "/retake", data={"csrf_token": csrf})
+    assert r.headers["Location"].endswith("/eye/right")
+    assert "Right eye" in client.get(page).text and unit.capture.state()["armed_eye"] == "right"

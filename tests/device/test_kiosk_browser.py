@@ -262,3 +262,90 @@ def test_an_administrators_rounds_in_chromium(kiosk, page, shared_data, tmp_path
     assert "2 visits (4 eyes, 12 files" in page.inner_text("#export-result")
     assert (tmp_path / "media" / "CLINIC-USB" / "GlaucoScreen-test-unit" / "visits.csv").exists()
     look(page, "21-admin-export-done")
+
+
+def sign_in_as_amina(page, base: str) -> None:
+    page.goto(base + "/signin")
+    page.check("input[name=user][value=amina]")
+    page.fill("#pin", PIN)
+    page.click("main button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def register_and_start(page, base: str, identifier: str, name: str) -> str:
+    """Register a patient from the home page and land on the right eye's capture page; the visit's UUID."""
+    page.goto(base + "/")
+    page.click("text=New screening")
+    page.fill("input[name=identifier]", identifier)
+    page.fill("input[name=name]", name)
+    page.fill("input[name=year_of_birth]", "1960")
+    page.check("input[name=sex][value=F]")
+    page.check("input[name=consent]")
+    page.click("main button[type=submit]")
+    page.wait_for_url(re.compile(r".*/eye/right$"))
+    page.wait_for_function("document.getElementById('instruction').textContent !== 'Starting the camera'")
+    return page.url.rsplit("/", 3)[1]
+
+
+def photos(unit, visit_uuid: str, eye: str) -> int:
+    return unit.visits.get_visit(visit_uuid)["eyes"][eye]["captures"]
+
+
+def test_a_second_tab_never_gets_its_photo_recorded_under_the_first_tabs_patient(kiosk, page):
+    """The user test's defect: tab A on Alpha's right eye; tab B registers Beta, starts capturing and is
+    closed; the camera then takes Beta's eye. Tab A must say the camera is another's and record nothing."""
+    base, unit = kiosk
+    settings = unit.config.capture
+    auto_after = settings.consecutive_gradable
+    settings.consecutive_gradable = NEVER
+    sign_in_as_amina(page, base)
+    alpha = register_and_start(page, base, "CL-ALPHA", "Alpha Wanjiru")
+
+    tab_b = page.context.new_page()
+    beta = register_and_start(tab_b, base, "CL-BETA", "Beta Njeri")
+    tab_b.close()
+    settings.consecutive_gradable = auto_after  # the loop now auto-captures the eye in front of it: Beta's
+    wait_until(lambda: taken(unit, "right"), SCREENING_TIMEOUT_MS, "the camera never took Beta's eye")
+    page.wait_for_function("(document.getElementById('camera-taken') && !document.getElementById('camera-taken').hidden)"
+                           " || !location.pathname.endsWith('/eye/right')", timeout=SCREENING_TIMEOUT_MS)
+    time.sleep(2)  # tab A keeps its chance to do harm
+    assert page.url.endswith(f"/visits/{alpha}/eye/right"), f"tab A moved on to {page.url}"
+    assert photos(unit, alpha, "right") == 0, "Beta's photo was recorded as Alpha's right eye"
+    assert photos(unit, beta, "right") == 0
+    assert "in use for another patient" in page.inner_text("#camera-taken")
+    assert not page.is_visible("#press")
+    look(page, "22-capture-camera-taken")
+
+    # the worker takes the camera back for Alpha: the photo recorded is then Alpha's own
+    page.click("#camera-taken button")
+    page.wait_for_url(re.compile(r".*/eye/left$"), timeout=SCREENING_TIMEOUT_MS)
+    assert photos(unit, alpha, "right") == 1 and photos(unit, beta, "right") == 0
+
+
+def test_back_from_the_result_page_never_takes_a_second_photo(kiosk, page):
+    base, unit = kiosk
+    settings = unit.config.capture
+    auto_after = settings.consecutive_gradable
+    settings.consecutive_gradable = NEVER  # both eyes with the button, so nothing fires behind the test's back
+    sign_in_as_amina(page, base)
+    visit = register_and_start(page, base, "CL-BACK", "Back Button")
+    page.click("#press")
+    page.wait_for_url(re.compile(r".*/eye/left$"), timeout=SCREENING_TIMEOUT_MS)
+    page.wait_for_function("document.getElementById('instruction').textContent !== 'Starting the camera'")
+    page.click("#press")
+    page.wait_for_url(re.compile(rf".*/visits/{visit}$"), timeout=SCREENING_TIMEOUT_MS)
+    assert photos(unit, visit, "left") == 1
+
+    settings.consecutive_gradable = auto_after  # an armed camera would now take a photo by itself
+    page.go_back()
+    page.wait_for_url(re.compile(rf".*/visits/{visit}$"), timeout=SCREENING_TIMEOUT_MS)
+    time.sleep(3)  # long enough for an armed camera to auto-capture (a few gradable frames)
+    assert photos(unit, visit, "left") == 1, "Back added a second photo of the left eye"
+    assert unit.capture.state()["armed_eye"] is None, "Back re-armed the camera"
+    assert "is done" in page.inner_text("main")
+
+    # Retake is the one way to photograph a done eye again
+    page.click("#eye-left >> text=Retake")
+    page.wait_for_url(re.compile(r".*/eye/left$"))
+    page.wait_for_url(re.compile(rf".*/visits/{visit}$"), timeout=SCREENING_TIMEOUT_MS)
+    assert photos(unit, visit, "left") == 2

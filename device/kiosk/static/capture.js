@@ -1,5 +1,7 @@
 /* The capture page: shows the capture loop's instruction as it changes, lets the worker take the
-   photo by hand, and sends the photo on for screening as soon as the loop has taken it. */
+   photo by hand, and sends the photo on for screening as soon as the loop has taken it. The page's
+   capture token goes with every question: once another page has taken the camera over, this one
+   says so, stops, and sends nothing. */
 (function () {
   "use strict";
   var root = document.getElementById("capture");
@@ -11,6 +13,16 @@
   var POLL_MS = 250;
   var done = false;
   var misses = 0;
+  var token = root.dataset.token;
+  var stateUrl = root.dataset.stateUrl + "?token=" + encodeURIComponent(token);
+
+  function taken() {  // the camera is another page's now: say so, send nothing
+    leave();
+    press.hidden = true;
+    document.getElementById("steady").parentNode.hidden = true;
+    instruction.hidden = true;
+    document.getElementById("camera-taken").hidden = false;
+  }
 
   function leave() {
     done = true;
@@ -18,6 +30,10 @@
   }
 
   function show(state) {
+    if (state.stale) {
+      taken();
+      return;
+    }
     if (state.error) {  // the server's page says what went wrong and what to do
       leave();
       window.location.reload();
@@ -36,7 +52,7 @@
 
   function poll() {
     if (done) return;
-    fetch(root.dataset.stateUrl, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+    fetch(stateUrl, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (response.status === 401) {
           leave();
@@ -60,8 +76,15 @@
   press.addEventListener("click", function () {
     press.disabled = true;
     instruction.textContent = "Taking the photo - hold still";
-    fetch(root.dataset.pressUrl, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": root.dataset.csrf } })
+    var body = new URLSearchParams({ token: token });
+    fetch(root.dataset.pressUrl, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": root.dataset.csrf }, body: body })
+      .then(function (response) { if (response.status === 409) taken(); })
       .finally(function () { window.setTimeout(function () { press.disabled = false; }, 3000); });
+  });
+
+  // A page brought back from the browser's history cache holds a spent token: ask the server afresh.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) window.location.reload();
   });
 
   poll();
