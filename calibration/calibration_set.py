@@ -4,7 +4,7 @@ The recipe (`python -m calibration.calibration_set --data DIR...`) takes photos 
 split only (never val/test, which judge the INT8 model), stratified by source and glaucoma, plus
 seeded synthetic photos for the defects and camera variety real data lacks. Each photo yields both
 inputs the segmentation network sees on the unit: the whole photo (pass 1) and a disc-centred crop
-(pass 2), built with the same `models.preprocess` functions the pipeline uses.
+(pass 2), built with the same `models.runtime.preprocess` functions the pipeline uses.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from models import preprocess
 from models.datasets import disc_geometry, read_dataset
-from models.images import read_rgb
+from models.runtime import preprocess
+from models.runtime.images import read_rgb
 from models.splits import load_splits
 
 HERE = Path(__file__).resolve().parent

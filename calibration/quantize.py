@@ -14,7 +14,7 @@ from pathlib import Path
 
 from calibration import calibration_set
 from calibration.int8 import check_tensorrt_compatible, quantize
-from models import registry
+from models.runtime import registry
 
 
 def quantize_model(name: str, data: list[Path], method: str = "minmax", artifacts: Path = registry.ARTIFACTS) -> dict:

@@ -10,13 +10,13 @@ from device.config import Config
 
 
 def _pipeline(args):
-    from device.pipeline import ScreeningPipeline
+    from device.screening.pipeline import ScreeningPipeline
 
     return ScreeningPipeline.from_artifacts(precision=getattr(args, "precision", None) or "auto")
 
 
 def cmd_screen(args) -> int:
-    from device.pipeline import screen_file
+    from device.screening.pipeline import screen_file
 
     if args.record and not (args.patient and args.eye):
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
@@ -24,9 +24,9 @@ def cmd_screen(args) -> int:
     pipeline = _pipeline(args)
     visits = visit_uuid = cfg = progression = None
     if args.record:
-        from device.progression import ProgressionAssessor
-        from device.recording import record_eye
-        from device.visitlog import VisitLog
+        from device.screening.progression import ProgressionAssessor
+        from device.visits.recording import record_eye
+        from device.visits.visitlog import VisitLog
 
         progression = ProgressionAssessor.from_artifacts()
 
@@ -59,7 +59,7 @@ def cmd_screen(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from device import evaluate
+    from device.lab import evaluate
 
     bootstrap = {k: v for k, v in (("resamples", args.resamples), ("seed", args.seed)) if v is not None}
     report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out,
@@ -77,16 +77,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_fit_referral(args) -> int:
-    from device import fit_referral
+    from device.lab import fit_referral
 
     print(json.dumps(fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity), indent=1))
     return 0
 
 
 def cmd_fit_progression(args) -> int:
-    from device import fit_progression
-    from device.pipeline import ScreeningPipeline
-    from device.progression import ProgressionAssessor
+    from device.lab import fit_progression
+    from device.screening.pipeline import ScreeningPipeline
+    from device.screening.progression import ProgressionAssessor
 
     report = fit_progression.fit(ScreeningPipeline.from_artifacts(precision="fp32"), ProgressionAssessor.from_artifacts(),
                                  Path(args.grape), args.specificity)
@@ -102,7 +102,7 @@ def cmd_train(args) -> int:
     extra = ["--data", str(args.data)] if args.data else []
     extra += ["--out", str(args.out)] if args.out else []
     if config.get("network") == "progression":
-        from models import progression
+        from models import progression_net as progression
 
         progression.main(["train", "--config", str(args.config), *extra])
     else:
@@ -153,7 +153,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from device import bench
+    from device.lab import bench
 
     report = bench.run(runs=args.runs, photo=args.photo, threads=args.threads, json_out=args.json_out,
                        reference=not args.no_reference)
@@ -163,10 +163,10 @@ def cmd_bench(args) -> int:
 
 def cmd_capture(args) -> int:
     """One capture on the optic module; writes the photo and a report of how the loop got there."""
-    from device.capture import CaptureLoop
-    from device.quality import QualityGate
-    from device.rig import open_rig
-    from models.images import encode_jpeg
+    from device.capture.loop import CaptureLoop
+    from device.screening.quality import QualityGate
+    from hardware.rig import open_rig
+    from models.runtime.images import encode_jpeg
 
     cfg = Config.load(args.config, simulate=args.simulate or None)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,11 +174,11 @@ def cmd_capture(args) -> int:
     if cfg.simulate:
         options = {"seed": args.seed, "eye_seed": args.seed, "laterality": args.eye}
         if args.hard_start:  # the campaign's start: disc off-centre, out of focus and under-lit
-            from device.capture_trials import hard_start
+            from device.lab.capture_trials import hard_start
 
             start = hard_start(args.seed)
             options = {**start.camera_options(), "laterality": args.eye}
-    with open_rig(cfg, **options) as rig:
+    with open_rig(**cfg.rig_options(), **options) as rig:
         if start is not None:
             start.apply(rig)
         loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
@@ -201,7 +201,7 @@ def cmd_capture(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from device.sync import SyncConfigError, run_sync
+    from device.outbox.sync import SyncConfigError, run_sync
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     try:
@@ -216,8 +216,8 @@ def cmd_sync(args) -> int:
 def cmd_export(args) -> int:
     import datetime as dt
 
-    from device.export import ExportError, export
-    from device.visitlog import VisitLog
+    from device.outbox.usb import ExportError, export
+    from device.visits.visitlog import VisitLog
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     day = lambda text: dt.date.fromisoformat(text) if text else None  # noqa: E731
@@ -240,7 +240,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from device import accuracy_gate
+    from device.lab import accuracy_gate
 
     verdict = accuracy_gate.run(args.model, [Path(d) for d in args.data], split=args.split)
     print(json.dumps(verdict, indent=1))
@@ -249,8 +249,8 @@ def cmd_gate(args) -> int:
 
 def cmd_build_engines(args) -> int:
     """Build (or find cached) TensorRT engines for every shipped model and precision, on the Jetson."""
-    from models import registry
-    from models.runtime import EngineError
+    from models.runtime import registry
+    from models.runtime.engine import EngineError
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     built = {}

@@ -21,9 +21,8 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from device.durable import fsync_dir, write_whole
-
-from device.quality import QualitySettings
+from device.screening.quality import QualitySettings
+from device.visits.durable import fsync_dir, write_whole
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,6 +128,11 @@ class Config:
         """The white ring's hard limit: the configuration file's `max_led_level`. An override may lower the
         working limit, and raise it again up to this, never above."""
         return float(self._file_values["capture"]["max_led_level"])
+
+    def rig_options(self) -> dict:
+        """What `hardware.rig.open_rig` needs of this configuration, as plain values."""
+        return {"simulate": self.simulate, "board": self.board, "max_led_level": self.capture.max_led_level,
+                "max_flash_s": self.capture.max_flash_s}
 
 
 class SettingsError(ValueError):

@@ -89,7 +89,7 @@ def inference(cfg: Config) -> dict:
     if not trt["ok"]:
         trt["why"] = "TensorRT is not installed (it comes with JetPack on a Jetson); ONNX Runtime runs the models"
     out["tensorrt"] = trt
-    from models import registry
+    from models.runtime import registry
 
     out["backend"] = "tensorrt" if registry.have_tensorrt() else "onnxruntime"
     out["int8_dot_product_cpu"] = registry.cpu_has_int8_dot()
@@ -100,7 +100,7 @@ def inference(cfg: Config) -> dict:
 
 
 def models() -> dict:
-    from models import registry
+    from models.runtime import registry
 
     entries = registry.manifest()
     found = {}

@@ -16,15 +16,15 @@ import zlib
 from dataclasses import replace
 
 from device import sdnotify
-from device.capture import CaptureLoop, CapturedPhoto
+from device.capture.loop import CapturedPhoto, CaptureLoop
 from device.config import Config
-from device.pipeline import ScreeningPipeline
-from device.progression import ProgressionAssessor
-from device.quality import QualityGate
-from device.recording import record_eye
-from device.rig import Rig, open_rig
-from device.visitlog import VisitLog
-from models.runtime import EngineError
+from device.screening.pipeline import ScreeningPipeline
+from device.screening.progression import ProgressionAssessor
+from device.screening.quality import QualityGate
+from device.visits.recording import record_eye
+from device.visits.visitlog import VisitLog
+from hardware.rig import Rig, open_rig
+from models.runtime.engine import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Unit:
     @classmethod
     def from_config(cls, config: Config) -> "Unit":
         """The unit on the board's hardware, or in simulation when `config.simulate` is set."""
-        rig = open_rig(config)
+        rig = open_rig(**config.rig_options())
         try:
             visits = VisitLog(config.data_dir)
         except BaseException:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from hardware.boards import PROFILES, BoardProfile
-from models.images import ImageError, read_rgb
+from models.runtime.images import ImageError, read_rgb
 
 PREVIEW_SIZE = (480, 640)  # (height, width): what the quality gate and the kiosk's preview need
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")

@@ -2,5 +2,5 @@
 
 Nothing here imports `device/`: the appliance depends on the models, never the other way round.
 Torch is only needed for training (`models.net`, `models.train`); the unit runs ONNX files
-through `models.runtime`.
+through `models.runtime.engine`.
 """

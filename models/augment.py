@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from models.preprocess import Box
+from models.runtime.preprocess import Box
 
 
 @dataclass(frozen=True)

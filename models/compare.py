@@ -29,12 +29,24 @@ from pathlib import Path
 
 import torch
 
-from models.datasets import DEFAULT_DATA
-from models.export import load_checkpoint
+from models.datasets import DEFAULT_DATA, decode_mask, vcdr_from_masks
 from models.net import parameter_count
-from models.datasets import decode_mask, vcdr_from_masks
-from models.train import (REPO, TASKS, VIEW_KINDS, augmented, build_network, cache_sources, cache_synthetic,
-                          load_config, make_batch, make_optimizers, predict, train_step, validate)
+from models.onnx_export import load_checkpoint
+from models.train import (
+    REPO,
+    TASKS,
+    VIEW_KINDS,
+    augmented,
+    build_network,
+    cache_sources,
+    cache_synthetic,
+    load_config,
+    make_batch,
+    make_optimizers,
+    predict,
+    train_step,
+    validate,
+)
 
 ARMS: dict[str, dict] = {
     **{f"stl-{task}": {"mode": "mtl", "tasks": [task]} for task in TASKS},

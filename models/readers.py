@@ -21,8 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from models.datasets import (Annotation, DatasetError, Record, eye_from, find_image, find_refuge_index,
-                             optional_float, optional_int, read_refuge_index, read_shared)
+from models.datasets import (
+    Annotation,
+    DatasetError,
+    Record,
+    eye_from,
+    find_image,
+    find_refuge_index,
+    optional_float,
+    optional_int,
+    read_refuge_index,
+    read_shared,
+)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from models.images import encode_png
+from models.runtime.images import encode_png
 
 DEFECTS = ("defocus", "underexposed", "overexposed", "glare", "off_centre", "eyelid")
 

@@ -39,14 +39,21 @@ import numpy as np
 import torch
 
 from models.augment import Colour, Geometry, apply_affine, recolour, sample_affine
-from models.datasets import (DEFAULT_DATA, Record, decode_mask, disc_geometry, encode_mask, read_dataset,
-                             vcdr_from_masks)
-from models.images import read_rgb
+from models.datasets import DEFAULT_DATA, Record, decode_mask, disc_geometry, encode_mask, read_dataset, vcdr_from_masks
 from models.losses import task_losses
 from models.metrics import auc, dice
 from models.net import build_net, parameter_count
-from models.preprocess import (INPUT_SIZE, Box, disc_crop_box, fovea_heatmap, heatmap_peak, normalize, warp,
-                               whole_image_box)
+from models.runtime.images import read_rgb
+from models.runtime.preprocess import (
+    INPUT_SIZE,
+    Box,
+    disc_crop_box,
+    fovea_heatmap,
+    heatmap_peak,
+    normalize,
+    warp,
+    whole_image_box,
+)
 from models.splits import load_splits
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,7 @@ from device.accounts import Accounts, accounts_path
 
 def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) -> Flask:
     """The kiosk app for `unit`. Without `secret_key` a fresh one is made, so a restart signs everyone out."""
-    from device.kiosk import (admin, auth, errors, home, images, operations, patients, screening, security, settings,
-                              usb_export)
+    from device.kiosk import admin, auth, errors, home, images, operations, patients, screening, security, settings, usb_export
 
     app = Flask(__name__)
     app.config.update(

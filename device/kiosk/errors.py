@@ -7,12 +7,12 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from device.imagestore import CorruptImageError, DiskFullError
 from device.kiosk.security import CSRFError
-from device.visitlog import DatabaseCorruptError
+from device.visits.imagestore import CorruptImageError, DiskFullError
+from device.visits.visitlog import DatabaseCorruptError
 from hardware.camera import CameraError
 from hardware.optic_module import OpticModuleError
-from models.runtime import EngineError
+from models.runtime.engine import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 from flask import Blueprint, Response, abort
 
 from device.kiosk import get_unit
-from device.visitlog import EYES
+from device.visits.visitlog import EYES
 
 bp = Blueprint("images", __name__)
 

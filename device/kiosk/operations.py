@@ -18,8 +18,8 @@ from device import doctor
 from device.kiosk import get_unit
 from device.kiosk.home import LOW_DISK_BYTES, unit_status
 from device.kiosk.security import require_admin
-from models import registry
-from models.runtime import EngineError
+from models.runtime import registry
+from models.runtime.engine import EngineError
 
 bp = Blueprint("operations", __name__, url_prefix="/admin")
 log = logging.getLogger(__name__)

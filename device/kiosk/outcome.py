@@ -2,8 +2,8 @@
 visit, the most urgent of its eyes', because the patient leaves with one instruction."""
 from __future__ import annotations
 
-from device.referral import ADVICE, HEADLINE, NORMAL, REFER, RESCREEN
-from device.visitlog import EYES
+from device.screening.referral import ADVICE, HEADLINE, NORMAL, REFER, RESCREEN
+from device.visits.visitlog import EYES
 
 EYE_NAME = {"right": "Right eye", "left": "Left eye"}
 URGENCY = (REFER, RESCREEN, NORMAL)

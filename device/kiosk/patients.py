@@ -10,7 +10,7 @@ from device.kiosk import get_unit
 from device.kiosk.charts import vcdr_chart
 from device.kiosk.errors import error_page
 from device.kiosk.outcome import visit_outcome
-from device.visitlog import EYES
+from device.visits.visitlog import EYES
 
 bp = Blueprint("patients", __name__)
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
 from device.kiosk import get_unit
 from device.kiosk.errors import camera_trouble, model_trouble
 from device.kiosk.outcome import EYE_NAME, visit_outcome
 from device.kiosk.security import passive
 from device.unit import StaleCapture
-from device.visitlog import EYES
+from device.visits.visitlog import EYES
 
 bp = Blueprint("screening", __name__)
 log = logging.getLogger(__name__)

@@ -14,8 +14,17 @@ import threading
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 
-from device.config import (ADJUSTABLE_CAPTURE, MAX_CONSECUTIVE_GRADABLE, MIN_LED_LEVEL, TARGET_BRIGHTNESS_RANGE,
-                           SettingsError, changed_from_file, check_overrides, overrides_path, write_overrides)
+from device.config import (
+    ADJUSTABLE_CAPTURE,
+    MAX_CONSECUTIVE_GRADABLE,
+    MIN_LED_LEVEL,
+    TARGET_BRIGHTNESS_RANGE,
+    SettingsError,
+    changed_from_file,
+    check_overrides,
+    overrides_path,
+    write_overrides,
+)
 from device.kiosk import get_unit
 from device.kiosk.security import require_admin
 

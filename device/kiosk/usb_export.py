@@ -3,7 +3,7 @@
 Only drives mounted under the export roots (/media and /run/media unless configured otherwise) are
 offered: a folder there that is not a mount point is the unit's own storage, and writing patients'
 data there while the worker believes it went onto a stick would lose it from the clinic's hands.
-The export itself is `device.export` (what `glaucoscreen export` runs), into a folder named for the
+The export itself is `device.outbox.usb` (what `glaucoscreen export` runs), into a folder named for the
 unit on the stick, in a thread of its own so the page can show how far it got.
 
 App settings: EXPORT_ROOTS (folders to look in; GLAUCOSCREEN_EXPORT_ROOTS, separated by ':', when not
@@ -20,12 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from flask import (Blueprint, current_app, flash, jsonify, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
-from device.export import ExportError, export
 from device.kiosk import get_unit
 from device.kiosk.security import passive, require_admin
+from device.outbox.usb import ExportError, export
 
 bp = Blueprint("usb_export", __name__, url_prefix="/admin/export")
 log = logging.getLogger(__name__)

@@ -9,8 +9,17 @@ import stat
 
 import pytest
 
-from device.accounts import (FIRST_LOCK_S, MAX_FAILURES, AccountLocked, Accounts, accounts_path, add_user_parser,
-                             user_add_command, user_list_command, user_remove_command)
+from device.accounts import (
+    FIRST_LOCK_S,
+    MAX_FAILURES,
+    AccountLocked,
+    Accounts,
+    accounts_path,
+    add_user_parser,
+    user_add_command,
+    user_list_command,
+    user_remove_command,
+)
 
 PIN = "73914562"
 

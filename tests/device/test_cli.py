@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from device.cli import main
-from device.visitlog import VisitLog
-from models import registry
+from device.visits.visitlog import VisitLog
+from models.runtime import registry
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:

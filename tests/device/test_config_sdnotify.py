@@ -22,7 +22,7 @@ def test_config_file_then_environment_then_flags(tmp_path, monkeypatch):
 
 
 def test_quality_thresholds_come_from_the_config_and_nonsense_is_refused(tmp_path):
-    from device.quality import QualityGate
+    from device.screening.quality import QualityGate
 
     f = tmp_path / "g.toml"
     f.write_text("[quality]\nmax_glare_fraction = 0.03\n")

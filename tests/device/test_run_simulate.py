@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-from device.visitlog import VisitLog
+from device.visits.visitlog import VisitLog
 
 
 def free_port() -> int:

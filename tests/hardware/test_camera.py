@@ -24,7 +24,7 @@ from hardware.illumination import Illumination
 from hardware.optic_module import OpticModule
 from hardware.optic_module_sim import OpticModuleSimulator
 from hardware.simulated_camera import MAX_DRIFT, STILL_S, SimulatedCamera
-from models.images import read_rgb
+from models.runtime.images import read_rgb
 from models.synthetic import field_geometry
 
 PREVIEW = (480, 640)

@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.datasets import (DatasetError, decode_mask, encode_mask, load_mask, read_dataset, read_mat_mask,
-                             vcdr_from_masks)
+from models.datasets import DatasetError, decode_mask, encode_mask, load_mask, read_dataset, read_mat_mask, vcdr_from_masks
 from models.splits import SPLITS_CSV, load_splits, make_splits
 
 

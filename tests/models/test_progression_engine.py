@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from models.classifier import DiscClassifier, build_classifier
-from models.export import main as export_main
 from models.grape import patient_split, read_grape
 from models.net import parameter_count
-from models.progression import ProgressionNet, build_progression_net, load_config, train
+from models.onnx_export import main as export_main
+from models.progression_net import ProgressionNet, build_progression_net, load_config, train
 
 
 def test_grape_eyes_progress_by_any_flag_and_patients_never_straddle_splits(shared_data):
@@ -68,7 +68,9 @@ def test_progression_training_runs_and_exports_an_engine_that_matches_torch(shar
 
 
 def test_the_disc_classifier_trains_from_disc_views_only(shared_data, tmp_path):
-    from models.train import ConfigError, load_config as train_config, train as train_net
+    from models.train import ConfigError
+    from models.train import load_config as train_config
+    from models.train import train as train_net
 
     with pytest.raises(ConfigError, match="disc classifier"):
         train_config(overrides={"network": "disc_classifier", "tasks": ["glaucoma"]})  # whole views too

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models import synthetic as syn
-from models.images import read_rgb
+from models.runtime.images import read_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = (256, 256)

@@ -7,9 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.export import load_checkpoint, main as export_main
 from models.losses import task_losses
 from models.net import build_net
+from models.onnx_export import load_checkpoint
+from models.onnx_export import main as export_main
 from models.train import cache_sources, load_config, make_batch, make_optimizers, plain, train, train_step
 
 SIZE = 64

@@ -1,0 +1,451 @@
+"""Sync: empty the visit log's outbox into the reading centre's PACS over DICOMweb (STOW-RS).
+
+One outbox item is one eye of one finished visit, sent as one STOW-RS request of its photo, disc/cup
+Segmentation and structured report. What each answer does to the item:
+- stored: marked sent.
+- retry (no answer, a timeout, 5xx, 429, ...): the item waits for a later run, exponentially longer
+  after each failure (30 s doubling to 1 h, "full jitter" so units that lost the same network do not
+  come back in step), and this run stops: a PACS that is down would refuse every item the same way.
+- the PACS refuses this unit's credentials (401, 403): as retry. The fault is the unit's settings,
+  not the item, and quarantining the whole queue would leave the IT person requeueing every visit.
+- any other refusal, or an eye that cannot be encoded (a damaged image, a bad mask): quarantined
+  with the reason, and the run goes on, so one bad item never blocks the queue.
+Every attempt is written to outbox_attempts. Resending is harmless: DICOM UIDs derive from the
+visit's UUID, so a sync killed between "stored" and "marked sent" stores nothing twice next time.
+
+The sync service is another process than the kiosk and opens its own VisitLog; a lock file beside
+the visit log keeps two syncs (the timer and a hand-run `glaucoscreen sync`) from sending at once.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import fcntl
+import io
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pydicom import dcmwrite
+
+from device.config import Config, SyncConfig
+from device.outbox.dicom import EyeStudy, build_datasets
+from device.outbox.dicomweb import REJECT, STORED, DicomWebClient, StoreResult
+from device.visits.imagestore import CorruptImageError
+from device.visits.visitlog import VisitLog, decode_masks
+from models.runtime.images import ImageError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 30.0
+BACKOFF_CAP_S = 3600.0
+UNIT_REFUSED = {401, 403}  # about this unit's credentials, not about the item
+_BATCH = 100
+LOCK_NAME = "sync.lock"
+
+
+class SyncConfigError(ValueError):
+    """The sync settings cannot work (no PACS URL, a credentials file missing or empty); says which to fix."""
+
+
+@dataclass
+class SyncReport:
+    """What one run did; `stopped` says why it ended before the queue did (None: nothing left that is due)."""
+
+    attempted: int = 0
+    sent: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    stopped: str | None = None
+    elapsed_s: float = 0.0
+    pending: int = 0
+    quarantined_total: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- Backoff ------------------------------------------------------------------------------------
+
+def backoff_delay(failures: int, rng: random.Random) -> float:
+    """Seconds to wait after an item's `failures`-th failure in a row: uniform over [0, min(1 h, 30 s * 2^(n-1))]
+    (AWS's "full jitter"), so retries spread out instead of arriving together when a network comes back."""
+    if failures < 1:
+        raise ValueError(f"a backoff follows at least one failure, not {failures}")
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(failures - 1, 32))
+    return rng.uniform(0.0, ceiling)
+
+
+def _failures_in_a_row(visits: VisitLog, item_id: int) -> int:
+    """Failed attempts since the item was last requeued or queued; a requeued item starts its backoff afresh."""
+    streak = 0
+    for attempt in reversed(visits.outbox_attempts(item_id)):
+        if attempt["outcome"] != "failed":
+            break
+        streak += 1
+    return streak
+
+
+# --- From the visit log to DICOM ---------------------------------------------------------------
+
+def eye_study(visits: VisitLog, item_id: int, *, device_id: str) -> EyeStudy:
+    """The EyeStudy of one outbox item, from the visit log and its image store. The unit that took the photo
+    (the visit's device_id) signs it; `device_id` stands in for visits recorded without one."""
+    eye = visits.outbox_eye(item_id)
+    visit, patient, capture, result = eye["visit"], eye["patient"], eye["capture"], eye["result"]
+    disc = cup = None
+    if result.get("masks_sha256"):
+        disc, cup = decode_masks(visits.images.get(result["masks_sha256"]))
+    return EyeStudy(
+        visit_uuid=visit["uuid"], eye=eye["item"]["eye"], device_id=visit["device_id"] or device_id,
+        patient_id=patient["identifier"], patient_name=patient["name"], year_of_birth=patient["year_of_birth"],
+        sex=patient["sex"], captured_at=dt.datetime.fromisoformat(capture["captured_at"]),
+        photo_jpeg=visits.images.get(capture["photo_sha256"]), disc_mask=disc, cup_mask=cup,
+        result=result["screening"])
+
+
+_UNENCODABLE = (ValueError, LookupError, FileNotFoundError, CorruptImageError, ImageError)
+
+
+@dataclass(frozen=True)
+class Unencodable:
+    """Why an eye cannot become DICOM (a damaged image, a bad mask): sending it again will not help."""
+
+    reason: str
+
+
+def encode_item(visits: VisitLog, item_id: int, device_id: str) -> list[bytes] | Unencodable:
+    """The item's DICOM files (photo, segmentation where there are masks, report) as bytes, in the order sent."""
+    try:
+        study = eye_study(visits, item_id, device_id=device_id)
+    except _UNENCODABLE as exc:
+        return Unencodable(str(exc))
+    return encode_study(study)
+
+
+def encode_study(study: EyeStudy) -> list[bytes] | Unencodable:
+    try:
+        datasets = build_datasets(study)
+    except _UNENCODABLE as exc:
+        return Unencodable(str(exc))
+    files = []
+    for ds in datasets:
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    return files
+
+
+def _die_with(sync_pid: int) -> None:
+    """In an encoding worker: exit as soon as the sync process is gone, even after a SIGKILL, so no
+    worker outlives it. A worker's parent is the fork server, and its own copy of the task queue's
+    write end means it never sees end-of-file, so it watches the sync process itself: a pidfd where
+    Linux has one (no PID-reuse race), else a poll of the PID."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(sync_pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])  # readable once the process has exited
+            os._exit(1)
+        while True:
+            try:
+                os.kill(sync_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="die-with-sync", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _encoder(visits: VisitLog, device_id: str) -> Iterator[Callable[[int], Future]]:
+    """submit(item_id) -> Future of the item's files. The visit log is read here (it is not shared
+    across processes); the CPU-heavy DICOM encoding (~0.1 s an eye in highdicom and pydicom) runs in
+    worker processes, one per core, while this process waits on the PACS. Workers only compute: they
+    never touch the visit log, so killing them (or the sync) at any point loses nothing."""
+    import multiprocessing
+
+    workers = min(4, os.cpu_count() or 1)
+    # Workers come from a fork server, never by forking this process: the kiosk and the tests hold
+    # threads (ONNX Runtime's pools, Flask's, logging's locks), and a child forked while one of them
+    # holds a lock waits on it forever.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["device.outbox.sync"])
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),))
+
+    def submit(item_id: int) -> Future:
+        try:
+            study = eye_study(visits, item_id, device_id=device_id)
+        except _UNENCODABLE as exc:
+            done: Future = Future()
+            done.set_result(Unencodable(str(exc)))
+            return done
+        return pool.submit(encode_study, study)
+
+    try:
+        yield submit
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ahead(items: Iterator[dict], submit: Callable[[int], Future], window: int) -> Iterator[tuple[dict, Future]]:
+    """The items in order, each with its encoding started up to `window` items before it is needed."""
+    queue: collections.deque[tuple[dict, Future]] = collections.deque()
+    for item in items:
+        queue.append((item, submit(item["id"])))
+        if len(queue) >= window:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+# --- One run ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _sync_lock(data_dir: Path) -> Iterator[bool]:
+    """True when this process holds the unit's sync lock. The kernel drops it when the process dies, so a
+    killed sync never leaves the queue locked."""
+    with open(data_dir / LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _due_items(visits: VisitLog, now: dt.datetime, limit: int | None) -> Iterator[dict]:
+    """Due items in creation order, batch by batch (items finalized meanwhile join the run), each once."""
+    seen: set[int] = set()
+    while limit is None or len(seen) < limit:
+        batch = [i for i in visits.outbox_pending(_BATCH, now=now) if i["id"] not in seen]
+        if not batch:
+            return
+        for item in batch:
+            if limit is not None and len(seen) >= limit:
+                return
+            seen.add(item["id"])
+            yield item
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit: int | None = None,
+              now: dt.datetime | None = None, rng: random.Random | None = None,
+              stop: threading.Event | None = None) -> SyncReport:
+    """Send the outbox items that are due at `now` (default: the clock), oldest first, at most `limit`;
+    `stop` (set on SIGTERM) ends the run after the item in flight."""
+    started = time.monotonic()
+    rng = rng or random.Random()
+    report = SyncReport()
+    with _sync_lock(visits.data_dir) as held:
+        if not held:
+            report.stopped = "another sync is running on this unit"
+        else:
+            _send_due(visits, client, device_id, _due_items(visits, now or _utc_now(), limit), now, rng, stop, report)
+    counts = visits.outbox_counts()
+    report.pending, report.quarantined_total = counts["pending"], counts["quarantined"]
+    report.elapsed_s = round(time.monotonic() - started, 3)
+    return report
+
+
+def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: Iterator[dict],
+              now: dt.datetime | None, rng: random.Random, stop: threading.Event | None, report: SyncReport) -> None:
+    with _encoder(visits, device_id) as submit:
+        for item, encoding in _ahead(items, submit, window=4):
+            if stop is not None and stop.is_set():
+                report.stopped = "asked to stop"
+                return
+            where = f"visit {item['visit_uuid']} {item['eye']} eye (outbox item {item['id']})"
+            files = encoding.result()
+            report.attempted += 1
+            if isinstance(files, Unencodable):
+                reason = f"this eye cannot be encoded as DICOM: {files.reason}"
+                visits.outbox_mark_failed(item["id"], reason, quarantine=True)
+                report.quarantined += 1
+                log.error("quarantined %s: %s", where, reason)
+                continue
+            result = client.store_files(files)
+            stop_reason = _record(visits, item, result, now, rng, report, where)
+            if stop_reason is not None:
+                report.stopped = stop_reason
+                return
+
+
+def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime | None, rng: random.Random,
+            report: SyncReport, where: str) -> str | None:
+    """Write the outcome to the outbox; return why the run must stop, if it must."""
+    if result.outcome == STORED:
+        response = f"HTTP {result.status}: {len(result.stored)} instances stored"
+        if result.warnings:
+            response += "; " + "; ".join(result.warnings)
+        visits.outbox_mark_sent(item["id"], response=response)
+        report.sent += 1
+        log.info("sent %s: %s", where, response)
+        return None
+    if result.outcome == REJECT and result.status not in UNIT_REFUSED:
+        visits.outbox_mark_failed(item["id"], result.reason, quarantine=True)
+        report.quarantined += 1
+        log.error("quarantined %s: the PACS refused it: %s", where, result.reason)
+        return None
+    failures = _failures_in_a_row(visits, item["id"]) + 1
+    delay = max(backoff_delay(failures, rng), result.retry_after or 0.0)
+    next_attempt = (now or _utc_now()) + dt.timedelta(seconds=delay)
+    visits.outbox_mark_failed(item["id"], result.reason, next_attempt_at=next_attempt)
+    report.failed += 1
+    log.warning("could not send %s (failure %d in a row), next try in %.0f s: %s", where, failures, delay, result.reason)
+    return f"the PACS is not taking visits now: {result.reason}"
+
+
+# --- Settings -> client --------------------------------------------------------------------------
+
+def _secret(path: str, setting: str) -> str:
+    """A credential from the file a setting names; the message names the setting, never the secret."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise SyncConfigError(f"[sync] {setting} = {str(file)!r}: no such file") from None
+    except PermissionError:
+        raise SyncConfigError(f"[sync] {setting} = {str(file)!r}: this user ({_user()}) may not read it; "
+                              "make it readable by the glaucoscreen user only (chmod 640, group glaucoscreen)") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise SyncConfigError(f"[sync] {setting} = {str(file)!r} is not a text file: {exc}") from None
+    if not text:
+        raise SyncConfigError(f"[sync] {setting} = {str(file)!r} is empty")
+    if file.stat().st_mode & 0o004:
+        log.warning("[sync] %s %s is readable by every user on the unit; chmod o-r it", setting, file)
+    return text
+
+
+def _user() -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def client_from_config(cfg: SyncConfig, target: str | None = None) -> DicomWebClient:
+    """The DICOMweb client the settings describe. `target` is a DICOMweb URL that replaces [sync] url for this
+    run (the same credentials go with it). Credentials come only from the files the settings name."""
+    url = (target or cfg.url or "").strip()
+    if not url:
+        raise SyncConfigError("no PACS to send to: set url in the [sync] section of the unit's configuration "
+                              "(e.g. url = \"https://pacs.example.org/dicom-web\") or give a target URL")
+    token = _secret(cfg.token_file, "token_file") if cfg.token_file else None
+    username = password = None
+    if cfg.username or cfg.password_file:
+        if not (cfg.username and cfg.password_file):
+            raise SyncConfigError("[sync] username and password_file go together: set both, or neither")
+        username, password = cfg.username, _secret(cfg.password_file, "password_file")
+    ca_file = None
+    if cfg.ca_file:
+        ca_file = str(Path(cfg.ca_file).expanduser())
+        if not Path(ca_file).is_file():
+            raise SyncConfigError(f"[sync] ca_file = {cfg.ca_file!r}: no such file")
+    if cfg.timeout_s <= 0:
+        raise SyncConfigError(f"[sync] timeout_s must be a positive number of seconds, not {cfg.timeout_s}")
+    try:
+        return DicomWebClient(url, token=token, username=username, password=password, ca_file=ca_file,
+                              timeout=cfg.timeout_s)
+    except ValueError as exc:
+        raise SyncConfigError(f"[sync]: {exc}") from None
+
+
+# --- The service --------------------------------------------------------------------------------
+
+class _JournalFormatter(logging.Formatter):
+    """journald reads a leading <N> as the line's priority (and adds the time itself); a terminal gets plain lines."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, journal: bool):
+        super().__init__("%(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}" if self.journal else text
+
+
+def _log_to_stdout() -> None:
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JournalFormatter(journal="JOURNAL_STREAM" in os.environ))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM (systemctl stop) and SIGINT end the service after the item in flight, never mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        log.info("%s: stopping after the item in flight", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
+    """The sync service: send what is due now and, unless `once`, again every [sync] interval_s until SIGTERM.
+
+    Returns the totals over its runs, the last run's report and the outbox's counts afterwards. A PACS that
+    cannot be reached is normal for a rural unit and not an error; settings that cannot work raise
+    SyncConfigError before anything is sent.
+    """
+    _log_to_stdout()
+    client = client_from_config(config.sync, target)
+    stop = threading.Event()
+    totals = {"runs": 0, "attempted": 0, "sent": 0, "failed": 0, "quarantined": 0}
+    last: SyncReport | None = None
+    try:
+        if not (Path(config.data_dir) / "visits.db").exists():
+            log.info("no visit log at %s yet: nothing to send", config.data_dir)
+            return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}}
+        with VisitLog(config.data_dir) as visits, _stop_on_signals(stop):
+            while True:
+                last = sync_once(visits, client, device_id=config.device_id, stop=stop)
+                totals["runs"] += 1
+                for key in ("attempted", "sent", "failed", "quarantined"):
+                    totals[key] += getattr(last, key)
+                log.info("sync to %s: %d sent, %d to retry, %d quarantined in %.1f s; %d pending, %d quarantined%s",
+                         client.url, last.sent, last.failed, last.quarantined, last.elapsed_s, last.pending,
+                         last.quarantined_total, f" (stopped: {last.stopped})" if last.stopped else "")
+                if once or stop.wait(config.sync.interval_s):
+                    break
+            outbox = visits.outbox_counts()
+    finally:
+        client.close()
+    return {**totals, "last": last.to_dict(), "outbox": outbox}

@@ -1,0 +1,243 @@
+"""The screening of one fundus photo: quality -> disc localisation -> disc/cup segmentation ->
+measurements -> glaucoma probability -> referral.
+
+The segmentation network runs twice: on the whole photo (downscaled) to find the disc, then on a
+disc-centred crop so that the cup, a few dozen pixels tall on a small photo and hundreds on a
+phone photo, is always segmented at the same scale. The disc-crop glaucoma classifier, where it is
+installed, reads the very same crop tensor. `Engine` hides whether ONNX Runtime or TensorRT does
+the work.
+
+Pass 2 also runs on the crop mirrored left to right, in the same batch, and the disc and cup maps
+are the mean of the two: a disc outline should not depend on which side the network's receptive
+fields happen to favour, and on the 80 REFUGE validation photos the mean outlines the disc and cup
+better (on 10 Drishti-GS1 ones it is a wash; model card). The glaucoma logits stay those of the crop as taken, the inputs the referral fusion
+was fitted on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.screening.measurements import Measurements, clean_masks, largest_component, measure
+from device.screening.quality import QualityGate, QualityReport
+from device.screening.referral import ADVICE, HEADLINE, RESCREEN, ReferralPolicy, sigmoid
+from models.runtime import preprocess, registry
+from models.runtime.engine import Engine
+
+SCREENING_POLICY = registry.ARTIFACTS / "screening.json"
+MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" only a speck
+# The fovea lies about 2.5 disc diameters from the disc centre in adults; a heatmap peak much nearer or
+# farther is something else (a disc-centred photo whose macula is at or past the edge of the field).
+FOVEA_DISC_DIAMETERS = (1.8, 3.5)
+MIRROR_PASS_2 = True  # average pass 2's disc and cup maps with those of the mirrored crop
+
+
+@dataclass
+class DiscSegmentation:
+    """Pass-2 output: disc and cup probability maps on the crop grid, and where the crop lies."""
+
+    box: preprocess.Box
+    disc_prob: np.ndarray
+    cup_prob: np.ndarray
+    glaucoma_logit: float
+    disc_classifier_logit: float | None = None
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return clean_masks(self.disc_prob, self.cup_prob)
+
+    def masks_on_photo(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Disc and cup masks on the photo's own pixel grid (for Dice, overlays and DICOM)."""
+        disc = preprocess.unwarp(self.disc_prob, self.box, shape)
+        cup = preprocess.unwarp(self.cup_prob, self.box, shape)
+        return clean_masks(disc, cup)
+
+
+@dataclass
+class ScreeningResult:
+    gradable: bool
+    quality: QualityReport
+    referral: str
+    reasons: list[str]
+    model_versions: dict[str, str]
+    measurements: Measurements | None = None
+    glaucoma_probability: float | None = None
+    classifier_probability: float | None = None
+    disc_classifier_probability: float | None = None
+    vcdr_probability: float | None = None
+    progression: dict | None = None
+    fovea: tuple[float, float] | None = None
+    segmentation: DiscSegmentation | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def vcdr(self) -> float | None:
+        return self.measurements.vcdr if self.measurements else None
+
+    def to_dict(self) -> dict:
+        m = self.measurements
+        return {
+            "gradable": self.gradable,
+            "quality": self.quality.to_dict(),
+            "disc": m.disc.to_dict() if m else None,
+            "cup": m.cup.to_dict() if m and m.cup else None,
+            "vcdr": round(m.vcdr, 4) if m else None,
+            "measurements": m.to_dict() if m else None,
+            "fovea": None if self.fovea is None else [round(self.fovea[0], 1), round(self.fovea[1], 1)],
+            "glaucoma_probability": None if self.glaucoma_probability is None else round(self.glaucoma_probability, 4),
+            "classifier_probability": None if self.classifier_probability is None else round(self.classifier_probability, 4),
+            "disc_classifier_probability": (None if self.disc_classifier_probability is None
+                                            else round(self.disc_classifier_probability, 4)),
+            "vcdr_probability": None if self.vcdr_probability is None else round(self.vcdr_probability, 4),
+            "referral": self.referral,
+            "referral_headline": HEADLINE[self.referral],
+            "referral_reasons": self.reasons,
+            "advice": ADVICE[self.referral],
+            "progression": self.progression,
+            "model_versions": self.model_versions,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+    def overlay(self, rgb: np.ndarray) -> np.ndarray:
+        """The photo with the disc (green) and cup (yellow) outlines drawn, for the worker and the slip."""
+        out = rgb.copy()
+        if self.segmentation is None:
+            return out
+        disc, cup = self.segmentation.masks_on_photo(rgb.shape)
+        thick = max(2, int(round(min(rgb.shape[:2]) / 250)))
+        for mask, colour in ((disc, (40, 220, 40)), (cup, (255, 220, 0))):
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, colour, thick, lineType=cv2.LINE_AA)
+        if self.fovea is not None:
+            cv2.drawMarker(out, (int(self.fovea[0]), int(self.fovea[1])), (80, 160, 255), cv2.MARKER_CROSS, 6 * thick, thick)
+        return out
+
+
+class ScreeningPipeline:
+    def __init__(self, engine: Engine, policy: ReferralPolicy, gate: QualityGate | None = None,
+                 model_versions: dict[str, str] | None = None, classifier: Engine | None = None,
+                 mirror: bool = MIRROR_PASS_2):
+        self.engine = engine
+        self.mirror = mirror
+        self.classifier = classifier
+        self.policy = policy
+        self.gate = gate or QualityGate()
+        self.model_versions = dict(model_versions or {})
+        self.model_versions.setdefault("referral", policy.source)
+
+    @classmethod
+    def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None,
+                       engine_cache: Path | None = None) -> "ScreeningPipeline":
+        """The shipped models; `auto` takes INT8 where the accuracy gate allows it and this CPU runs it faster."""
+        if precision == "auto":
+            precision = registry.preferred_precision("segmentation", measure_in=engine_cache, threads=threads)
+        engine = registry.load_engine("segmentation", precision, threads=threads, engine_cache=engine_cache)
+        classifier = None
+        if "glaucoma" in registry.manifest():
+            classifier_precision = registry.preferred_precision("glaucoma") if precision == "int8" else "fp32"
+            classifier = registry.load_engine("glaucoma", classifier_precision, threads=threads,
+                                              engine_cache=engine_cache)
+        policy = ReferralPolicy.load(SCREENING_POLICY) if SCREENING_POLICY.exists() else ReferralPolicy()
+        versions = registry.versions()
+        versions["precision"] = precision
+        versions["backend"] = engine.backend
+        return cls(engine, policy, gate, versions, classifier)
+
+    def _infer(self, rgb: np.ndarray, box: preprocess.Box) -> dict[str, np.ndarray]:
+        return self.engine.run({"image": preprocess.to_input(rgb, box)})
+
+    def locate_disc(self, rgb: np.ndarray) -> tuple[tuple[float, float, float] | None, tuple[float, float] | None]:
+        """Pass 1 on the whole photo: disc centre and vertical diameter, and the fovea, in photo pixels. The
+        fovea only where the heatmap's peak is confident and where anatomy allows it (FOVEA_DISC_DIAMETERS)."""
+        box = preprocess.whole_image_box(rgb.shape)
+        out = self._infer(rgb, box)
+        disc = largest_component(out["disc"][0, 0] >= 0.5)
+        fovea = None
+        heat = out["fovea"][0, 0]
+        if heat.max() >= 0.3:  # a confident peak only
+            fovea = box.to_source(*preprocess.heatmap_peak(heat))
+        if disc.sum() < MIN_DISC_FRACTION * disc.size:
+            return None, None  # without a disc, a fovea cannot be checked against it
+        ys, xs = np.nonzero(disc)
+        cx, cy = box.to_source(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
+        diameter = float(disc.sum(axis=0).max()) * box.side / preprocess.INPUT_SIZE
+        if fovea is not None:
+            apart = float(np.hypot(fovea[0] - cx, fovea[1] - cy)) / diameter
+            if not FOVEA_DISC_DIAMETERS[0] <= apart <= FOVEA_DISC_DIAMETERS[1]:
+                fovea = None
+        return (cx, cy, diameter), fovea
+
+    def segment_disc(self, rgb: np.ndarray, cx: float, cy: float, diameter: float) -> DiscSegmentation:
+        """Pass 2 on the disc-centred crop."""
+        box = preprocess.disc_crop_box(cx, cy, diameter, rgb.shape)
+        x = preprocess.to_input(rgb, box)
+        batch = np.concatenate([x, x[..., ::-1]]) if self.mirror else x
+        out = self.engine.run({"image": np.ascontiguousarray(batch)})
+        disc, cup = out["disc"][0, 0], out["cup"][0, 0]
+        if self.mirror:
+            disc = (disc + out["disc"][1, 0, :, ::-1]) / 2
+            cup = (cup + out["cup"][1, 0, :, ::-1]) / 2
+        second = None
+        if self.classifier is not None:
+            second = float(self.classifier.run({"image": x})["glaucoma"].reshape(-1)[0])
+        return DiscSegmentation(box, disc, cup, float(out["glaucoma"].reshape(-1)[0]), second)
+
+    def screen(self, rgb: np.ndarray, quality: QualityReport | None = None) -> ScreeningResult:
+        t = {}
+        t0 = time.perf_counter()
+        if quality is None:
+            quality = self.gate.assess(rgb)
+        t["quality"] = (time.perf_counter() - t0) * 1000
+        messages = [r.message for r in quality.reasons]
+        result = ScreeningResult(gradable=quality.gradable, quality=quality, referral=RESCREEN, reasons=messages,
+                                 model_versions=self.model_versions, timings_ms=t)
+        if quality.field is None and not quality.gradable:
+            return result  # not a fundus photo at all: nothing to segment
+        t0 = time.perf_counter()
+        found, fovea = self.locate_disc(rgb)
+        t["locate_disc"] = (time.perf_counter() - t0) * 1000
+        result.fovea = fovea
+        if found is None:
+            result.gradable = False
+            result.reasons = messages + ["The optic disc could not be found: centre the disc in the photo and take it again."]
+            return result
+        t0 = time.perf_counter()
+        seg = self.segment_disc(rgb, *found)
+        disc, cup = seg.masks()
+        scale = seg.box.side / preprocess.INPUT_SIZE
+        m = measure(disc, cup, scale=scale, offset=(seg.box.x0, seg.box.y0), fovea=fovea)
+        t["segment_disc"] = (time.perf_counter() - t0) * 1000
+        result.segmentation = seg
+        result.measurements = m
+        if m is None:
+            result.gradable = False
+            result.reasons = messages + ["The optic disc could not be outlined: take the photo again with the disc in the centre."]
+            return result
+        result.classifier_probability = sigmoid(seg.glaucoma_logit)
+        if seg.disc_classifier_logit is not None:
+            result.disc_classifier_probability = sigmoid(seg.disc_classifier_logit)
+        result.vcdr_probability = self.policy.vcdr_probability(m.vcdr)
+        result.glaucoma_probability = self.policy.fuse(seg.glaucoma_logit, m.vcdr, seg.disc_classifier_logit)
+        result.referral, result.reasons = self.policy.decide(
+            gradable=quality.gradable, quality_messages=messages, vcdr=m.vcdr, probability=result.glaucoma_probability)
+        t["total"] = sum(v for k, v in t.items())
+        return result
+
+
+def screen_file(pipeline: ScreeningPipeline, path: Path) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
+    """Screen one photo file into the JSON the CLI prints; never raises for a bad file."""
+    from models.runtime.images import ImageError, read_rgb
+
+    row: dict = {"image": str(path)}
+    try:
+        rgb = read_rgb(path)
+    except ImageError as exc:
+        row.update(ok=False, error=str(exc), gradable=False, referral=None)
+        return row, None, None
+    result = pipeline.screen(rgb)
+    row.update(ok=True, width=rgb.shape[1], height=rgb.shape[0])
+    row.update(result.to_dict())
+    return row, rgb, result

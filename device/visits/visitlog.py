@@ -1,0 +1,550 @@
+"""The visit log: patients, visits, the photos of each eye and their screening results, and the outbox
+that sync empties. Plain SQLite (WAL, synchronous=FULL, foreign keys on) through sqlite-utils, with
+the photos in the content-addressed image store beside it.
+
+What a power cut may leave: an image file no row names yet (swept by `recover`), or an open visit
+(marked 'interrupted' by `recover`); never a row naming an image that is not wholly on disk, and
+never a finished visit without its outbox items, because an image is fsynced before the row naming
+it commits and finalizing writes the visit's status and its outbox items in one transaction.
+
+Threads: one connection per VisitLog, opened with check_same_thread=False, and one re-entrant lock
+around every use of it, reads included. A sqlite3 connection has a single transaction state, so
+threads sharing it unserialized would read or commit each other's half-done work; a connection per
+thread would allow parallel reads, but the unit's load is a few writes a minute and reads of a few
+rows, and the single lock also makes "put the image, then commit its row" and the orphan sweep
+mutually exclusive at no cost. Other processes (the sync service, the CLI) open their own VisitLog;
+SQLite's file locks and a busy timeout serialize them with this one. Only the kiosk's start-up
+should call `recover`, since another process's image write in flight is invisible to this lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import numbers
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import sqlite_utils
+
+from device.visits import migrations
+from device.visits.imagestore import DiskFullError, ImageStore
+from models.datasets import decode_mask, encode_mask
+
+__all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "encode_masks", "decode_masks"]
+
+EYES = ("right", "left")
+OUTBOX_KIND = "eye_screening"   # one eye's photo, disc/cup segmentation and report, sent as DICOM
+_SEX = {"f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O"}
+_BUSY_TIMEOUT_S = 10.0
+
+
+class DatabaseCorruptError(RuntimeError):
+    """The visit log's file is damaged (it fails SQLite's integrity check or cannot be read): it cannot be
+    trusted until it is restored."""
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite reports a damaged file as a bare DatabaseError; locks and full disks are subclasses."""
+    return type(exc) is sqlite3.DatabaseError
+
+
+def _damaged(data_dir: Path, detail: str) -> DatabaseCorruptError:
+    return DatabaseCorruptError(
+        f"the visit log {data_dir / 'visits.db'} is damaged ({detail}). Stop the unit and restore the file "
+        "from a backup; visits already sent are safe at the reading centre.")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _iso(t: dt.datetime) -> str:
+    """One fixed format (UTC, milliseconds, +00:00) so timestamps sort as text and parse on Python 3.10."""
+    if t.tzinfo is None:
+        raise ValueError(f"a timestamp needs a time zone: {t!r}")
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _plain(o):
+    """numpy scalars and arrays reach us from the pipeline; store them as the numbers they hold."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not a number, text, list or dict")
+
+
+def _to_json(value, what: str) -> str:
+    try:
+        return json.dumps(value, default=_plain, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the {what} cannot be stored as JSON: {exc}") from None
+
+
+def _midnight(day: dt.date, tz: dt.tzinfo | None) -> str:
+    """The start of `day` in the clinic's time zone (the unit's local zone unless `tz` is given), as stored."""
+    t = dt.datetime.combine(day, dt.time.min)
+    return _iso(t.replace(tzinfo=tz) if tz is not None else t.astimezone())
+
+
+def _check_eye(eye: str) -> None:
+    if eye not in EYES:
+        raise ValueError(f"eye must be 'right' or 'left', not {eye!r}")
+
+
+def _optional_number(result: dict, key: str, low: float | None = None, high: float | None = None) -> float | None:
+    value = result.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"result[{key!r}] must be a number or None, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"result[{key!r}] = {value} is out of range")
+    return value
+
+
+def encode_masks(disc: np.ndarray, cup: np.ndarray) -> bytes:
+    """Disc and cup masks (boolean, the photo's size) as the PNG the log stores: REFUGE's coding (0 cup,
+    128 disc rim, 255 background), which every annotation tool and dataset reader here already speaks."""
+    disc, cup = np.asarray(disc, bool), np.asarray(cup, bool)
+    if disc.ndim != 2 or disc.shape != cup.shape:
+        raise ValueError(f"the disc and cup masks must be two images of the photo's size, not {disc.shape} and {cup.shape}")
+    ok, png = cv2.imencode(".png", encode_mask(disc, cup))
+    if not ok:
+        raise ValueError("the disc and cup masks could not be encoded as PNG")
+    return png.tobytes()
+
+
+def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(disc, cup) from a stored masks PNG; anything that is not a REFUGE-coded mask is refused by name."""
+    if not isinstance(png, (bytes, bytearray)) or bytes(png[:8]) != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("the disc/cup masks must be the bytes of a PNG file")
+    img = cv2.imdecode(np.frombuffer(bytes(png), np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 2 or img.dtype != np.uint8:
+        raise ValueError("the disc/cup masks PNG must be one 8-bit grey channel (REFUGE coding)")
+    stray = sorted(set(np.unique(img).tolist()) - {0, 128, 255})
+    if stray:
+        raise ValueError(f"the disc/cup masks PNG holds values {stray[:5]} besides REFUGE's 0 (cup), 128 (disc rim) "
+                         "and 255 (background)")
+    return decode_mask(img)
+
+
+class VisitLog:
+    def __init__(self, data_dir: Path, *, min_free_bytes: int = 200 * 2**20,
+                 clock: Callable[[], dt.datetime] = _utc_now):
+        """Open (creating if needed) data_dir/visits.db and data_dir/images, migrating the schema.
+
+        `clock` returns the current time as an aware datetime; a unit without a network or a real-time
+        clock may want its own, and tests set visits in the past with it.
+        """
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = int(min_free_bytes)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.images = ImageStore(self.data_dir / "images")
+        conn = sqlite3.connect(self.data_dir / "visits.db", check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+        try:
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self.db.enable_wal()
+            if self.db.journal_mode != "wal":
+                raise RuntimeError(f"the file system under {self.data_dir} cannot hold a write-ahead-log SQLite database")
+            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            migrations.migrate(self.db)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
+                raise _damaged(self.data_dir, str(exc)) from exc
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> "VisitLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return migrations.schema_version(self.db)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _now(self) -> str:
+        return _iso(self._clock())
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One IMMEDIATE transaction under the lock: all of it commits, or none of it."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.rollback()
+                raise
+            self.db.commit()
+
+    def _rows(self, sql: str, params: tuple | dict = ()) -> list[dict]:
+        with self._lock:
+            return list(self.db.query(sql, params))
+
+    def _one(self, sql: str, params: tuple | dict = ()) -> dict | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _visit_row(self, visit_uuid: str) -> dict:
+        row = self._one("SELECT * FROM visits WHERE uuid = ?", (visit_uuid,))
+        if row is None:
+            raise LookupError(f"no visit {visit_uuid!r} in the visit log")
+        return row
+
+    def _writable_visit(self, visit_uuid: str) -> dict:
+        row = self._visit_row(visit_uuid)
+        if row["status"] == "finished":
+            raise ValueError(f"visit {visit_uuid} is already finished; start a new visit to screen this patient again")
+        return row
+
+    def _patient_row(self, identifier: str) -> dict:
+        row = self.get_patient(identifier)
+        if row is None:
+            raise LookupError(f"no patient with identifier {identifier!r}: register the patient first")
+        return row
+
+    # -- patients ---------------------------------------------------------------------------------
+    def add_patient(self, identifier: str, *, name: str | None = None, year_of_birth: int | None = None,
+                    sex: str | None = None, consent: bool = False) -> dict:
+        """Register a patient. Identifiers are compared without regard to case, as workers type them."""
+        if not isinstance(identifier, str) or not identifier.strip():
+            raise ValueError("a patient needs an identifier (the clinic's patient number)")
+        identifier = identifier.strip()
+        this_year = self._clock().year
+        if year_of_birth is not None and (isinstance(year_of_birth, bool) or not isinstance(year_of_birth, int)
+                                          or not 1900 <= year_of_birth <= this_year):
+            raise ValueError(f"year of birth must be a year between 1900 and {this_year}, not {year_of_birth!r}")
+        if sex is not None and sex.strip():
+            if sex.strip().lower() not in _SEX:
+                raise ValueError(f"sex must be female, male or other (F/M/O), not {sex!r}")
+            sex = _SEX[sex.strip().lower()]
+        else:
+            sex = None
+        with self._write() as db:
+            if self.get_patient(identifier) is not None:
+                raise ValueError(f"a patient with identifier {identifier!r} is already registered")
+            db["patients"].insert({"identifier": identifier, "name": (name or "").strip() or None,
+                                   "year_of_birth": year_of_birth, "sex": sex, "consent": int(bool(consent)),
+                                   "created_at": self._now()})
+        return self.get_patient(identifier)
+
+    def get_patient(self, identifier: str) -> dict | None:
+        row = self._one("SELECT * FROM patients WHERE identifier = ?", ((identifier or "").strip(),))
+        if row is not None:
+            row["consent"] = bool(row["consent"])
+        return row
+
+    def find_patients(self, query: str, limit: int = 20) -> list[dict]:
+        """Patients whose identifier starts with, or whose name contains, `query` (any case); identifier hits first."""
+        q = (query or "").strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._rows(
+            """SELECT *, identifier LIKE :prefix ESCAPE '\\' AS by_identifier FROM patients
+               WHERE identifier LIKE :prefix ESCAPE '\\' OR name LIKE :part ESCAPE '\\'
+               ORDER BY by_identifier DESC, identifier LIMIT :limit""",
+            {"prefix": q + "%", "part": "%" + q + "%", "limit": int(limit)})
+        for row in rows:
+            del row["by_identifier"]
+            row["consent"] = bool(row["consent"])
+        return rows
+
+    # -- visits -----------------------------------------------------------------------------------
+    def start_visit(self, patient_identifier: str, *, operator: str | None = None, device_id: str | None = None) -> str:
+        """Open a visit and return its UUID (the root of its DICOM UIDs); refuse when the disk is nearly full."""
+        free = self.images.free_bytes()
+        if free < self.min_free_bytes:
+            raise DiskFullError(free, self.min_free_bytes, self.data_dir)
+        visit_uuid = str(uuid.uuid4())
+        with self._write() as db:
+            patient = self._patient_row(patient_identifier)
+            db["visits"].insert({"uuid": visit_uuid, "patient_id": patient["id"], "operator": operator,
+                                 "device_id": device_id, "status": "open", "started_at": self._now()})
+        return visit_uuid
+
+    def add_capture(self, visit_uuid: str, eye: str, photo_jpeg: bytes, *, quality: dict, source: str = "camera") -> int:
+        """Store the photo durably, then commit the capture; a retake is another capture, and the latest counts."""
+        _check_eye(eye)
+        if not isinstance(photo_jpeg, (bytes, bytearray)) or bytes(photo_jpeg[:2]) != b"\xff\xd8":
+            raise ValueError("the photo must be the bytes of a JPEG file")
+        if not isinstance(quality, dict):
+            raise ValueError("quality must be the quality gate's report as a dict")
+        quality_json = _to_json(quality, "quality report")
+        with self._write() as db:
+            self._writable_visit(visit_uuid)
+            sha = self.images.put(photo_jpeg)
+            capture_id = db["captures"].insert({"visit_uuid": visit_uuid, "eye": eye, "photo_sha256": sha,
+                                                "quality": quality_json, "source": source,
+                                                "captured_at": self._now()}).last_pk
+            db.execute("DELETE FROM skipped_eyes WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
+        return capture_id
+
+    def add_result(self, capture_id: int, result: dict, *, overlay: bytes | None = None,
+                   masks_png: bytes | None = None) -> int:
+        """Store a capture's screening result: the whole JSON, the figures the log is queried by as columns,
+        the overlay shown to the worker (a JPEG) and the disc/cup masks (`encode_masks`) that sync sends.
+        """
+        if not isinstance(result, dict):
+            raise ValueError("the result must be the screening result as a dict")
+        missing = [k for k in ("gradable", "referral") if k not in result]
+        if missing:
+            raise ValueError(f"the result lacks {', '.join(missing)}")
+        if result["gradable"] not in (True, False):
+            raise ValueError(f"result['gradable'] must be true or false, not {result['gradable']!r}")
+        if not isinstance(result["referral"], str) or not result["referral"]:
+            raise ValueError(f"result['referral'] must be the referral decision, not {result['referral']!r}")
+        row = {"capture_id": capture_id, "gradable": int(bool(result["gradable"])),
+               "vcdr": _optional_number(result, "vcdr", 0.0, 1.0),
+               "glaucoma_probability": _optional_number(result, "glaucoma_probability", 0.0, 1.0),
+               "referral": result["referral"], "result_json": _to_json(result, "screening result")}
+        if overlay is not None and (not isinstance(overlay, (bytes, bytearray)) or not overlay):
+            raise ValueError("the overlay must be the bytes of an image file")
+        if masks_png is not None:
+            decode_masks(masks_png)  # refuse what sync could not turn into a Segmentation, while the worker is here
+        with self._write() as db:
+            capture = self._one("SELECT visit_uuid FROM captures WHERE id = ?", (capture_id,))
+            if capture is None:
+                raise LookupError(f"no capture {capture_id} in the visit log")
+            self._writable_visit(capture["visit_uuid"])
+            if self._one("SELECT id FROM results WHERE capture_id = ?", (capture_id,)):
+                raise ValueError(f"capture {capture_id} already has a result; take another photo to screen again")
+            row["overlay_sha256"] = self.images.put(overlay) if overlay is not None else None
+            row["masks_sha256"] = self.images.put(masks_png) if masks_png is not None else None
+            row["created_at"] = self._now()
+            return db["results"].insert(row).last_pk
+
+    def skip_eye(self, visit_uuid: str, eye: str, reason: str) -> None:
+        """Record why an eye was not screened; a later capture of that eye clears it."""
+        _check_eye(eye)
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("skipping an eye needs a reason (e.g. 'eye prosthesis', 'patient declined')")
+        with self._write() as db:
+            self._writable_visit(visit_uuid)
+            db.execute("INSERT OR REPLACE INTO skipped_eyes (visit_uuid, eye, reason, skipped_at) VALUES (?, ?, ?, ?)",
+                       (visit_uuid, eye, reason.strip(), self._now()))
+
+    def finalize_visit(self, visit_uuid: str) -> list[int]:
+        """Finish the visit and queue one outbox item per eye with a result, in one transaction; idempotent."""
+        with self._write() as db:
+            visit = self._visit_row(visit_uuid)
+            if visit["status"] != "finished":
+                now = self._now()
+                for eye, state in self._eyes(visit_uuid).items():
+                    if state["skipped"] is None and state["result"] is not None:
+                        db.execute(
+                            """INSERT OR IGNORE INTO outbox (visit_uuid, eye, kind, capture_id, result_id, created_at)
+                               VALUES (?, ?, ?, ?, ?, ?)""",
+                            (visit_uuid, eye, OUTBOX_KIND, state["capture"]["id"], state["result"]["id"], now))
+                db.execute("UPDATE visits SET status = 'finished', finished_at = ? WHERE uuid = ?", (now, visit_uuid))
+            return [r["id"] for r in self._rows("SELECT id FROM outbox WHERE visit_uuid = ? ORDER BY id", (visit_uuid,))]
+
+    def _eyes(self, visit_uuid: str) -> dict[str, dict]:
+        """Per eye: its latest capture, that capture's result, the skip reason and how many photos were taken."""
+        eyes = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0} for eye in EYES}
+        for c in self._rows(
+                """SELECT c.*, (SELECT count(*) FROM captures k WHERE k.visit_uuid = c.visit_uuid AND k.eye = c.eye) AS n
+                   FROM captures c
+                   WHERE c.visit_uuid = ? AND c.id = (SELECT max(id) FROM captures m
+                                                      WHERE m.visit_uuid = c.visit_uuid AND m.eye = c.eye)""",
+                (visit_uuid,)):
+            eyes[c["eye"]]["captures"] = c.pop("n")
+            c["quality"] = json.loads(c["quality"])
+            eyes[c["eye"]]["capture"] = c
+            r = self._one("SELECT * FROM results WHERE capture_id = ?", (c["id"],))
+            if r is not None:
+                r["gradable"] = bool(r["gradable"])
+                r["screening"] = json.loads(r.pop("result_json"))
+                eyes[c["eye"]]["result"] = r
+        for s in self._rows("SELECT eye, reason FROM skipped_eyes WHERE visit_uuid = ?", (visit_uuid,)):
+            eyes[s["eye"]]["skipped"] = s["reason"]
+        return eyes
+
+    def get_visit(self, visit_uuid: str) -> dict:
+        with self._lock:
+            visit = self._visit_row(visit_uuid)
+            patient = self._one("SELECT * FROM patients WHERE id = ?", (visit.pop("patient_id"),))
+            patient["consent"] = bool(patient["consent"])
+            visit["patient"] = patient
+            visit["eyes"] = self._eyes(visit_uuid)
+            visit["outbox"] = self._rows("SELECT id, eye, status FROM outbox WHERE visit_uuid = ? ORDER BY id", (visit_uuid,))
+            return visit
+
+    def visits_for_patient(self, identifier: str) -> list[dict]:
+        """The patient's visits, newest first."""
+        with self._lock:
+            patient = self._patient_row(identifier)
+            rows = self._rows("SELECT uuid FROM visits WHERE patient_id = ? ORDER BY started_at DESC, rowid DESC",
+                              (patient["id"],))
+            return [self.get_visit(r["uuid"]) for r in rows]
+
+    def visits_on(self, day: dt.date, tz: dt.tzinfo | None = None) -> list[dict]:
+        """Visits started on `day` in the clinic's time zone (the unit's local zone unless `tz` is given), in order."""
+        with self._lock:
+            rows = self._rows("SELECT uuid FROM visits WHERE started_at >= ? AND started_at < ? ORDER BY started_at, rowid",
+                              (_midnight(day, tz), _midnight(day + dt.timedelta(days=1), tz)))
+            return [self.get_visit(r["uuid"]) for r in rows]
+
+    def finished_visits(self, since: dt.date | None = None, until: dt.date | None = None,
+                        tz: dt.tzinfo | None = None) -> list[str]:
+        """UUIDs of the finished visits started from `since` to `until` (both days included, in the clinic's
+        time zone as for `visits_on`; None leaves that end open), in order: what an export picks from."""
+        if since is not None and until is not None and since > until:
+            raise ValueError(f"the first day ({since}) is after the last day ({until})")
+        sql = "SELECT uuid FROM visits WHERE status = 'finished'"
+        params: list[str] = []
+        if since is not None:
+            sql += " AND started_at >= ?"
+            params.append(_midnight(since, tz))
+        if until is not None:
+            sql += " AND started_at < ?"
+            params.append(_midnight(until + dt.timedelta(days=1), tz))
+        return [r["uuid"] for r in self._rows(sql + " ORDER BY started_at, rowid", tuple(params))]
+
+    def eye_history(self, identifier: str, eye: str) -> list[dict]:
+        """The eye's screened results across finished visits, oldest first: what the vCDR trend and progression read."""
+        _check_eye(eye)
+        with self._lock:
+            patient = self._patient_row(identifier)
+            rows = self._rows(
+                """SELECT v.uuid AS visit_uuid, v.started_at AS time, r.vcdr, r.glaucoma_probability, r.referral,
+                          r.gradable, r.result_json, c.photo_sha256, c.id AS capture_id, r.id AS result_id
+                   FROM visits v
+                   JOIN captures c ON c.id = (SELECT max(id) FROM captures m WHERE m.visit_uuid = v.uuid AND m.eye = :eye)
+                   JOIN results r ON r.capture_id = c.id
+                   WHERE v.patient_id = :patient AND v.status = 'finished'
+                     AND NOT EXISTS (SELECT 1 FROM skipped_eyes s WHERE s.visit_uuid = v.uuid AND s.eye = :eye)
+                   ORDER BY v.started_at, v.rowid""",
+                {"eye": eye, "patient": patient["id"]})
+        for row in rows:
+            row["gradable"] = bool(row["gradable"])
+        return rows
+
+    # -- outbox -----------------------------------------------------------------------------------
+    def outbox_pending(self, limit: int = 100, *, now: dt.datetime | None = None) -> list[dict]:
+        """Items still to send, in creation order; with `now`, only those whose next attempt is due."""
+        if now is None:
+            return self._rows("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?", (int(limit),))
+        return self._rows("""SELECT * FROM outbox WHERE status = 'pending'
+                             AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?""",
+                          (_iso(now), int(limit)))
+
+    def _outbox_item(self, item_id: int) -> dict:
+        row = self._one("SELECT * FROM outbox WHERE id = ?", (item_id,))
+        if row is None:
+            raise LookupError(f"no outbox item {item_id}")
+        return row
+
+    def outbox_items(self, status: str | None = None) -> list[dict]:
+        """Every outbox item (or those with `status`: pending, sent, quarantined) in creation order: what the
+        kiosk's sync page lists, with each item's last error."""
+        if status is None:
+            return self._rows("SELECT * FROM outbox ORDER BY id")
+        if status not in ("pending", "sent", "quarantined"):
+            raise ValueError(f"an outbox status is pending, sent or quarantined, not {status!r}")
+        return self._rows("SELECT * FROM outbox WHERE status = ? ORDER BY id", (status,))
+
+    def outbox_eye(self, item_id: int) -> dict:
+        """Everything one outbox item stands for, as it was when its visit was finished: the item, the visit,
+        the patient, the capture and its result (the screening JSON under "screening"); what sync encodes."""
+        with self._lock:
+            item = self._outbox_item(item_id)
+            visit = self._visit_row(item["visit_uuid"])
+            patient = self._one("SELECT * FROM patients WHERE id = ?", (visit["patient_id"],))
+            capture = self._one("SELECT * FROM captures WHERE id = ?", (item["capture_id"],))
+            result = self._one("SELECT * FROM results WHERE id = ?", (item["result_id"],))
+        patient["consent"] = bool(patient["consent"])
+        capture["quality"] = json.loads(capture["quality"])
+        result["gradable"] = bool(result["gradable"])
+        result["screening"] = json.loads(result.pop("result_json"))
+        return {"item": item, "visit": visit, "patient": patient, "capture": capture, "result": result}
+
+    def outbox_mark_sent(self, item_id: int, response: str | None = None) -> None:
+        with self._write() as db:
+            self._outbox_item(item_id)
+            now = self._now()
+            db.execute("""UPDATE outbox SET status = 'sent', sent_at = coalesce(sent_at, ?), attempts = attempts + 1,
+                          next_attempt_at = NULL WHERE id = ?""", (now, item_id))
+            db.execute("INSERT INTO outbox_attempts (outbox_id, at, outcome, response) VALUES (?, ?, 'sent', ?)",
+                       (item_id, now, response))
+
+    def outbox_mark_failed(self, item_id: int, error: str, *, quarantine: bool = False,
+                           next_attempt_at: dt.datetime | None = None) -> None:
+        """Count a failed attempt and keep its error; the caller chooses the backoff (`next_attempt_at`) or
+        quarantine. Only `outbox_requeue` takes an item out of quarantine, so a manual retry that fails again
+        leaves it there."""
+        outcome = "quarantined" if quarantine else "failed"
+        with self._write() as db:
+            if self._outbox_item(item_id)["status"] == "sent":
+                raise ValueError(f"outbox item {item_id} was already sent; a failure cannot be recorded for it")
+            now = self._now()
+            db.execute("""UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,
+                          status = CASE WHEN ? THEN 'quarantined' ELSE status END WHERE id = ?""",
+                       (error, None if next_attempt_at is None else _iso(next_attempt_at), quarantine, item_id))
+            db.execute("INSERT INTO outbox_attempts (outbox_id, at, outcome, error) VALUES (?, ?, ?, ?)",
+                       (item_id, now, outcome, error))
+
+    def outbox_requeue(self, item_id: int) -> None:
+        """Put a quarantined item back in the queue, once whatever made it fail has been fixed."""
+        with self._write() as db:
+            if self._outbox_item(item_id)["status"] != "quarantined":
+                raise ValueError(f"outbox item {item_id} is not quarantined")
+            db.execute("UPDATE outbox SET status = 'pending', next_attempt_at = NULL WHERE id = ?", (item_id,))
+
+    def outbox_attempts(self, item_id: int) -> list[dict]:
+        """Every attempt to send an item, oldest first, for the IT person asking why it has not arrived."""
+        return self._rows("SELECT * FROM outbox_attempts WHERE outbox_id = ? ORDER BY id", (item_id,))
+
+    def count_finished(self) -> int:
+        """How many visits are finished: the admin pages' figure, without fetching every visit's id."""
+        return int(self._one("SELECT count(*) AS n FROM visits WHERE status = 'finished'")["n"])
+
+    def outbox_counts(self) -> dict:
+        counts = {"pending": 0, "sent": 0, "quarantined": 0}
+        for row in self._rows("SELECT status, count(*) AS n FROM outbox GROUP BY status"):
+            counts[row["status"]] = row["n"]
+        return counts
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def recover(self, *, stale_after: float = 6.0) -> dict:
+        """Start-up check after a crash or power cut.
+
+        Verifies the database, marks visits open for more than `stale_after` hours as 'interrupted'
+        (0: every open visit), removes image files no row names and temp files of interrupted writes,
+        and counts rows whose image is missing (which the write order should make impossible).
+        """
+        with self._lock:
+            try:
+                problems = [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc):
+                    raise
+                problems = [str(exc)]
+            if problems != ["ok"]:
+                raise _damaged(self.data_dir, "; ".join(problems[:5])) from None
+            cutoff = _iso(self._clock() - dt.timedelta(hours=stale_after))
+            with self._write() as db:
+                interrupted = db.execute("UPDATE visits SET status = 'interrupted' WHERE status = 'open' AND started_at <= ?",
+                                         (cutoff,)).rowcount
+            referenced = {r["sha"] for r in self._rows(
+                """SELECT photo_sha256 AS sha FROM captures
+                   UNION SELECT overlay_sha256 FROM results WHERE overlay_sha256 IS NOT NULL
+                   UNION SELECT masks_sha256 FROM results WHERE masks_sha256 IS NOT NULL""")}
+            removed = self.images.sweep_orphans(referenced)
+            missing = sum(not self.images.has(sha) for sha in referenced)
+        return {"integrity": "ok", "interrupted": interrupted, "orphans_removed": len(removed), "missing_images": missing}

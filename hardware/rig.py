@@ -1,0 +1,83 @@
+"""The optic module's hardware as one assembly: camera, lights and button, focus/fixation controller.
+
+Built from the board's real parts, or from simulators that behave like them (a controller on a real
+pseudo-terminal, gpiozero's mock pins, a camera that renders a synthetic eye lit by those pins).
+Everything above this sees the same three objects either way. It takes plain values (the light's
+limits, the board's name), not the appliance's configuration: `hardware/` never imports `device/`.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Rig:
+    """The optic module's parts, opened together and closed together."""
+
+    camera: object
+    illumination: object
+    optic_module: object | None
+    simulated: bool
+    simulator: object | None = None
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def simulated_rig(*, max_led_level: float, max_flash_s: float, **camera_options) -> Rig:
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from hardware import boards
+    from hardware.illumination import Illumination
+    from hardware.optic_module import OpticModule
+    from hardware.optic_module_sim import OpticModuleSimulator
+    from hardware.simulated_camera import SimulatedCamera
+
+    stack = ExitStack()
+    try:
+        sim = stack.enter_context(OpticModuleSimulator())
+        module = OpticModule(sim.port)
+        stack.callback(module.close)
+        lights = Illumination(boards.PROFILES["workstation"], pin_factory=MockFactory(pin_class=MockPWMPin),
+                              max_level=max_led_level, max_flash_s=max_flash_s)
+        stack.callback(lights.off)
+        camera = SimulatedCamera(illumination=lights, optic_module=sim, **camera_options)
+    except BaseException:
+        stack.close()
+        raise
+    return Rig(camera, lights, module, simulated=True, simulator=sim, _stack=stack)
+
+
+def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float) -> Rig:
+    from hardware import boards
+    from hardware.camera import open_camera
+    from hardware.illumination import Illumination
+    from hardware.optic_module import OpticModule
+
+    profile = boards.profile(board)
+    stack = ExitStack()
+    try:
+        lights = Illumination(profile, max_level=max_led_level, max_flash_s=max_flash_s)
+        stack.callback(lights.off)
+        module = OpticModule(profile.serial_port) if profile.serial_port else None
+        if module is not None:
+            stack.callback(module.close)
+        camera = open_camera(profile)
+    except BaseException:
+        stack.close()
+        raise
+    return Rig(camera, lights, module, simulated=False, _stack=stack)
+
+
+def open_rig(*, simulate: bool, board: str, max_led_level: float, max_flash_s: float, **camera_options) -> Rig:
+    """Simulators when `simulate`, else the named board's parts; `camera_options` go to the simulated camera."""
+    light = {"max_led_level": max_led_level, "max_flash_s": max_flash_s}
+    return simulated_rig(**light, **camera_options) if simulate else hardware_rig(board, **light)
