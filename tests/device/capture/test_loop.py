@@ -4,7 +4,9 @@ whose brightness follows the LED pin and whose sharpness follows the focus motor
 import numpy as np
 import pytest
 
-from device.capture.loop import CaptureLoop, FocusController, IlluminationController
+from device.capture.focus import FocusController
+from device.capture.light import LightController
+from device.capture.loop import CaptureLoop
 from device.config import Config
 from device.screening.quality import QualityGate
 from hardware.rig import simulated_rig
@@ -22,7 +24,7 @@ def rig():
 def test_illumination_controller_settles_without_oscillating():
     """A plant whose brightness is proportional to LED level x exposure: the loop reaches the target
     within a few frames, never overshoots wildly, and respects the LED's safety limit."""
-    ctl = IlluminationController(target=0.42, max_level=0.8)
+    ctl = LightController(target=0.42, max_level=0.8)
     gain = 0.9  # brightness per (level x exposure/20 ms)
     seen = []
     for _ in range(12):
@@ -33,7 +35,7 @@ def test_illumination_controller_settles_without_oscillating():
     assert abs(seen[-1] - 0.42) < 0.02
     assert max(seen) < 0.42 * 1.25
     # a dim eye: the LED stops at its limit and exposure makes up the rest
-    dim = IlluminationController(target=0.42, max_level=0.8)
+    dim = LightController(target=0.42, max_level=0.8)
     for _ in range(20):
         dim.update(0.05 * dim.level * dim.exposure_us / 20000)
     assert dim.level == 0.8 and dim.exposure_us > 20000
@@ -121,7 +123,7 @@ def test_a_stuck_camera_read_makes_the_loop_unresponsive_for_the_watchdog(rig):
 def test_illumination_controller_learns_a_gamma_encoded_camera_and_settles_without_overshoot():
     """Brightness of a real camera's output grows as about the square root of light: the controller
     finds that out from its first move and settles in a few frames, never overshooting."""
-    ctl = IlluminationController(target=0.42, max_level=0.8)
+    ctl = LightController(target=0.42, max_level=0.8)
     seen = []
     for _ in range(8):
         brightness = 0.5 * (ctl.level * ctl.exposure_us / 20000) ** 0.5
@@ -133,18 +135,18 @@ def test_illumination_controller_learns_a_gamma_encoded_camera_and_settles_witho
 
 
 def test_illumination_controller_uses_the_least_light_on_the_eye_and_gain_last():
-    ctl = IlluminationController(target=0.42, max_level=0.8, exposure_range=(100, 30000))
+    ctl = LightController(target=0.42, max_level=0.8, exposure_range=(100, 30000))
     for _ in range(30):  # a normal eye: the exposure is lengthened first, the ring stays well below its limit
         ctl.update(0.6 * (ctl.level * ctl.exposure_us / 20000) ** 0.5)
     assert ctl.exposure_us == 30000 and ctl.level < 0.5 and ctl.gain == 1.0 and ctl.settled
-    dim = IlluminationController(target=0.42, max_level=0.8, exposure_range=(100, 30000))
+    dim = LightController(target=0.42, max_level=0.8, exposure_range=(100, 30000))
     for _ in range(30):  # a very dim eye: ring at its safety limit, exposure at the frame's length, then gain
         dim.update(0.15 * (dim.level * dim.exposure_us / 20000 * dim.gain) ** 0.5)
     assert dim.level == 0.8 and dim.exposure_us == 30000 and dim.gain > 1.5 and dim.settled
 
 
 def test_illumination_controller_holds_through_a_blink():
-    ctl = IlluminationController(target=0.42, max_level=0.8)
+    ctl = LightController(target=0.42, max_level=0.8)
 
     def plant(lid: float = 1.0) -> float:
         return lid * 0.6 * (ctl.level * ctl.exposure_us / 20000) ** 0.5
@@ -177,7 +179,7 @@ def test_autofocus_sweeps_from_the_end_of_the_travel_and_locks_on_the_top(motor)
     sim, module = motor
     rng = np.random.default_rng(0)
     focus = FocusController(module)
-    for frames in range(1, 60):
+    for frames in range(1, 60):  # noqa: B007 - the count is read after the loop
         focus.update(_focus_measure(sim.focus_position(), sim.best_focus, rng))
         if focus.done:
             break

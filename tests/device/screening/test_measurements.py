@@ -57,6 +57,7 @@ def test_empty_disc_gives_no_measurement_and_dice_edges():
     empty = np.zeros((10, 10), bool)
     assert measure(empty, empty) is None
     assert region(empty) is None
-    a = np.zeros((10, 10), bool); a[:5] = True
+    a = np.zeros((10, 10), bool)
+    a[:5] = True
     assert dice(a, a) == 1.0
     assert dice(a, ~a) == 0.0
