@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from device.visits.datadir import DataDir
+
 __all__ = ["Accounts", "AccountLocked", "MAX_FAILURES", "FIRST_LOCK_S", "accounts_path", "check_pin",
            "add_user_parser", "user_add_command", "user_list_command", "user_remove_command"]
 
@@ -225,14 +227,14 @@ class Accounts:
 # -- the `glaucoscreen user ...` commands --------------------------------------------------------
 
 def accounts_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "accounts.db"
+    return DataDir(data_dir).accounts_db
 
 
 def _open(args) -> Accounts:
     from device.config import Config
 
     cfg = Config.load(args.config, data_dir=getattr(args, "data_dir", None))
-    return Accounts(accounts_path(cfg.data_dir))
+    return Accounts(DataDir(cfg.data_dir).accounts_db)
 
 
 def _read_pin(args, stdin: TextIO, ask: Callable[[str], str]) -> str:

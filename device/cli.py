@@ -22,10 +22,10 @@ def cmd_screen(args) -> int:
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
         return 2
     pipeline = _pipeline(args)
-    visits = visit_uuid = cfg = progression = None
+    visits = visit_uuid = cfg = progression = history = None
     if args.record:
         from device.screening.progression import ProgressionAssessor
-        from device.visits.recording import record_eye
+        from device.visits.recording import eye_history, record_eye
         from device.visits.visitlog import VisitLog
 
         progression = ProgressionAssessor.from_artifacts()
@@ -34,9 +34,10 @@ def cmd_screen(args) -> int:
         visits = VisitLog(cfg.data_dir)
         if visits.get_patient(args.patient) is None:
             visits.add_patient(args.patient)
+        history = eye_history(visits, args.patient, args.eye)  # finished visits: this run's own stays out of it
     rows, failed = [], 0
     for image in args.images:
-        row, rgb, result = screen_file(pipeline, Path(image))
+        row, rgb, result = screen_file(pipeline, Path(image), history=history, progression=progression)
         if not row["ok"] or not row["gradable"]:
             failed += 1
         if visits is not None and result is not None:
@@ -44,9 +45,7 @@ def cmd_screen(args) -> int:
                 visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
             original = Path(image).read_bytes()
             row["visit"] = visit_uuid
-            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file",
-                                  progression=progression))
-            row["progression"] = result.progression
+            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file"))
         rows.append(row)
         print(json.dumps(row), flush=True)
     if visits is not None:
@@ -249,6 +248,7 @@ def cmd_gate(args) -> int:
 
 def cmd_build_engines(args) -> int:
     """Build (or find cached) TensorRT engines for every shipped model and precision, on the Jetson."""
+    from device.visits.datadir import DataDir
     from models.runtime import registry
     from models.runtime.engine import EngineError
 
@@ -259,7 +259,7 @@ def cmd_build_engines(args) -> int:
             if not isinstance(entry, dict) or "file" not in entry:
                 continue
             for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
-                engine = registry.load_engine(name, precision, backend="tensorrt", engine_cache=cfg.data_dir / "engines")
+                engine = registry.load_engine(name, precision, backend="tensorrt", engine_cache=DataDir(cfg.data_dir).engines)
                 built[f"{name}.{precision}"] = str(engine.engine_file)
     except EngineError as exc:
         print(f"glaucoscreen build-engines: {exc}", file=sys.stderr)
@@ -380,13 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--host")
     r.add_argument("--data-dir", type=Path)
     r.set_defaults(func=cmd_run)
+    for name, _module, text in LAB_TRIALS:
+        sub.add_parser(name, help=text + f" (`glaucoscreen {name} --help` for its options)", add_help=False)
     from device.accounts import add_user_parser
 
     add_user_parser(sub)
     return p
 
 
+# Lab trials and benchmarks with options of their own: `glaucoscreen NAME --help` shows them.
+LAB_TRIALS = (
+    ("capture-trials", "capture_trials", "seeded hard starts on the simulated optic module: share captured within 20 s"),
+    ("bench-kiosk", "bench_kiosk", "a health worker's straight visit in headless Chromium: seconds per step"),
+    ("bench-quality", "bench_quality", "the quality gate on annotated and other-camera photos: who is called ungradable"),
+    ("sync-trials", "sync_trials", "seeded sync fault trials against a real PACS: nothing lost, nothing twice"),
+)
+
+
+def run_lab(name: str, argv: list[str]) -> int:
+    """A lab tool's own command line, reached from here so the appliance's modules never import the lab."""
+    import importlib
+
+    module = dict((n, m) for n, m, _ in LAB_TRIALS)[name]
+    return importlib.import_module(f"device.lab.{module}").main(argv) or 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in {name for name, _, _ in LAB_TRIALS}:
+        return run_lab(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from device.screening.quality import QualitySettings
+from device.visits.datadir import DataDir
 from device.visits.durable import fsync_dir, write_whole
 
 if sys.version_info >= (3, 11):
@@ -32,7 +33,6 @@ else:  # Python 3.10 (JetPack 6's Ubuntu 22.04)
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/glaucoscreen/glaucoscreen.toml")
-OVERRIDES_FILE = "settings-overrides.toml"
 # What the kiosk's settings page may change: the whole quality gate, and these of the capture loop.
 ADJUSTABLE_CAPTURE = ("consecutive_gradable", "target_brightness", "max_led_level")
 MAX_CONSECUTIVE_GRADABLE = 30       # about a second of frames: more only makes the worker hold still longer
@@ -144,7 +144,7 @@ class SettingsError(ValueError):
 
 
 def overrides_path(data_dir: Path) -> Path:
-    return Path(data_dir) / OVERRIDES_FILE
+    return DataDir(data_dir).settings_overrides
 
 
 def check_overrides(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
@@ -202,7 +202,7 @@ def check_overrides(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
 
 def read_overrides(data_dir: Path) -> dict[str, dict]:
     """The overrides file's contents by section (empty when there is none); not yet checked."""
-    path = overrides_path(data_dir)
+    path = DataDir(data_dir).settings_overrides
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -216,7 +216,7 @@ def read_overrides(data_dir: Path) -> dict[str, dict]:
 def write_overrides(data_dir: Path, values: dict[str, dict], *, changed_by: str = "") -> Path | None:
     """Write the overrides whole or not at all (temporary file, fsync, rename, fsync the folder), so a power
     cut never leaves half a file that would stop the unit from starting. No overrides: the file is removed."""
-    path = overrides_path(data_dir)
+    path = DataDir(data_dir).settings_overrides
     sections = {s: dict(sorted(v.items())) for s, v in values.items() if v}
     if not sections:
         path.unlink(missing_ok=True)
@@ -243,7 +243,7 @@ def changed_from_file(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
 
 
 def _load_overrides(cfg: Config) -> None:
-    path = overrides_path(cfg.data_dir)
+    path = DataDir(cfg.data_dir).settings_overrides
     data = read_overrides(cfg.data_dir)
     if not data:
         return

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from device.config import Config
+from device.visits.datadir import DataDir
 
 
 def _check(fn):
@@ -94,7 +95,7 @@ def inference(cfg: Config) -> dict:
     out["backend"] = "tensorrt" if registry.have_tensorrt() else "onnxruntime"
     out["int8_dot_product_cpu"] = registry.cpu_has_int8_dot()
     # what `precision = "auto"` picks on this unit: the same measured choice the pipeline reads at start
-    out["precision"] = {"segmentation": registry.preferred_precision("segmentation", measure_in=cfg.data_dir / "engines")}
+    out["precision"] = {"segmentation": registry.preferred_precision("segmentation", measure_in=DataDir(cfg.data_dir).engines)}
     out["ok"] = out["onnxruntime"]["ok"]
     return out
 

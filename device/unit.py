@@ -21,7 +21,8 @@ from device.config import Config
 from device.screening.pipeline import ScreeningPipeline
 from device.screening.progression import ProgressionAssessor
 from device.screening.quality import QualityGate
-from device.visits.recording import record_eye
+from device.visits.datadir import DataDir
+from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from hardware.rig import Rig, open_rig
 from models.runtime.engine import EngineError
@@ -99,8 +100,8 @@ class Unit:
             raise
         try:
             pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
-                                                        engine_cache=config.data_dir / "engines")
-            progression = ProgressionAssessor.from_artifacts(engine_cache=config.data_dir / "engines")
+                                                        engine_cache=DataDir(config.data_dir).engines)
+            progression = ProgressionAssessor.from_artifacts(engine_cache=DataDir(config.data_dir).engines)
         except EngineError as exc:
             # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
             log.error("screening models not loaded: %s", exc)
@@ -150,9 +151,12 @@ class Unit:
         if self.pipeline is None:
             raise EngineError(self.model_error or "the screening models are not loaded")
         with self._screen_lock:
-            result = self.pipeline.screen(photo.rgb)
-            ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result,
-                             source="simulator" if self.simulated else "camera", progression=self.progression)
+            history = None
+            if self.progression is not None:
+                history = eye_history(self.visits, self.visits.get_visit(visit_uuid)["patient"]["identifier"], eye)
+            # the capture loop's report on this still: the gate has judged it once, with the same settings
+            result = self.pipeline.screen(photo.rgb, quality=photo.quality, history=history, progression=self.progression)
+            ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
         return result.to_dict() | ids | {"capture_trace": photo.trace}
 
     def engines(self) -> list:
@@ -237,9 +241,9 @@ DEMO_USER, DEMO_PIN = "demo", "2580"
 
 def _demo_account(config: Config) -> None:
     """In simulation only: an account to try the kiosk with, so the first screen is not a dead end."""
-    from device.accounts import Accounts, accounts_path
+    from device.accounts import Accounts
 
-    accounts = Accounts(accounts_path(config.data_dir))
+    accounts = Accounts(DataDir(config.data_dir).accounts_db)
     if accounts.count() == 0:
         accounts.add(DEMO_USER, DEMO_PIN, admin=True)
         print(f"Simulation: sign in as '{DEMO_USER}' with PIN {DEMO_PIN} (an admin; create real accounts with "

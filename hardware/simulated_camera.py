@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from hardware.camera import PREVIEW_SIZE, Camera, CameraError, FramePacer
-from models.synthetic import EyeParams, Scene, apply_optics, random_eye, render_reflectance
+from models.fundus import EyeParams, Scene, apply_optics, random_eye, render_reflectance
 
 REFERENCE_LEVEL = 0.5            # LED level that, at the reference exposure and gain 1, exposes a fundus normally
 REFERENCE_EXPOSURE_US = 20000

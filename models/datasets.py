@@ -22,15 +22,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# The mask codec is the unit's too: it lives with the run-time image codec, and is re-exported for the readers' callers.
+from models.runtime.images import CUP_BELOW, DISC_BELOW, decode_mask, encode_mask  # noqa: F401
+
 # The shared data sits beside the checkout; GLAUCOSCREEN_SHARED_DATA points elsewhere (as in the tests).
 DEFAULT_DATA = Path(os.environ.get("GLAUCOSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 REFUGE_IMAGE_FOLDERS = ("images", "Images", "Training400", "Validation400", "Test400", "img", "imgs")
 REFUGE_MASK_FOLDERS = ("masks", "Masks", "gts", "GT", "Disc_Cup_Masks", "Annotation-Training400", "mask")
-# REFUGE mask coding: 0 cup, 128 rim, 255 background. Thresholds halfway between the levels absorb
-# JPEG-ish noise and resampling.
-CUP_BELOW = 64
-DISC_BELOW = 192
 
 
 class DatasetError(ValueError):
@@ -246,20 +245,6 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if mask is None:
         raise DatasetError(f"mask {path} is missing or not an image")
     return decode_mask(mask)
-
-
-def decode_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    return mask < DISC_BELOW, mask < CUP_BELOW
-
-
-def encode_mask(disc: np.ndarray, cup: np.ndarray) -> np.ndarray:
-    """(disc, cup) -> REFUGE coding, uint8."""
-    mask = np.full(disc.shape, 255, np.uint8)
-    mask[disc] = 128
-    mask[cup & disc] = 0
-    return mask
 
 
 def decode_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ import secrets
 
 from flask import Flask, current_app
 
-from device.accounts import Accounts, accounts_path
+from device.accounts import Accounts
+from device.visits.datadir import DataDir
 
 
 def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) -> Flask:
@@ -30,7 +31,7 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
         SESSION_TIMEOUT_S=60.0 * unit.config.kiosk.session_timeout_min,
     )
     app.extensions["glaucoscreen.unit"] = unit
-    app.extensions["glaucoscreen.accounts"] = Accounts(accounts_path(unit.config.data_dir))
+    app.extensions["glaucoscreen.accounts"] = Accounts(DataDir(unit.config.data_dir).accounts_db)
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["local_date"] = local_date
     app.jinja_env.filters["percent"] = percent

@@ -18,6 +18,7 @@ from device import doctor
 from device.kiosk import get_unit
 from device.kiosk.home import LOW_DISK_BYTES, unit_status
 from device.kiosk.security import require_admin
+from device.visits.datadir import DataDir
 from models.runtime import registry
 from models.runtime.engine import EngineError
 
@@ -81,7 +82,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
     except EngineError as exc:
         return [], str(exc)
     running = {e.name: describe_engine(e) for e in unit.engines()}
-    engine_cache = unit.config.data_dir / "engines"  # where the pipeline remembered what it measured
+    engine_cache = DataDir(unit.config.data_dir).engines  # where the pipeline remembered what it measured
     rows = []
     for name, entry in manifest.items():
         if not isinstance(entry, dict) or "file" not in entry:
@@ -155,13 +156,14 @@ def bytes_by_part(root: Path) -> dict[str, tuple[int, int]]:
 def storage_figures(unit) -> dict:
     """Free and used space of the data directory's disk, what the unit's own parts take of it, and the
     limits: below `min_free_bytes` a new visit is refused; below LOW_DISK_BYTES the home page warns."""
-    data_dir = Path(unit.config.data_dir)
+    files = DataDir(unit.config.data_dir)
+    data_dir = files.root
     usage = shutil.disk_usage(data_dir)
     visits = unit.visits
-    log_bytes = sum(p.stat().st_size for p in data_dir.glob("visits.db*") if p.is_file())
+    log_bytes = sum(p.stat().st_size for p in files.visits_db_files())
     parts = bytes_by_part(data_dir)
     image_bytes, photos = parts.get(Path(visits.images.root).name, (0, 0))
-    engine_bytes, _ = parts.get("engines", (0, 0))
+    engine_bytes, _ = parts.get(files.engines.name, (0, 0))
     everything = sum(b for b, _ in parts.values())
     finished = visits.count_finished()
     per_visit = (log_bytes + image_bytes) / finished if finished else None

@@ -22,11 +22,11 @@ from device.config import (
     SettingsError,
     changed_from_file,
     check_overrides,
-    overrides_path,
     write_overrides,
 )
 from device.kiosk import get_unit
 from device.kiosk.security import require_admin
+from device.visits.datadir import DataDir
 
 bp = Blueprint("settings", __name__, url_prefix="/admin/settings")
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _page(entered: dict | None = None, problems: dict | None = None, status: int
     unit = get_unit()
     cfg = unit.config
     problems = problems or {}
-    path = overrides_path(cfg.data_dir)
+    path = DataDir(cfg.data_dir).settings_overrides
     rows = _fields(cfg.adjustable(), cfg.file_values(), entered, problems)
     return render_template("settings.html", capture_rows=[r for r in rows if r["section"] == "capture"],
                            quality_rows=[r for r in rows if r["section"] == "quality"], problems=problems,

@@ -50,11 +50,12 @@ from typing import Iterator
 
 import waitress
 
-from device.accounts import Accounts, accounts_path
+from device.accounts import Accounts
 from device.config import Config
 from device.kiosk import create_app
 from device.kiosk.outcome import visit_outcome
 from device.unit import Unit
+from device.visits.datadir import DataDir
 from device.visits.visitlog import EYES
 
 TARGET_S = 60.0
@@ -109,7 +110,7 @@ def simulated_kiosk(data_dir: Path) -> Iterator[tuple[str, Unit]]:
         if unit.pipeline is None:
             raise VisitFailed(f"the screening models did not load: {unit.model_error}")
         unit.start()
-        accounts = Accounts(accounts_path(data_dir))
+        accounts = Accounts(DataDir(data_dir).accounts_db)
         for name, pin in WORKERS:
             accounts.add(name, pin)
         server = waitress.create_server(create_app(unit), host="127.0.0.1", port=0, threads=config.kiosk.threads)

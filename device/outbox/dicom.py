@@ -31,6 +31,8 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import JPEGBaseline8Bit
 
+from device.screening.progression import Assessment
+from device.screening.result import StoredResult
 from models.runtime.images import decode_rgb, encode_jpeg
 
 MANUFACTURER = "GlaucoScreen Edge"
@@ -92,8 +94,9 @@ class EyeStudy:
 
     `captured_at` is when the photo was taken (UTC; a naive datetime is read as UTC). The masks are
     boolean and the photo's size, or both None when nothing was segmented. `result` is the
-    screening JSON (`ScreeningResult.to_dict()`). `pixel_spacing_mm` is the unit's nominal spacing
-    at the retina from its optical calibration, where known.
+    screening JSON as the visit log stores it (`ScreeningResult.to_dict()`); the objects are built
+    from its typed reading, `screening`. `pixel_spacing_mm` is the unit's nominal spacing at the
+    retina from its optical calibration, where known.
     """
 
     visit_uuid: str
@@ -110,6 +113,10 @@ class EyeStudy:
     result: dict
     pixel_spacing_mm: float | None = None
 
+    @property
+    def screening(self) -> StoredResult:
+        return StoredResult.from_dict(self.result)
+
 
 def study_uids(visit_uuid: str, eye: str) -> dict[str, str]:
     """The study, series and instance UIDs of one eye of one visit, the same on every call."""
@@ -121,10 +128,11 @@ def study_uids(visit_uuid: str, eye: str) -> dict[str, str]:
 def build_datasets(study: EyeStudy) -> list[Dataset]:
     """[photo, segmentation (when there are masks), structured report] for one eye."""
     uids = study_uids(study.visit_uuid, study.eye)
+    screening = study.screening
     photo = _photo(study, uids)
     has_masks = study.disc_mask is not None or study.cup_mask is not None
-    seg = _segmentation(study, uids, photo) if has_masks else None
-    report = _report(study, uids, photo, seg)
+    seg = _segmentation(study, screening, uids, photo) if has_masks else None
+    report = _report(study, screening, uids, photo, seg)
     return [photo, report] if seg is None else [photo, seg, report]
 
 
@@ -221,12 +229,11 @@ def _patient_and_study(ds: Dataset, study: EyeStudy, uids: dict[str, str], when:
     ds.TimezoneOffsetFromUTC = "+0000"
 
 
-def _software_versions(result: dict) -> list[str]:
-    versions = result.get("model_versions") or {}
-    return [f"{k} {v}"[:64] for k, v in sorted(versions.items())] or ["unknown"]
+def _software_versions(result: StoredResult) -> list[str]:
+    return [f"{k} {v}"[:64] for k, v in sorted(result.model_versions.items())] or ["unknown"]
 
 
-def _algorithm_version(result: dict) -> str:
+def _algorithm_version(result: StoredResult) -> str:
     text = "; ".join(_software_versions(result))
     return text if len(text) <= 64 else text[:61] + "..."
 
@@ -367,7 +374,7 @@ def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileM
 
 # --- The segmentation --------------------------------------------------------------------------
 
-def _segmentation(study: EyeStudy, uids: dict[str, str], photo: Dataset) -> Dataset:
+def _segmentation(study: EyeStudy, result: StoredResult, uids: dict[str, str], photo: Dataset) -> Dataset:
     when = _utc(study.captured_at)
     shape = (photo.Rows, photo.Columns)
     masks = []
@@ -381,8 +388,8 @@ def _segmentation(study: EyeStudy, uids: dict[str, str], photo: Dataset) -> Data
         masks.append(mask.astype(bool))
     algorithm = hd.AlgorithmIdentificationSequence(
         name="GlaucoScreen Edge disc/cup segmentation", family=codes.DCM.ArtificialIntelligence,
-        version=_algorithm_version(study.result),
-        parameters={k: str(v) for k, v in sorted((study.result.get("model_versions") or {}).items())} or None)
+        version=_algorithm_version(result),
+        parameters={k: str(v) for k, v in sorted(result.model_versions.items())} or None)
     segments = [
         hd.seg.SegmentDescription(
             segment_number=1, segment_label="Optic disc", segmented_property_category=ANATOMICAL_STRUCTURE,
@@ -409,7 +416,7 @@ def _segmentation(study: EyeStudy, uids: dict[str, str], photo: Dataset) -> Data
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=uids["seg_series"], series_number=2, sop_instance_uid=uids["seg"], instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
-        software_versions=_software_versions(study.result), device_serial_number=_lo(study.device_id, "device ID"),
+        software_versions=_software_versions(result), device_serial_number=_lo(study.device_id, "device ID"),
         content_label="DISC_CUP", content_description="Optic disc and cup", omit_empty_frames=False,
         series_description=f"Optic disc and cup, {study.eye} eye", coding_schemes=[_LOCAL_CODES],
         content_date=_da(when), content_time=_tm(when), series_date=_da(when), series_time=_tm(when))
@@ -449,19 +456,18 @@ def _header(ds: Dataset) -> Dataset:
     return out
 
 
-def _report(study: EyeStudy, uids: dict[str, str], photo: Dataset, seg: Dataset | None) -> Dataset:
+def _report(study: EyeStudy, result: StoredResult, uids: dict[str, str], photo: Dataset, seg: Dataset | None) -> Dataset:
     photo = _header(photo)
     seg = None if seg is None else _header(seg)
     when = _utc(study.captured_at)
-    result = study.result
-    referral = result.get("referral")
+    referral = result.referral
     if referral not in REFERRAL_VALUES:
         raise ValueError(f"the screening result's referral must be refer, rescreen or normal, not {referral!r}")
     namespace = _visit_namespace(study.visit_uuid)
     laterality = LATERALITY[study.eye]
     algorithm = hd.sr.AlgorithmIdentification(
         name="GlaucoScreen Edge", version=_algorithm_version(result),
-        parameters=[f"{k}: {v}" for k, v in sorted((result.get("model_versions") or {}).items())] or None)
+        parameters=[f"{k}: {v}" for k, v in sorted(result.model_versions.items())] or None)
     groups = []
     disc_measurements = _cdr_measurements(result)
     if disc_measurements:
@@ -477,7 +483,7 @@ def _report(study: EyeStudy, uids: dict[str, str], photo: Dataset, seg: Dataset 
         else:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(photo)], **disc_group))
-    probability = result.get("glaucoma_probability")
+    probability = result.glaucoma_probability
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(namespace, f"{study.eye}/glaucoma-tracking"),
                                                      identifier="Glaucoma assessment"),
@@ -511,36 +517,35 @@ def _report(study: EyeStudy, uids: dict[str, str], photo: Dataset, seg: Dataset 
     return sr
 
 
-def _cdr_measurements(result: dict) -> list[hd.sr.Measurement]:
-    ratios = result.get("measurements") or {}
+def _cdr_measurements(result: StoredResult) -> list[hd.sr.Measurement]:
     out = []
-    for concept, value in ((VCDR, result.get("vcdr")), (HCDR, ratios.get("hcdr")), (AREA_CDR, ratios.get("area_cdr"))):
+    for concept, value in ((VCDR, result.vcdr), (HCDR, result.hcdr), (AREA_CDR, result.area_cdr)):
         if value is not None:
             out.append(hd.sr.Measurement(concept, float(value), RATIO))
     return out
 
 
-def _progression_text(p: dict) -> str:
+def _progression_text(p: Assessment) -> str:
     """The verdict in the worker's words, then the figures a reader checks it against."""
-    text = str(p.get("message", ""))
-    if p.get("vcdr_then") is not None and p.get("vcdr_now") is not None:
-        text += (f" Cup-to-disc ratio {p['vcdr_then']:.2f} at {str(p.get('compared_with', ''))[:10]}, "
-                 f"{p['vcdr_now']:.2f} now ({p.get('years') or 0:.1f} years).")
-    if p.get("engine_probability") is not None:
-        text += f" Progression engine: {p['engine_probability']:.0%} (research output, not a decision)."
+    text = str(p.message)
+    if p.vcdr_then is not None and p.vcdr_now is not None:
+        text += (f" Cup-to-disc ratio {p.vcdr_then:.2f} at {str(p.compared_with or '')[:10]}, "
+                 f"{p.vcdr_now:.2f} now ({p.years or 0:.1f} years).")
+    if p.engine_probability is not None:
+        text += f" Progression engine: {p.engine_probability:.0%} (research output, not a decision)."
     return text[:1024]  # a TEXT item's value stays within what a PACS displays
 
 
-def _qualitative_evaluations(result: dict) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(result: StoredResult) -> hd.sr.ContainerContentItem:
     """TID 1500's root "Qualitative Evaluations": the referral's reasons, the comparison with the eye's
     first visit and the model versions, in words."""
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [hd.sr.TextContentItem(REFERRAL_REASON, str(reason), relationship_type="CONTAINS")
-             for reason in result.get("referral_reasons") or []]
-    if result.get("progression"):
-        items.append(hd.sr.TextContentItem(PROGRESSION, _progression_text(result["progression"]),
+             for reason in result.reasons]
+    if result.progression is not None:
+        items.append(hd.sr.TextContentItem(PROGRESSION, _progression_text(result.progression),
                                            relationship_type="CONTAINS"))
     items += [hd.sr.TextContentItem(MODEL_VERSION, f"{name}: {version}", relationship_type="CONTAINS")
-              for name, version in sorted((result.get("model_versions") or {}).items())]
+              for name, version in sorted(result.model_versions.items())]
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container

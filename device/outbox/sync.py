@@ -13,16 +13,15 @@ Segmentation and structured report. What each answer does to the item:
 Every attempt is written to outbox_attempts. Resending is harmless: DICOM UIDs derive from the
 visit's UUID, so a sync killed between "stored" and "marked sent" stores nothing twice next time.
 
+The DICOM files come from `device.outbox.study`, encoded ahead in worker processes (`device.outbox.encoder`).
 The sync service is another process than the kiosk and opens its own VisitLog; a lock file beside
 the visit log keeps two syncs (the timer and a hand-run `glaucoscreen sync`) from sending at once.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import fcntl
-import io
 import logging
 import os
 import random
@@ -30,19 +29,16 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-from pydicom import dcmwrite
+from typing import Iterator
 
 from device.config import Config, SyncConfig
-from device.outbox.dicom import EyeStudy, build_datasets
 from device.outbox.dicomweb import REJECT, STORED, DicomWebClient, StoreResult
-from device.visits.imagestore import CorruptImageError
-from device.visits.visitlog import VisitLog, decode_masks
-from models.runtime.images import ImageError
+from device.outbox.encoder import ahead, encoder
+from device.outbox.study import Unencodable
+from device.visits.datadir import DataDir
+from device.visits.visitlog import VisitLog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,6 @@ BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
 UNIT_REFUSED = {401, 403}  # about this unit's credentials, not about the item
 _BATCH = 100
-LOCK_NAME = "sync.lock"
 
 
 class SyncConfigError(ValueError):
@@ -95,132 +90,13 @@ def _failures_in_a_row(visits: VisitLog, item_id: int) -> int:
     return streak
 
 
-# --- From the visit log to DICOM ---------------------------------------------------------------
-
-def eye_study(visits: VisitLog, item_id: int, *, device_id: str) -> EyeStudy:
-    """The EyeStudy of one outbox item, from the visit log and its image store. The unit that took the photo
-    (the visit's device_id) signs it; `device_id` stands in for visits recorded without one."""
-    eye = visits.outbox_eye(item_id)
-    visit, patient, capture, result = eye["visit"], eye["patient"], eye["capture"], eye["result"]
-    disc = cup = None
-    if result.get("masks_sha256"):
-        disc, cup = decode_masks(visits.images.get(result["masks_sha256"]))
-    return EyeStudy(
-        visit_uuid=visit["uuid"], eye=eye["item"]["eye"], device_id=visit["device_id"] or device_id,
-        patient_id=patient["identifier"], patient_name=patient["name"], year_of_birth=patient["year_of_birth"],
-        sex=patient["sex"], captured_at=dt.datetime.fromisoformat(capture["captured_at"]),
-        photo_jpeg=visits.images.get(capture["photo_sha256"]), disc_mask=disc, cup_mask=cup,
-        result=result["screening"])
-
-
-_UNENCODABLE = (ValueError, LookupError, FileNotFoundError, CorruptImageError, ImageError)
-
-
-@dataclass(frozen=True)
-class Unencodable:
-    """Why an eye cannot become DICOM (a damaged image, a bad mask): sending it again will not help."""
-
-    reason: str
-
-
-def encode_item(visits: VisitLog, item_id: int, device_id: str) -> list[bytes] | Unencodable:
-    """The item's DICOM files (photo, segmentation where there are masks, report) as bytes, in the order sent."""
-    try:
-        study = eye_study(visits, item_id, device_id=device_id)
-    except _UNENCODABLE as exc:
-        return Unencodable(str(exc))
-    return encode_study(study)
-
-
-def encode_study(study: EyeStudy) -> list[bytes] | Unencodable:
-    try:
-        datasets = build_datasets(study)
-    except _UNENCODABLE as exc:
-        return Unencodable(str(exc))
-    files = []
-    for ds in datasets:
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        files.append(buffer.getvalue())
-    return files
-
-
-def _die_with(sync_pid: int) -> None:
-    """In an encoding worker: exit as soon as the sync process is gone, even after a SIGKILL, so no
-    worker outlives it. A worker's parent is the fork server, and its own copy of the task queue's
-    write end means it never sees end-of-file, so it watches the sync process itself: a pidfd where
-    Linux has one (no PID-reuse race), else a poll of the PID."""
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(sync_pid)
-        except (AttributeError, OSError):
-            fd = None
-        if fd is not None:
-            import select
-
-            select.select([fd], [], [])  # readable once the process has exited
-            os._exit(1)
-        while True:
-            try:
-                os.kill(sync_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:
-                pass
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, name="die-with-sync", daemon=True).start()
-
-
-@contextlib.contextmanager
-def _encoder(visits: VisitLog, device_id: str) -> Iterator[Callable[[int], Future]]:
-    """submit(item_id) -> Future of the item's files. The visit log is read here (it is not shared
-    across processes); the CPU-heavy DICOM encoding (~0.1 s an eye in highdicom and pydicom) runs in
-    worker processes, one per core, while this process waits on the PACS. Workers only compute: they
-    never touch the visit log, so killing them (or the sync) at any point loses nothing."""
-    import multiprocessing
-
-    workers = min(4, os.cpu_count() or 1)
-    # Workers come from a fork server, never by forking this process: the kiosk and the tests hold
-    # threads (ONNX Runtime's pools, Flask's, logging's locks), and a child forked while one of them
-    # holds a lock waits on it forever.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["device.outbox.sync"])
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with, initargs=(os.getpid(),))
-
-    def submit(item_id: int) -> Future:
-        try:
-            study = eye_study(visits, item_id, device_id=device_id)
-        except _UNENCODABLE as exc:
-            done: Future = Future()
-            done.set_result(Unencodable(str(exc)))
-            return done
-        return pool.submit(encode_study, study)
-
-    try:
-        yield submit
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _ahead(items: Iterator[dict], submit: Callable[[int], Future], window: int) -> Iterator[tuple[dict, Future]]:
-    """The items in order, each with its encoding started up to `window` items before it is needed."""
-    queue: collections.deque[tuple[dict, Future]] = collections.deque()
-    for item in items:
-        queue.append((item, submit(item["id"])))
-        if len(queue) >= window:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
 # --- One run ------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def _sync_lock(data_dir: Path) -> Iterator[bool]:
     """True when this process holds the unit's sync lock. The kernel drops it when the process dies, so a
     killed sync never leaves the queue locked."""
-    with open(data_dir / LOCK_NAME, "a") as f:
+    with open(DataDir(data_dir).sync_lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -271,8 +147,8 @@ def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit
 
 def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: Iterator[dict],
               now: dt.datetime | None, rng: random.Random, stop: threading.Event | None, report: SyncReport) -> None:
-    with _encoder(visits, device_id) as submit:
-        for item, encoding in _ahead(items, submit, window=4):
+    with encoder(visits, device_id) as submit:
+        for item, encoding in ahead(items, submit, window=4):
             if stop is not None and stop.is_set():
                 report.stopped = "asked to stop"
                 return
@@ -431,7 +307,7 @@ def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
     totals = {"runs": 0, "attempted": 0, "sent": 0, "failed": 0, "quarantined": 0}
     last: SyncReport | None = None
     try:
-        if not (Path(config.data_dir) / "visits.db").exists():
+        if not DataDir(config.data_dir).visits_db.exists():
             log.info("no visit log at %s yet: nothing to send", config.data_dir)
             return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}}
         with VisitLog(config.data_dir) as visits, _stop_on_signals(stop):

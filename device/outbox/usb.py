@@ -22,7 +22,7 @@ from typing import Callable
 
 from pydicom import dcmread
 
-from device.outbox.sync import Unencodable, encode_item
+from device.outbox.study import Unencodable, encode_item
 from device.visits.durable import write_whole
 from device.visits.visitlog import VisitLog
 

@@ -1,5 +1,5 @@
 """The screening of one fundus photo: quality -> disc localisation -> disc/cup segmentation ->
-measurements -> glaucoma probability -> referral.
+measurements -> glaucoma probability -> referral, and, given the eye's earlier visits, progression.
 
 The segmentation network runs twice: on the whole photo (downscaled) to find the disc, then on a
 disc-centred crop so that the cup, a few dozen pixels tall on a small photo and hundreds on a
@@ -16,15 +16,15 @@ was fitted on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from device.screening.measurements import Measurements, clean_masks, largest_component, measure
+from device.screening.measurements import largest_component, measure
+from device.screening.progression import EyeHistory, ProgressionAssessor
 from device.screening.quality import QualityGate, QualityReport
-from device.screening.referral import ADVICE, HEADLINE, RESCREEN, ReferralPolicy, sigmoid
+from device.screening.referral import RESCREEN, ReferralPolicy, sigmoid
+from device.screening.result import DiscSegmentation, ScreeningResult
 from models.runtime import preprocess, registry
 from models.runtime.engine import Engine
 
@@ -34,86 +34,6 @@ MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" 
 # farther is something else (a disc-centred photo whose macula is at or past the edge of the field).
 FOVEA_DISC_DIAMETERS = (1.8, 3.5)
 MIRROR_PASS_2 = True  # average pass 2's disc and cup maps with those of the mirrored crop
-
-
-@dataclass
-class DiscSegmentation:
-    """Pass-2 output: disc and cup probability maps on the crop grid, and where the crop lies."""
-
-    box: preprocess.Box
-    disc_prob: np.ndarray
-    cup_prob: np.ndarray
-    glaucoma_logit: float
-    disc_classifier_logit: float | None = None
-
-    def masks(self) -> tuple[np.ndarray, np.ndarray]:
-        return clean_masks(self.disc_prob, self.cup_prob)
-
-    def masks_on_photo(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Disc and cup masks on the photo's own pixel grid (for Dice, overlays and DICOM)."""
-        disc = preprocess.unwarp(self.disc_prob, self.box, shape)
-        cup = preprocess.unwarp(self.cup_prob, self.box, shape)
-        return clean_masks(disc, cup)
-
-
-@dataclass
-class ScreeningResult:
-    gradable: bool
-    quality: QualityReport
-    referral: str
-    reasons: list[str]
-    model_versions: dict[str, str]
-    measurements: Measurements | None = None
-    glaucoma_probability: float | None = None
-    classifier_probability: float | None = None
-    disc_classifier_probability: float | None = None
-    vcdr_probability: float | None = None
-    progression: dict | None = None
-    fovea: tuple[float, float] | None = None
-    segmentation: DiscSegmentation | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def vcdr(self) -> float | None:
-        return self.measurements.vcdr if self.measurements else None
-
-    def to_dict(self) -> dict:
-        m = self.measurements
-        return {
-            "gradable": self.gradable,
-            "quality": self.quality.to_dict(),
-            "disc": m.disc.to_dict() if m else None,
-            "cup": m.cup.to_dict() if m and m.cup else None,
-            "vcdr": round(m.vcdr, 4) if m else None,
-            "measurements": m.to_dict() if m else None,
-            "fovea": None if self.fovea is None else [round(self.fovea[0], 1), round(self.fovea[1], 1)],
-            "glaucoma_probability": None if self.glaucoma_probability is None else round(self.glaucoma_probability, 4),
-            "classifier_probability": None if self.classifier_probability is None else round(self.classifier_probability, 4),
-            "disc_classifier_probability": (None if self.disc_classifier_probability is None
-                                            else round(self.disc_classifier_probability, 4)),
-            "vcdr_probability": None if self.vcdr_probability is None else round(self.vcdr_probability, 4),
-            "referral": self.referral,
-            "referral_headline": HEADLINE[self.referral],
-            "referral_reasons": self.reasons,
-            "advice": ADVICE[self.referral],
-            "progression": self.progression,
-            "model_versions": self.model_versions,
-            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
-        }
-
-    def overlay(self, rgb: np.ndarray) -> np.ndarray:
-        """The photo with the disc (green) and cup (yellow) outlines drawn, for the worker and the slip."""
-        out = rgb.copy()
-        if self.segmentation is None:
-            return out
-        disc, cup = self.segmentation.masks_on_photo(rgb.shape)
-        thick = max(2, int(round(min(rgb.shape[:2]) / 250)))
-        for mask, colour in ((disc, (40, 220, 40)), (cup, (255, 220, 0))):
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(out, contours, -1, colour, thick, lineType=cv2.LINE_AA)
-        if self.fovea is not None:
-            cv2.drawMarker(out, (int(self.fovea[0]), int(self.fovea[1])), (80, 160, 255), cv2.MARKER_CROSS, 6 * thick, thick)
-        return out
 
 
 class ScreeningPipeline:
@@ -185,7 +105,18 @@ class ScreeningPipeline:
             second = float(self.classifier.run({"image": x})["glaucoma"].reshape(-1)[0])
         return DiscSegmentation(box, disc, cup, float(out["glaucoma"].reshape(-1)[0]), second)
 
-    def screen(self, rgb: np.ndarray, quality: QualityReport | None = None) -> ScreeningResult:
+    def screen(self, rgb: np.ndarray, quality: QualityReport | None = None, *, history: EyeHistory | None = None,
+               progression: ProgressionAssessor | None = None) -> ScreeningResult:
+        """`quality`: the gate's report on this very photo where the caller has one (the capture loop
+        assessed its still already, with the same settings), so the gate runs once per photo. With
+        `progression` and the eye's `history`, the eye is also compared with its first screened visit;
+        an ungradable photo gets the verdict too ("nothing to compare with"), as the worker sees it."""
+        result = self._screen(rgb, quality)
+        if progression is not None and history is not None:
+            result.progression = progression.assess_screening(history, rgb, result)
+        return result
+
+    def _screen(self, rgb: np.ndarray, quality: QualityReport | None) -> ScreeningResult:
         t = {}
         t0 = time.perf_counter()
         if quality is None:
@@ -227,7 +158,8 @@ class ScreeningPipeline:
         return result
 
 
-def screen_file(pipeline: ScreeningPipeline, path: Path) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
+def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory | None = None,
+                progression: ProgressionAssessor | None = None) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
     """Screen one photo file into the JSON the CLI prints; never raises for a bad file."""
     from models.runtime.images import ImageError, read_rgb
 
@@ -237,7 +169,7 @@ def screen_file(pipeline: ScreeningPipeline, path: Path) -> tuple[dict, np.ndarr
     except ImageError as exc:
         row.update(ok=False, error=str(exc), gradable=False, referral=None)
         return row, None, None
-    result = pipeline.screen(rgb)
+    result = pipeline.screen(rgb, history=history, progression=progression)
     row.update(ok=True, width=rgb.shape[1], height=rgb.shape[0])
     row.update(result.to_dict())
     return row, rgb, result

@@ -20,13 +20,16 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from device.screening.referral import PolicyFile, sigmoid
 from models.runtime import preprocess, registry
 from models.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from device.screening.result import ScreeningResult
 
 PROGRESSION_POLICY = registry.ARTIFACTS / "progression.json"
 CROP_SIZE = 160
@@ -80,6 +83,23 @@ class Assessment:
                 out[k] = round(out[k], 4)
         return out
 
+    @classmethod
+    def from_dict(cls, stored: dict) -> "Assessment":
+        """The verdict as a result's JSON keeps it; a field an older result lacks is None."""
+        return cls(verdict=stored.get("verdict") or "", message=stored.get("message", ""),
+                   **{k: stored.get(k) for k in ("compared_with", "years", "vcdr_then", "vcdr_now",
+                                                 "vcdr_change_per_year", "probability", "engine_probability")})
+
+
+@dataclass(frozen=True)
+class EyeHistory:
+    """The eye's earlier finished visits (`VisitLog.eye_history` rows, oldest first) and how to read their
+    photos: gathered by whoever holds the visit log before the photo is screened, so that the screening
+    compares and the write path afterwards only stores."""
+
+    visits: list[dict]
+    read_photo: Callable[[str], np.ndarray]
+
 
 def crop_input(rgb: np.ndarray, cx: float, cy: float, diameter: float) -> np.ndarray:
     """The engine's input for one visit: the pass-2 disc crop (three disc diameters) at 160 px."""
@@ -118,19 +138,36 @@ class ProgressionAssessor:
                result: dict, now: dt.datetime | None = None) -> Assessment:
         """`history`: the eye's earlier results (`VisitLog.eye_history` rows with `result_json`), oldest
         first; `result`: this visit's `ScreeningResult.to_dict()`."""
+        disc = result.get("disc")
+        where = None if disc is None else (disc.get("cx"), disc.get("cy"), disc.get("vertical_diameter"))
+        return self._compare(history, read_photo, rgb, bool(result.get("gradable")), where, result.get("vcdr"), now)
+
+    def assess_screening(self, history: EyeHistory, rgb: np.ndarray, result: ScreeningResult,
+                         now: dt.datetime | None = None) -> Assessment:
+        """The progression step of a screening. This visit's disc and vCDR are rounded as the visit log
+        stores them, so the eye is measured now exactly as its earlier visits were read back."""
+        m = result.measurements
+        where = vcdr = None
+        if m is not None:
+            where = (round(m.disc.cx, 2), round(m.disc.cy, 2), round(m.disc.vertical_diameter, 2))
+            vcdr = round(m.vcdr, 4)
+        return self._compare(history.visits, history.read_photo, rgb, result.gradable, where, vcdr, now)
+
+    def _compare(self, history: list[dict], read_photo: Callable[[str], np.ndarray], rgb: np.ndarray, gradable: bool,
+                 disc: tuple[float, float, float] | None, vcdr: float | None, now: dt.datetime | None) -> Assessment:
+        """`disc`: this photo's disc centre and vertical diameter, in its pixels."""
         now = now or dt.datetime.now(dt.timezone.utc)
-        disc, vcdr = result.get("disc"), result.get("vcdr")
         earlier, then = next(((h, d) for h in history if h.get("gradable") and h.get("vcdr") is not None
                               and _years_between(h["time"], now) >= MIN_YEARS
                               and (d := json.loads(h["result_json"]).get("disc"))), (None, None))
-        if not result.get("gradable") or disc is None or vcdr is None or earlier is None:
+        if not gradable or disc is None or vcdr is None or earlier is None:
             return Assessment(NO_HISTORY, MESSAGES[NO_HISTORY])
         years = _years_between(earlier["time"], now)
         slope = (vcdr - earlier["vcdr"]) / years
         logit = None
         if self.engine is not None:
             before = crop_input(read_photo(earlier["photo_sha256"]), then["cx"], then["cy"], then["vertical_diameter"])
-            logit = self.engine_logit(before, crop_input(rgb, disc["cx"], disc["cy"], disc["vertical_diameter"]), years)
+            logit = self.engine_logit(before, crop_input(rgb, *disc), years)
         p = self.policy.probability(logit, slope)
         progressing = vcdr - earlier["vcdr"] >= self.policy.vcdr_jump or (self.policy.use_models and p >= self.policy.threshold)
         verdict = PROGRESSING if progressing else STABLE

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from device.screening.pipeline import ScreeningResult
-from device.screening.progression import Assessment, ProgressionAssessor
+from device.screening.progression import EyeHistory
+from device.screening.result import ScreeningResult
 from device.visits.visitlog import VisitLog, encode_masks
 from models.runtime.images import decode_rgb, encode_jpeg
 
@@ -17,26 +17,20 @@ def photo_bytes(rgb: np.ndarray, original: bytes | None = None) -> bytes:
     return encode_jpeg(rgb, quality=95)
 
 
+def eye_history(visits: VisitLog, patient: str, eye: str) -> EyeHistory:
+    """What the screening compares this eye with, read before the photo is screened: its finished visits
+    only, so the visit being recorded (still open) is never compared with itself."""
+    return EyeHistory(visits.eye_history(patient, eye), lambda sha: decode_rgb(visits.images.get(sha)))
+
+
 def record_eye(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,
-               *, original: bytes | None = None, source: str = "camera",
-               progression: ProgressionAssessor | None = None) -> dict:
+               *, original: bytes | None = None, source: str = "camera") -> dict:
     """Photo -> image store, capture row, result row with the disc/cup overlay (JPEG, for the worker) and the
-    disc/cup masks (for the reading centre's Segmentation). With `progression`, the eye is first compared
-    with its earliest screened visit, and the verdict is kept in the result."""
-    if progression is not None:
-        result.progression = assess_progression(visits, visit_uuid, eye, rgb, result, progression).to_dict()
+    disc/cup masks (for the reading centre's Segmentation)."""
     capture_id = visits.add_capture(visit_uuid, eye, photo_bytes(rgb, original), quality=result.quality.to_dict(), source=source)
     overlay = encode_jpeg(result.overlay(rgb), quality=88)
     masks = None
     if result.segmentation is not None:
         masks = encode_masks(*result.segmentation.masks_on_photo(rgb.shape))
-    result_id = visits.add_result(capture_id, result.to_dict(), overlay=overlay, masks_png=masks)
+    result_id = visits.add_result(capture_id, result, overlay=overlay, masks_png=masks)
     return {"capture_id": capture_id, "result_id": result_id}
-
-
-def assess_progression(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,
-                       assessor: ProgressionAssessor) -> Assessment:
-    """This eye against its earlier finished visits in the log (the open visit is not among them)."""
-    patient = visits.get_visit(visit_uuid)["patient"]["identifier"]
-    history = visits.eye_history(patient, eye)
-    return assessor.assess(history, lambda sha: decode_rgb(visits.images.get(sha)), rgb, result.to_dict())

@@ -33,9 +33,11 @@ import cv2
 import numpy as np
 import sqlite_utils
 
+from device.screening.result import ScreeningResult
 from device.visits import migrations
+from device.visits.datadir import DataDir
 from device.visits.imagestore import DiskFullError, ImageStore
-from models.datasets import decode_mask, encode_mask
+from models.runtime.images import decode_mask, encode_mask
 
 __all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "encode_masks", "decode_masks"]
 
@@ -57,7 +59,7 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
 
 def _damaged(data_dir: Path, detail: str) -> DatabaseCorruptError:
     return DatabaseCorruptError(
-        f"the visit log {data_dir / 'visits.db'} is damaged ({detail}). Stop the unit and restore the file "
+        f"the visit log {DataDir(data_dir).visits_db} is damaged ({detail}). Stop the unit and restore the file "
         "from a backup; visits already sent are safe at the reading centre.")
 
 
@@ -138,7 +140,7 @@ def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
 class VisitLog:
     def __init__(self, data_dir: Path, *, min_free_bytes: int = 200 * 2**20,
                  clock: Callable[[], dt.datetime] = _utc_now):
-        """Open (creating if needed) data_dir/visits.db and data_dir/images, migrating the schema.
+        """Open (creating if needed) the visit log and the image store in `data_dir` (see DataDir), migrating the schema.
 
         `clock` returns the current time as an aware datetime; a unit without a network or a real-time
         clock may want its own, and tests set visits in the past with it.
@@ -148,8 +150,9 @@ class VisitLog:
         self.min_free_bytes = int(min_free_bytes)
         self._clock = clock
         self._lock = threading.RLock()
-        self.images = ImageStore(self.data_dir / "images")
-        conn = sqlite3.connect(self.data_dir / "visits.db", check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+        self.files = DataDir(self.data_dir)
+        self.images = ImageStore(self.files.images)
+        conn = sqlite3.connect(self.files.visits_db, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
         try:
             self.db = sqlite_utils.Database(conn, execute_plugins=False)
             self.db.enable_wal()
@@ -295,13 +298,17 @@ class VisitLog:
             db.execute("DELETE FROM skipped_eyes WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
         return capture_id
 
-    def add_result(self, capture_id: int, result: dict, *, overlay: bytes | None = None,
+    def add_result(self, capture_id: int, result: ScreeningResult | dict, *, overlay: bytes | None = None,
                    masks_png: bytes | None = None) -> int:
         """Store a capture's screening result: the whole JSON, the figures the log is queried by as columns,
         the overlay shown to the worker (a JPEG) and the disc/cup masks (`encode_masks`) that sync sends.
+        The JSON is made here, at the storage edge; a result already in that form (one read back from
+        another log, as the sync trials replay) is checked the same way.
         """
+        if isinstance(result, ScreeningResult):
+            result = result.to_dict()
         if not isinstance(result, dict):
-            raise ValueError("the result must be the screening result as a dict")
+            raise ValueError("the result must be a ScreeningResult or its dict")
         missing = [k for k in ("gradable", "referral") if k not in result]
         if missing:
             raise ValueError(f"the result lacks {', '.join(missing)}")

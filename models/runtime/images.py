@@ -57,6 +57,28 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+# The disc/cup mask coding (REFUGE's grey levels: 0 cup, 128 disc rim, 255 background). The unit stores
+# and sends its segmentations in it as training reads its labels in it, so both ends share this one codec;
+# it lives here rather than with the dataset readers because a unit carries no training code.
+# Thresholds halfway between the levels absorb JPEG-ish noise and resampling.
+CUP_BELOW = 64
+DISC_BELOW = 192
+
+
+def decode_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    return mask < DISC_BELOW, mask < CUP_BELOW
+
+
+def encode_mask(disc: np.ndarray, cup: np.ndarray) -> np.ndarray:
+    """The cup counts only inside the disc: a cup pixel outside it is a segmentation slip, not a cup."""
+    mask = np.full(disc.shape, 255, np.uint8)
+    mask[disc] = 128
+    mask[cup & disc] = 0
+    return mask
+
+
 def _looks_truncated(data: bytes) -> bool:
     # OpenCV decodes a JPEG cut short without complaint (grey bottom), so check the end marker.
     if data[:2] == b"\xff\xd8":

@@ -344,12 +344,43 @@ def test_a_refused_result_is_shown_with_the_servers_reason_and_can_be_sent_again
     assert "Nothing: every result" in c.get("/admin/sync").text
 
 
+def test_a_kiosk_still_passes_the_quality_gate_once(unit, monkeypatch):
+    """The capture loop judged the still before handing it over; the screening keeps that report rather
+    than running the gate on the same full-resolution photo again while the worker waits."""
+    import numpy as np
+
+    from device.screening.quality import QualityGate
+
+    unit.visits.add_patient("QG-1", name="Esther Wanjiru", consent=True)
+    uuid = unit.visits.start_visit("QG-1", operator="amina", device_id="test-unit")
+    token = unit.begin_capture(uuid, "right")
+    assert unit.capture.press_button(token)
+    end, photo = time.monotonic() + 30, None
+    while photo is None and time.monotonic() < end:
+        photo = unit.take_capture(uuid, "right", token)
+        time.sleep(0.05)
+    assert photo is not None, unit.capture.state()
+
+    real, judged = QualityGate.assess, []
+
+    def counting(gate, rgb):
+        if rgb is photo.rgb or np.array_equal(rgb, photo.rgb):  # the preview keeps being judged meanwhile
+            judged.append(gate)
+        return real(gate, rgb)
+
+    monkeypatch.setattr(QualityGate, "assess", counting)
+    out = unit.screen_and_record(uuid, "right", photo)
+    assert judged == [], "the screening ran the quality gate again on a still the capture loop had judged"
+    assert out["quality"] == photo.quality.to_dict()
+    assert unit.visits.get_visit(uuid)["eyes"]["right"]["result"]["screening"]["quality"] == photo.quality.to_dict()
+
+
 def test_the_result_says_whether_the_disc_changed_since_the_first_visit(client, unit):
     """Two visits three years apart (the first moved back in the real log file), the cup grown by 0.24."""
     import datetime as dt
     import sqlite3
 
-    from device.visits.recording import record_eye
+    from device.visits.recording import eye_history, record_eye
     from models.synthetic import progress, random_eye, render
 
     eye = random_eye(5, glaucoma=False)
@@ -358,7 +389,8 @@ def test_the_result_says_whether_the_disc_changed_since_the_first_visit(client, 
     for years, seed in ((0.0, 1), (3.0, 2)):
         rgb = render(progress(eye, years, rate=0.08), (768, 768), seed=seed).image
         uuid = unit.visits.start_visit("PR-1", operator="amina", device_id="test-unit")
-        record_eye(unit.visits, uuid, "right", rgb, unit.pipeline.screen(rgb), progression=unit.progression)
+        result = unit.pipeline.screen(rgb, history=eye_history(unit.visits, "PR-1", "right"), progression=unit.progression)
+        record_eye(unit.visits, uuid, "right", rgb, result)
         visits.append(uuid)
         if years == 0.0:
             unit.visits.finalize_visit(uuid)

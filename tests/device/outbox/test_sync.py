@@ -26,7 +26,8 @@ from device.lab.sync_trials import add_visits, sample_eyes
 from device.outbox import sync
 from device.outbox.dicom import study_uids
 from device.outbox.dicomweb import DicomWebClient
-from device.outbox.sync import SyncConfigError, client_from_config, encode_item, run_sync, sync_once
+from device.outbox.study import encode_item
+from device.outbox.sync import SyncConfigError, client_from_config, run_sync, sync_once
 from device.visits.visitlog import EYES, VisitLog, decode_masks
 
 pytest_plugins = ["tests.orthanc"]

@@ -17,7 +17,7 @@ from pydicom.encaps import generate_frames
 
 from device.lab.sync_trials import add_visits, sample_eyes
 from device.outbox.dicom import study_uids
-from device.outbox.sync import encode_item
+from device.outbox.study import encode_item
 from device.outbox.usb import CSV_FIELDS, TEMP_PREFIX, ExportError, export
 from device.visits.visitlog import EYES, VisitLog
 

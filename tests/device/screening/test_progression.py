@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from device.screening.pipeline import ScreeningPipeline
-from device.screening.progression import NO_HISTORY, PROGRESSING, STABLE, ProgressionAssessor, ProgressionPolicy
-from device.visits.recording import assess_progression, record_eye
+from device.screening.progression import NO_HISTORY, PROGRESSING, STABLE, EyeHistory, ProgressionAssessor, ProgressionPolicy
+from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from models.runtime.images import decode_rgb
 from models.synthetic import progress, random_eye, render
@@ -31,9 +31,11 @@ def _photo(eye, years, rate, seed):
 def _first_visit(visits, pipeline, rgb, assessor):
     visits.add_patient("P-1")
     uuid = visits.start_visit("P-1")
-    result = pipeline.screen(rgb)
-    record_eye(visits, uuid, "right", rgb, result, progression=assessor)
-    assert result.progression["verdict"] == NO_HISTORY  # nothing to compare with yet
+    result = pipeline.screen(rgb, history=eye_history(visits, "P-1", "right"), progression=assessor)
+    record_eye(visits, uuid, "right", rgb, result)
+    assert result.progression.verdict == NO_HISTORY  # nothing to compare with yet
+    stored = visits.get_visit(uuid)["eyes"]["right"]["result"]["screening"]
+    assert stored["progression"] == result.progression.to_dict()
     visits.finalize_visit(uuid)
     return result
 
@@ -48,9 +50,12 @@ def test_a_grown_cup_is_called_progressing_and_the_same_disc_stable(tmp_path, pi
         read = lambda sha: decode_rgb(visits.images.get(sha))  # noqa: E731
 
         grown = _photo(eye, 3.0, 0.08, seed=2)  # +0.24 vCDR over three years
-        now = pipeline.screen(grown).to_dict()
+        screened = pipeline.screen(grown)
+        now = screened.to_dict()
         assert now["vcdr"] - first.vcdr > 0.12  # the segmentation sees the larger cup
         a = assessor.assess(history, read, grown, now, now=later)
+        # the screening's own step reads the typed result as the stored JSON would be read
+        assert assessor.assess_screening(EyeHistory(history, read), grown, screened, now=later) == a
         assert a.verdict == PROGRESSING and a.years == pytest.approx(3.0, abs=0.01)
         assert a.vcdr_change_per_year > 0.03 and a.vcdr_then == pytest.approx(first.vcdr, abs=1e-3)
         assert a.engine_probability is not None and 0.0 < a.engine_probability < 1.0  # the engine ran on both crops
@@ -64,9 +69,10 @@ def test_a_visit_too_soon_after_the_first_has_nothing_to_compare(tmp_path, pipel
     eye = random_eye(6, glaucoma=True)
     with VisitLog(tmp_path) as visits:
         _first_visit(visits, pipeline, _photo(eye, 0.0, 0.0, seed=1), assessor)
-        uuid = visits.start_visit("P-1")
+        visits.start_visit("P-1")  # open, so not among the eye's history
         rgb = _photo(eye, 0.0, 0.0, seed=4)
-        a = assess_progression(visits, uuid, "right", rgb, pipeline.screen(rgb), assessor)  # minutes later
+        history = eye_history(visits, "P-1", "right")
+        a = pipeline.screen(rgb, history=history, progression=assessor).progression  # minutes later
         assert a.verdict == NO_HISTORY and a.years is None
 
 

@@ -11,7 +11,7 @@ import pytest
 import sqlite_utils
 
 from device.outbox.dicom import build_datasets
-from device.outbox.sync import eye_study
+from device.outbox.study import eye_study
 from device.visits import migrations
 from device.visits.imagestore import ImageStore
 from device.visits.visitlog import VisitLog, decode_masks, encode_masks
