@@ -12,6 +12,7 @@ unit's staff, not its patients: they are never synced and are managed apart from
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import datetime as dt
 import getpass
@@ -206,7 +207,7 @@ class Accounts:
     def list(self) -> list[dict]:
         return self._users("ORDER BY username COLLATE NOCASE")
 
-    def _users(self, where: str, params: tuple = ()) -> list[dict]:
+    def _users(self, where: str, params: tuple = ()) -> builtins.list[dict]:  # `list` here is the method above
         now = self._clock()
         with self._connect() as db:
             rows = db.execute(f"SELECT username, admin, created_at, last_sign_in, failures, locked_until FROM users {where}",

@@ -41,6 +41,7 @@ def cmd_screen(args) -> int:
         if not row["ok"] or not row["gradable"]:
             failed += 1
         if visits is not None and result is not None:
+            assert cfg is not None and rgb is not None  # cfg is loaded with the visit log; a result comes with its photo
             if visit_uuid is None:
                 visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
             original = Path(image).read_bytes()
@@ -219,7 +220,9 @@ def cmd_export(args) -> int:
     from device.visits.visitlog import VisitLog
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
-    day = lambda text: dt.date.fromisoformat(text) if text else None  # noqa: E731
+    def day(text):
+        return dt.date.fromisoformat(text) if text else None
+
     with VisitLog(cfg.data_dir) as visits:
         try:
             report = export(visits, args.out, visit_uuid=args.visit, since=day(args.since), until=day(args.until),
@@ -251,6 +254,7 @@ def cmd_build_engines(args) -> int:
     from device.visits.datadir import DataDir
     from models.runtime import registry
     from models.runtime.engine import EngineError
+    from models.runtime.tensorrt import TensorRTEngine
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     built = {}
@@ -260,6 +264,7 @@ def cmd_build_engines(args) -> int:
                 continue
             for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
                 engine = registry.load_engine(name, precision, backend="tensorrt", engine_cache=DataDir(cfg.data_dir).engines)
+                assert isinstance(engine, TensorRTEngine)  # backend="tensorrt" gives nothing else
                 built[f"{name}.{precision}"] = str(engine.engine_file)
     except EngineError as exc:
         print(f"glaucoscreen build-engines: {exc}", file=sys.stderr)

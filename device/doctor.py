@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import Any
 
 from device.config import Config
 from device.visits.datadir import DataDir
@@ -37,7 +38,7 @@ def camera(cfg: Config) -> dict:
 
     profile = boards.profile(cfg.board)
     backend = profile.camera_backend
-    found = {"backend": backend}
+    found: dict[str, Any] = {"backend": backend}
     if backend == "picamera2":
         found["module"] = _import_state("picamera2")
     devices = sorted(str(p) for p in Path("/dev").glob("video*"))
@@ -53,7 +54,7 @@ def gpio(cfg: Config) -> dict:
 
     profile = boards.profile(cfg.board)
     factory = "mock" if cfg.simulate else profile.pin_factory
-    out = {"pin_factory": factory, "gpiozero": _import_state("gpiozero")}
+    out: dict[str, Any] = {"pin_factory": factory, "gpiozero": _import_state("gpiozero")}
     if factory == "jetson-gpio":
         out["pin_factory_from"] = "hardware/jetson_gpio.py (gpiozero ships none for a Jetson)"
     if factory not in ("mock", None):
@@ -115,7 +116,7 @@ def models() -> dict:
                 path, e = registry.model_file(name, precision)
                 found[key] = {"ok": True, "file": path.name, "sha256": e["sha256"], "version": e.get("version"),
                               "bytes": path.stat().st_size}
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - every model is checked, each failure reported
                 ok = False
                 found[key] = {"ok": False, "error": str(exc)}
     policy = registry.ARTIFACTS / "screening.json"

@@ -36,7 +36,7 @@ class FrameMeter:
     """The camera as the capture loop reads it, timing each frame it gives: a camera can say it is
     started and still send nothing, and only the frames that arrive show which."""
 
-    def __init__(self, camera):
+    def __init__(self, camera) -> None:
         self._camera = camera
         self._lock = threading.Lock()
         self._times: collections.deque[float] = collections.deque(maxlen=256)
@@ -98,6 +98,7 @@ class Unit:
         except BaseException:
             rig.close()
             raise
+        model_error: str | None
         try:
             pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
                                                         engine_cache=DataDir(config.data_dir).engines)
@@ -205,7 +206,7 @@ class Unit:
                           ("faults", module.faults), ("line", module.stats)):
             try:
                 out[key] = read()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one unreadable value must not hide the others
                 out[key] = None
                 out.setdefault("errors", {})[key] = str(exc)
         return out

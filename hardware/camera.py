@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -138,7 +138,7 @@ class Picamera2Camera(Camera):
 
     def capture_still(self) -> np.ndarray:
         cam = self._started()
-        main = {"format": "RGB888"}
+        main: dict[str, Any] = {"format": "RGB888"}
         if self.still_size is not None:
             main["size"] = (self.still_size[1], self.still_size[0])
         try:
@@ -192,7 +192,7 @@ class OpenCVCamera(Camera):
         self.gain_unity = gain_unity  # the camera's GAIN value that means 1x
         self._cap: cv2.VideoCapture | None = None
         self._exposure: tuple[int, float] | None = None
-        self._accepted = {"exposure": None, "gain": None}
+        self._accepted: dict[str, bool | None] = {"exposure": None, "gain": None}
 
     def start(self) -> None:
         cap = cv2.VideoCapture(self.source)
@@ -240,7 +240,7 @@ class OpenCVCamera(Camera):
             self._cap = None
 
     def info(self) -> dict:
-        out = {"backend": "opencv", "source": str(self.source), "preview_size": list(self.preview_size),
+        out: dict[str, Any] = {"backend": "opencv", "source": str(self.source), "preview_size": list(self.preview_size),
                "exposure_accepted": self._accepted["exposure"], "gain_accepted": self._accepted["gain"]}
         if self._exposure is not None:
             out["exposure_us"], out["gain"] = self._exposure
@@ -307,7 +307,7 @@ class GStreamerCamera(Camera):
         exposure, gain = self._exposure or (None, None)
         return nvargus_pipeline(self.sensor_id, self.sensor_size, self.framerate, out_size, exposure, gain)
 
-    def _open(self, out_size: tuple[int, int]) -> None:
+    def _open(self, out_size: tuple[int, int]) -> cv2.VideoCapture:
         self.stop()
         description = self._build(out_size)
         cap = cv2.VideoCapture(description, cv2.CAP_GSTREAMER)
@@ -316,6 +316,7 @@ class GStreamerCamera(Camera):
             raise CameraError(f"the CSI camera {self.sensor_id} did not start through GStreamer (is the camera "
                               f"connected, nvargus-daemon running, and OpenCV built with GStreamer?): {description}")
         self._cap = cap
+        return cap
 
     def start(self) -> None:
         self._open(self.preview_size)
@@ -341,9 +342,9 @@ class GStreamerCamera(Camera):
     def capture_still(self) -> np.ndarray:
         if self.pipeline is not None:
             return self.read()
-        self._open(self.sensor_size)
+        cap = self._open(self.sensor_size)
         try:
-            self._cap.grab()  # Argus's first buffer after a start can be under-exposed
+            cap.grab()  # Argus's first buffer after a start can be under-exposed
             return self.read()
         finally:
             self._open(self.preview_size)

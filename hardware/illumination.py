@@ -13,7 +13,7 @@ import numbers
 import threading
 from dataclasses import dataclass
 
-from gpiozero import LED, PWMLED, Button, Buzzer
+from gpiozero import LED, PWMLED, Button, Buzzer, Device
 from gpiozero.pins import Factory
 
 from hardware.boards import BoardProfile
@@ -110,7 +110,7 @@ class Illumination:
         self._flash: Flash | None = None
         self._flash_timer: threading.Timer | None = None
         self._level_before_flash = 0.0
-        opened = []
+        opened: list[Device] = []
         try:
             self.white = _open(opened, PWMLED, pins.white_ring, factory, frequency=RING_PWM_HZ)
             self.infrared = _open(opened, LED, pins.infrared, factory)

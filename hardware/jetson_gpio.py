@@ -18,6 +18,7 @@ import importlib
 import threading
 import time
 from types import MethodType
+from typing import Any
 from weakref import WeakMethod, ref
 
 from gpiozero.exc import (
@@ -152,7 +153,7 @@ class JetsonGPIOPin(Pin):
         self._duty = 0.0
         self._bounce: float | None = None
         self._edges = "both"
-        self._when_changed = None
+        self._when_changed: WeakMethod[MethodType] | ref[Any] | None = None
         self._when_changed_lock = threading.RLock()
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ class SimulatedJetsonGPIO:
     HIGH, LOW = 1, 0
     RISING, FALLING, BOTH = 31, 32, 33
     UNKNOWN, OUT, IN, HARD_PWM = -1, 0, 1, 43
+    _FUNCTIONS = {IN: "in", OUT: "out", HARD_PWM: "pwm"}  # what `function` reports for each set-up
 
     def __init__(self, pulled_up: tuple[int, ...] = ()):
         self._lock = threading.RLock()
@@ -163,7 +164,8 @@ class SimulatedJetsonGPIO:
 
     def function(self, channel: int) -> str | None:
         """'in', 'out', 'pwm' or None (not set up): what a test checks a device did to the pin."""
-        return {self.IN: "in", self.OUT: "out", self.HARD_PWM: "pwm"}.get(self._config.get(channel))
+        mode = self._config.get(channel)
+        return None if mode is None else self._FUNCTIONS.get(mode)
 
     def level(self, channel: int) -> int:
         with self._lock:
@@ -179,7 +181,7 @@ class SimulatedJetsonGPIO:
         return pwm.frequency_hz if pwm is not None and pwm.running else None
 
     def configured(self) -> dict[int, str]:
-        return {ch: self.function(ch) for ch in sorted(self._config)}
+        return {ch: self._FUNCTIONS[self._config[ch]] for ch in sorted(self._config)}
 
     # -- inside ---------------------------------------------------------------------------------
     def _check(self, channel) -> None:

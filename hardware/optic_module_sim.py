@@ -95,7 +95,7 @@ class OpticModuleSimulator:
         self._wander_c = 0.0
         self._born = time.monotonic()
         self._outbox: list[bytes] = []
-        self._drop = 0
+        self._drop: float = 0  # replies still to lose; math.inf: all of them
         self._corrupt = 0
         self._last_request: bytes | None = None
         self._last_reply: bytes | None = None
@@ -186,10 +186,13 @@ class OpticModuleSimulator:
     def _serve(self) -> None:
         reader = LineReader()
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], TICK_S)
+            master = self._master
+            if master is None:  # stop() has closed the pty
+                break
+            ready, _, _ = select.select([master], [], [], TICK_S)
             if ready:
                 try:
-                    data = os.read(self._master, 4096)
+                    data = os.read(master, 4096)
                 except OSError:  # no client has the port open right now
                     data = b""
                 for frame in reader.feed(data):
@@ -200,11 +203,11 @@ class OpticModuleSimulator:
             with self._lock:
                 out, self._outbox = self._outbox, []
             for data in out:
-                self._write(data)
+                self._write(master, data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, master: int, data: bytes) -> None:
         try:
-            os.write(self._master, data)
+            os.write(master, data)
         except OSError:
             pass  # a UART with nobody listening loses the bytes too
 

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hardware.camera import Camera
+    from hardware.illumination import Illumination
+    from hardware.optic_module import OpticModule
 
 
 @dataclass
 class Rig:
     """The optic module's parts, opened together and closed together."""
 
-    camera: object
-    illumination: object
-    optic_module: object | None
+    camera: Camera
+    illumination: Illumination
+    optic_module: OpticModule | None
     simulated: bool
     simulator: object | None = None
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
@@ -44,6 +50,7 @@ def simulated_rig(*, max_led_level: float, max_flash_s: float, **camera_options)
     stack = ExitStack()
     try:
         sim = stack.enter_context(OpticModuleSimulator())
+        assert sim.port is not None  # entering started it, which opened its pty
         module = OpticModule(sim.port)
         stack.callback(module.close)
         lights = Illumination(boards.PROFILES["workstation"], pin_factory=MockFactory(pin_class=MockPWMPin),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import cast
 
 import cv2
 import numpy as np
@@ -67,8 +68,9 @@ class SimulatedCamera(Camera):
             raise ValueError("light_scale must be positive; defocus_px and blinks_per_s not negative")
         if simulated_time and not fps:
             raise ValueError("simulated time needs the sensor's frame rate (fps)")
-        self.size = tuple(size)
-        self.still_size = tuple(still_size)
+        # tuples (a list is accepted too) so that a size can key the scene cache
+        self.size = cast("tuple[int, int]", tuple(size))
+        self.still_size = cast("tuple[int, int]", tuple(still_size))
         self.illumination = illumination
         self.optic_module = optic_module
         self.light_scale = float(light_scale)
@@ -104,6 +106,7 @@ class SimulatedCamera(Camera):
         eye = random_eye(seed, laterality=laterality)
         if self.optic_module is not None:
             refraction = np.random.default_rng([int(seed), 0xF0C]).normal(0.0, REFRACTION_STEPS_SD)
+            assert self._nominal_focus is not None  # read from the module given at construction
             self.optic_module.best_focus = int(round(self._nominal_focus + refraction))
         self._present(eye)
 

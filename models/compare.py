@@ -25,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+from io import TextIOWrapper
 from pathlib import Path
 
 import torch
@@ -67,7 +68,8 @@ def arm_config(base: Path, arm: str) -> dict:
 
 def train_arms(base: Path, out: Path, data: Path, jobs: int, arms: list[str]) -> None:
     """Each arm in its own process (a crash in one leaves the others), at most `jobs` at once."""
-    pending, running = list(arms), []
+    pending = list(arms)
+    running: list[tuple[str, subprocess.Popen[bytes], TextIOWrapper]] = []
     while pending or running:
         while pending and len(running) < jobs:
             arm = pending.pop(0)
@@ -112,7 +114,7 @@ def time_steps(base: dict, steps: int = 8, warmup: int = 2) -> dict[str, float]:
     for arm, spec in ARMS.items():
         config = {**base, **spec}
         torch.manual_seed(0)
-        net = build_network(config, pretrained=False).to(memory_format=torch.channels_last)
+        net = build_network(config, pretrained=False).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format at runtime; torch's overloads omit it
         optimizers = make_optimizers(net, config)
         for _ in range(warmup):
             train_step(net, optimizers, batch, config)

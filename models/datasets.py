@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 # The mask codec is the unit's too: it lives with the run-time image codec, and is re-exported for the readers' callers.
-from models.runtime.images import CUP_BELOW, DISC_BELOW, decode_mask, encode_mask  # noqa: F401
+from models.runtime.images import CUP_BELOW, DISC_BELOW, decode_mask, encode_mask  # noqa: F401 - re-exported for the readers' callers
 
 # The shared data sits beside the checkout; GLAUCOSCREEN_SHARED_DATA points elsewhere (as in the tests).
 DEFAULT_DATA = Path(os.environ.get("GLAUCOSCREEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -69,8 +69,9 @@ class Annotation:
             return decode_labels(read_mat_mask(self.path))
         if shape is None:
             raise ValueError("outline points need the photo's height and width to be drawn")
-        disc = draw_outline(read_outline(self.path), shape[:2])
-        cup = draw_outline(read_outline(self.cup_path), shape[:2]) & disc if self.cup_path else np.zeros_like(disc)
+        height_width = (shape[0], shape[1])
+        disc = draw_outline(read_outline(self.path), height_width)
+        cup = draw_outline(read_outline(self.cup_path), height_width) & disc if self.cup_path else np.zeros_like(disc)
         return disc, cup
 
 
@@ -307,7 +308,7 @@ def _mat_elements(data: bytes, pos: int, endian: str, arrays: dict, path: Path) 
 
 
 def _mat_matrix(body: bytes, endian: str, path: Path) -> tuple[str, np.ndarray | None]:
-    parts = []
+    parts: list[tuple[int, bytes]] = []
     pos = 0
     while pos + 8 <= len(body) and len(parts) < 4:
         kind, size, start, pos = _mat_tag(body, pos, endian)

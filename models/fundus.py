@@ -128,7 +128,7 @@ def random_eye(seed: int, glaucoma: bool | None = None, laterality: str | None =
         disc_ellipticity=float(ellipticity), disc_tilt=float(u(-10, 10)), fovea_distance=float(fovea_distance),
         fovea_drop=float(fovea_drop), cup_width=float(cup_width),
         cup_shift=(float(cup_shift[0]), float(cup_shift[1])), notch=float(notch), notch_angle=float(notch_angle),
-        fundus_colour=tuple(float(c) for c in colour), choroid=float(u(0.0, 1.0) ** 3), sheen=float(u(0.0, 1.0)),
+        fundus_colour=(float(colour[0]), float(colour[1]), float(colour[2])), choroid=float(u(0.0, 1.0) ** 3), sheen=float(u(0.0, 1.0)),
         macula_ring=float(u(0.0, 1.0)), peripapillary_atrophy=float(atrophy),
     )
 
@@ -193,7 +193,8 @@ class _Anatomy:
         self.center = center
         self.radius = radius
         self.dd = 2.0 * eye.disc_radius  # disc diameter, field radii
-        self.disc = eye.disc_position
+        assert eye.disc_position is not None  # EyeParams.__post_init__ fills it in
+        self.disc: tuple[float, float] = eye.disc_position
         self.fovea = (self.disc[0] + eye.temporal * eye.fovea_distance * self.dd,
                       self.disc[1] + eye.fovea_drop * self.dd)
         ax, ay = self.fovea[0] - self.disc[0], self.fovea[1] - self.disc[1]
@@ -208,20 +209,22 @@ class _Anatomy:
 
     @property
     def disc_px(self) -> tuple[float, float]:
-        return tuple(float(v) for v in self.px(*self.disc))
+        x, y = self.px(*self.disc)
+        return float(x), float(y)
 
     @property
     def fovea_px(self) -> tuple[float, float]:
-        return tuple(float(v) for v in self.px(*self.fovea))
+        x, y = self.px(*self.fovea)
+        return float(x), float(y)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Zero-mean, unit-deviation noise with correlation length `sigma` pixels (made small, then enlarged)."""
     h, w = shape
     f = max(1, int(sigma / 2.5))
-    small = rng.standard_normal((h // f + 3, w // f + 3)).astype(np.float32)
+    small: np.ndarray = rng.standard_normal((h // f + 3, w // f + 3)).astype(np.float32)
     small = cv2.GaussianBlur(small, (0, 0), max(sigma / f, 0.3))
-    field = cv2.resize(small, (w + 3 * f, h + 3 * f), interpolation=cv2.INTER_LINEAR)[f:f + h, f:f + w]
+    field: np.ndarray = cv2.resize(small, (w + 3 * f, h + 3 * f), interpolation=cv2.INTER_LINEAR)[f:f + h, f:f + w]
     field -= field.mean()
     field /= field.std() + 1e-6
     return field
@@ -268,9 +271,9 @@ def _nerve_fibres(refl: np.ndarray, eye: EyeParams, anatomy: _Anatomy, rng: np.r
     h, w = refl.shape[:2]
     reach = 4.0 * anatomy.dd * anatomy.radius
     n_r, n_a, wrap = 256, 1024, 8
-    polar = rng.standard_normal((n_a, n_r)).astype(np.float32)  # rows: angle around the disc, columns: radius
-    polar = np.concatenate([polar[-wrap:], polar, polar[:wrap]])  # the angle wraps round
-    polar = cv2.GaussianBlur(polar, (0, 0), sigmaX=6.0, sigmaY=0.8)[wrap - 1:wrap + n_a + 1]
+    noise = rng.standard_normal((n_a, n_r)).astype(np.float32)  # rows: angle around the disc, columns: radius
+    noise = np.concatenate([noise[-wrap:], noise, noise[:wrap]])  # the angle wraps round
+    polar: np.ndarray = cv2.GaussianBlur(noise, (0, 0), sigmaX=6.0, sigmaY=0.8)[wrap - 1:wrap + n_a + 1]
     polar /= polar.std() + 1e-6
     dx, dy = _grid((h, w), anatomy.disc_px)
     dist, angle = cv2.cartToPolar(dx, dy)
@@ -538,7 +541,7 @@ def _paint_vessels(refl: np.ndarray, eye: EyeParams, vessels: list[Vessel], anat
         cover[k] = cv2.GaussianBlur(small.astype(np.float32) / 255.0, (0, 0), 0.5)
 
     # Nerve-fibre sheen: a whitish haze along the big arcades, off the disc.
-    along = cv2.GaussianBlur(cover["vein"] + cover["artery"], (0, 0), 0.05 * radius)
+    along: np.ndarray = cv2.GaussianBlur(cover["vein"] + cover["artery"], (0, 0), 0.05 * radius)
     along /= along.max() + 1e-6
     streak = np.clip(0.5 + 0.5 * _smooth_noise(rng, shape, 0.02 * radius), 0, 1)
     refl += (0.05 * eye.sheen * along * streak * (mask == BACKGROUND))[..., None]

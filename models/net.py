@@ -158,8 +158,8 @@ class UpBlock(nn.Module):
         self.conv = ConvBlock(cin + cskip, cout, convs)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
-        size = skip.shape[-2:] if skip is not None else size
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        target = skip.shape[-2:] if skip is not None else size
+        x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.conv(x)

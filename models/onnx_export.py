@@ -74,7 +74,7 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     if network == "progression":
         from models.progression_net import ProgressionNet
 
-        net = ProgressionNet(dropout=float(state["config"].get("dropout", 0.5)))
+        net: torch.nn.Module = ProgressionNet(dropout=float(state["config"].get("dropout", 0.5)))
     else:
         from models.train import build_network
 
@@ -91,7 +91,7 @@ def export_onnx(net: torch.nn.Module, out: Path, spec: Spec = SPECS["segmentatio
     """Write the ONNX file and return the largest |ORT - torch| difference on a test batch."""
     import onnxruntime as ort
 
-    net = net.eval().to(memory_format=torch.contiguous_format)
+    net = net.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to takes memory_format at runtime; torch's overloads omit it
     wrapped = _Outputs(net, spec).eval()
     g = torch.Generator().manual_seed(0)
     example = tuple(torch.rand(2, *shape[1:], generator=g) if name == "years" else

@@ -130,7 +130,7 @@ def read_papila(root: Path) -> list[Record]:
                                      f"{image.stem}_cup_e_exp2.txt"])
         records.append(Record(
             id=image.stem, source="PAPILA", image_path=image,
-            glaucoma=clinical.get((patient, side)) if patient else None,
+            glaucoma=clinical.get((patient, side)) if patient and side else None,
             eye=eye_from(side), patient=patient,
             annotation=Annotation("contours", disc, cup) if disc is not None else None))
     return records
@@ -206,6 +206,13 @@ def _is_grape(folder: Path) -> bool:
         any(folder.glob("*[Cc]linical [Ii]nformation*"))
 
 
+def _read_refuge(folder: Path) -> list[Record]:
+    index = find_refuge_index(folder)
+    if index is None:  # `detect` only picks this layout where the index is there
+        raise DatasetError(f"{folder} has no REFUGE index.json, here or one folder down")
+    return read_refuge_index(index)
+
+
 def _not_here(folder: Path) -> list[Record]:
     raise DatasetError(f"{folder} is GRAPE's longitudinal layout (eyes and visits, not single annotated photos): "
                        f"read it with models.grape.read_grape")
@@ -218,7 +225,7 @@ LAYOUTS = (
     Layout("PAPILA", "FundusImages/, ExpertsSegmentations/Contours/ and ClinicalData/",
            lambda f: (f / "FundusImages").is_dir(), read_papila),
     Layout("REFUGE", "index.json beside an images folder (here or one folder down)",
-           lambda f: find_refuge_index(f) is not None, lambda f: read_refuge_index(find_refuge_index(f))),
+           lambda f: find_refuge_index(f) is not None, _read_refuge),
     Layout("GRAPE", "eyes.csv and visits.csv", _is_grape, _not_here),
 )
 

@@ -56,7 +56,7 @@ def export(path, size: int = 256) -> int:
     """Write the reference network (random weights: only its speed matters) as ONNX; returns parameters."""
     torch.manual_seed(0)
     net = ReferenceUNet().eval()
-    torch.onnx.export(net, torch.zeros(1, 3, size, size), str(path), input_names=["image"],
+    torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(path), input_names=["image"],
                       output_names=["disc", "cup", "fovea", "glaucoma"], opset_version=17, dynamo=False,
                       dynamic_axes={name: {0: "N"} for name in ("image", "disc", "cup", "fovea", "glaucoma")})
     return sum(p.numel() for p in net.parameters())

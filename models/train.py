@@ -209,7 +209,7 @@ def cache_synthetic(settings: dict, kinds, size: int, for_training: bool = True)
     views = []
     for i, s in enumerate(samples(int(settings["count"]), int(settings.get("seed", 7)), size=(512, 512),
                                   glaucoma_fraction=float(settings.get("glaucoma_fraction", 0.3)))):
-        views += photo_views(("synthetic", str(i)), s.image, s.mask, tuple(s.fovea), int(s.glaucoma), kinds, size,
+        views += photo_views(("synthetic", str(i)), s.image, s.mask, s.fovea, int(s.glaucoma), kinds, size,
                              for_training)
     return views
 
@@ -234,6 +234,7 @@ def make_batch(samples: list[tuple[np.ndarray, np.ndarray | None, tuple[float, f
     images, discs, cups, heatmaps, fknown, labels, gknown = [], [], [], [], [], [], []
     for image, mask, fovea, glaucoma in samples:
         images.append(normalize(image))
+        assert mask is not None  # every view carries its photo's mask (`photo_views` needs one)
         disc, cup = decode_mask(mask)
         discs.append(disc)
         cups.append(cup)
@@ -292,6 +293,7 @@ def validate(net: torch.nn.Module, views: list[View], size: int, batch_size: int
                 scores.append(float(out["glaucoma"][0]))
                 labels.append(int(view.glaucoma))
             continue
+        assert view.mask is not None  # every view carries its photo's mask (`photo_views` needs one)
         disc_true, cup_true = decode_mask(view.mask)
         disc_pred, cup_pred = out["disc"][0] > 0.5, out["cup"][0] > 0.5
         if view.kind == "whole":
@@ -447,7 +449,7 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
           f"in {time.time() - started:.0f}s", flush=True)
 
     net = build_network(config)
-    net = net.to(device=device, memory_format=torch.channels_last)
+    net = net.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format at runtime; torch's overloads omit it
     optimizers = make_optimizers(net, config)
     steps_per_epoch = math.ceil(len(epoch_order(train_groups, int(config["seed"]), 0)) / int(config["batch_size"]))
     total_steps = steps_per_epoch * int(config["epochs"])

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
 
-    import device.cli, device.kiosk, device.outbox.sync, device.outbox.usb, device.unit  # noqa: F401
+    import device.cli, device.kiosk, device.outbox.sync, device.outbox.usb, device.unit  # noqa: F401 - importing is the test
     from device.config import Config
     from device.unit import Unit
     from models.runtime.images import read_rgb

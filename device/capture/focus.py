@@ -82,15 +82,17 @@ class FocusController:
 
     # -- the search -----------------------------------------------------------------------------
     def _sweep(self, focus: float) -> None:
-        self._coarse[self.position] = focus
-        best = max(self._coarse, key=self._coarse.get)
+        position = self.position
+        assert position is not None  # update() reads it from the motor before any search step
+        self._coarse[position] = focus
+        best = max(self._coarse, key=self._coarse.__getitem__)
         top = self._coarse[best]
         if self._bracketed(best, top):
             self._start_refine(best)
             return
         lo, hi = self.limits
         if not self._direction:  # first sample: sweep toward the longer side of the travel first
-            self._direction = 1 if hi - self.position >= self.position - lo else -1
+            self._direction = 1 if hi - position >= position - lo else -1
         ahead = max(self._coarse) if self._direction > 0 else min(self._coarse)
         if ahead != best and self._coarse[ahead] < top - self.MARGIN:
             self._direction = -self._direction  # the hill is behind: look on the best's other side
@@ -105,8 +107,8 @@ class FocusController:
         lo, hi = self.limits
         left = [p for p in self._coarse if p < best]
         right = [p for p in self._coarse if p > best]
-        near_left = [self._coarse[p] for p in left if best - p <= self.coarse_step] or ([] if best > lo else [None])
-        near_right = [self._coarse[p] for p in right if p - best <= self.coarse_step] or ([] if best < hi else [None])
+        near_left: list[float | None] = [self._coarse[p] for p in left if best - p <= self.coarse_step] or ([] if best > lo else [None])
+        near_right: list[float | None] = [self._coarse[p] for p in right if p - best <= self.coarse_step] or ([] if best < hi else [None])
         if not near_left or not near_right:
             return False
         seen = [v for v in near_left + near_right if v is not None]
@@ -148,7 +150,7 @@ class FocusController:
             return
         means = {p: float(np.mean(v)) for p, v in self._fine.items()}
         c = self._plan[0]
-        best = max(means, key=means.get)
+        best = max(means, key=means.__getitem__)
         if len(self._plan) == 3 and best == c:
             target = c + _vertex([means[self._plan[1]], means[c], means[self._plan[2]]], self.fine_step)
         else:

@@ -242,7 +242,7 @@ class CaptureLoop:
             self._lights_off()
             try:
                 self.camera.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a camera already gone cannot be stopped twice
                 pass
             with self._lock:
                 self._state["running"] = False
@@ -336,10 +336,10 @@ class CaptureLoop:
         wanted = (int(self.light.exposure_us), round(float(self.light.gain), 3), round(float(self.light.level), 4))
         if not force and wanted == self._light_sent:
             return
-        sent = wanted
+        sent: tuple[int, float, float] | None = wanted
         try:
             self.camera.set_exposure(self.light.exposure_us, self.light.gain)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - retried on the next frame
             log.debug("camera exposure not set: %s", exc)
             sent = None  # try again on the next frame
         if self.illumination is not None:

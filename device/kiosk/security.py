@@ -28,10 +28,13 @@ class CSRFError(Exception):
     """A POST without the token of this session: an old page, or a page from somewhere else."""
 
 
+_PASSIVE = "kiosk_passive"  # the attribute `passive` sets on a view function
+
+
 def passive(view: Callable) -> Callable:
     """Marks a view that pages poll on their own (preview, capture state): it needs a session but does
     not count as the worker being active, so a capture page left open still times out."""
-    view.kiosk_passive = True
+    setattr(view, _PASSIVE, True)  # a function attribute: mypy knows no attributes of a Callable
     return view
 
 
@@ -80,8 +83,8 @@ def _signed_in() -> bool:
         session.clear()
         flash("Your account is no longer on this unit. Ask an administrator.", "warning")
         return False
-    view = current_app.view_functions.get(request.endpoint)
-    if not getattr(view, "kiosk_passive", False):
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint is not None else None
+    if not getattr(view, _PASSIVE, False):
         session["seen"] = time.time()
     return True
 

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
@@ -98,7 +99,7 @@ def export_folder_name(device_id: str) -> str:
 class ExportJob:
     """One export at a time, run in a thread; its state is what the page and its polling show."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: dict = {"status": "idle"}
         self._thread: threading.Thread | None = None
@@ -132,6 +133,7 @@ class ExportJob:
             self._state.update(done=done, total=total)
 
     def _run(self, unit, drive: Path, target: Path, since, until) -> None:
+        outcome: dict[str, Any]
         try:
             if not drive.is_dir():
                 raise ExportError(f"{drive} is not there any more: is the USB stick plugged in?")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def run(runs: int = 30, photo: str = "synthetic", threads: int | None = None, js
     for name, entry in manifest.items():
         if not isinstance(entry, dict) or "file" not in entry:
             continue
-        row = {"parameters": entry.get("parameters")}
+        row: dict[str, Any] = {"parameters": entry.get("parameters")}
         for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
             row[precision] = _in_subprocess("engine", name, precision, runs, threads)
         if "int8" in row and "p50_ms" in row["int8"]:

@@ -71,7 +71,7 @@ def spoil(rgb: np.ndarray, field: tuple[float, float, float], defect: str, rng: 
         median = float(np.median(cv2.max(cv2.max(r_, g_), b_)[inside > 0]))
         return cv2.convertScaleAbs(rgb, alpha=1.3 * 255.0 / max(median, 1.0))
     if defect == "shift":
-        return cv2.warpAffine(rgb, np.float32([[1, 0, 0.65 * w], [0, 1, 0]]), (w, h))
+        return cv2.warpAffine(rgb, np.array([[1, 0, 0.65 * w], [0, 1, 0]], np.float32), (w, h))
     if defect == "glare":
         angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.4) * r
         gx, gy, sigma = cx + dist * math.cos(angle), cy + dist * math.sin(angle), 0.22 * r
@@ -80,7 +80,7 @@ def spoil(rgb: np.ndarray, field: tuple[float, float, float], defect: str, rng: 
         y0, y1 = max(0, int(gy - 4 * sigma)), min(h, int(gy + 4 * sigma) + 1)
         step = max(1, int(sigma / 8))
         ys, xs = np.ogrid[y0:y1:step, x0:x1:step]
-        blob = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / (2 * sigma * sigma)).astype(np.float32)
+        blob: np.ndarray = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / (2 * sigma * sigma)).astype(np.float32)
         blob = cv2.resize(blob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         out = rgb.copy()
         for c, tint in enumerate((0.85, 0.95, 1.0)):  # white with a touch of blue, like light off the cornea
@@ -153,6 +153,7 @@ def bench_real(data: Path, seed: int = 0) -> dict:
                 reasons[first_code(report)] += 1
                 continue
             passed += 1
+            assert report.field is not None  # a gradable report always locates the field
             for defect, expected in SPOILED_REASONS.items():
                 spoiled = gate.assess(spoil(rgb, report.field, defect, rng))
                 tried[defect] += 1

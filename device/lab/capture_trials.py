@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.optic_module_sim import FOCUS_TRAVEL, NOMINAL_FOCUS
-from hardware.simulated_camera import REFRACTION_STEPS_SD
+from hardware.simulated_camera import REFRACTION_STEPS_SD, SimulatedCamera
 
 TARGET_S = 20.0
 TARGET_SHARE = 0.95
@@ -98,6 +98,8 @@ def run_trial(start: HardStart, config=None, limit_s: float = 2 * TARGET_S, wall
     with simulated_rig(max_led_level=config.capture.max_led_level, max_flash_s=config.capture.max_flash_s,
                        simulated_time=True, **start.camera_options()) as rig:
         start.apply(rig)
+        camera = rig.camera
+        assert isinstance(camera, SimulatedCamera)  # simulated_rig builds one; only it keeps simulated time
         loop = CaptureLoop(rig.camera, QualityGate(config.quality), config.capture,
                            illumination=rig.illumination, optic_module=rig.optic_module)
         loop.begin(start.laterality)
@@ -109,7 +111,7 @@ def run_trial(start: HardStart, config=None, limit_s: float = 2 * TARGET_S, wall
                 photo = loop.take_photo()
                 if photo is not None or loop.state()["error"]:
                     break
-                if rig.camera.clock() > limit_s or time.monotonic() - began > wall_limit_s:
+                if camera.clock() > limit_s or time.monotonic() - began > wall_limit_s:
                     break
                 time.sleep(0.01)
         finally:
@@ -199,7 +201,7 @@ def campaign(runs: int, seed: int = 0, *, config=None, limit_s: float = 2 * TARG
             trial.pop("trace")
         trials.append(trial)
     times = [t["seconds_to_capture"] if t["captured"] else math.inf for t in trials]
-    rejected = Counter()
+    rejected: Counter[str] = Counter()
     for t in trials:
         rejected.update(t["rejected"])
     settle = [t["light_settle_frames"] for t in trials if t["light_settle_frames"] is not None]

@@ -74,6 +74,7 @@ def evaluate_photo(pipeline: ScreeningPipeline, rec: Record) -> dict:
     }
     if result is None:
         return out
+    assert rgb is not None  # screen_file returns the photo with every result
     disc_gt = None
     if rec.has_mask:
         disc_gt, cup_gt = rec.load_mask(rgb.shape)

@@ -44,6 +44,7 @@ def disc_of_crop(pipeline: ScreeningPipeline, rgb: np.ndarray) -> tuple[dict, fl
         if m is None:
             return None
         guess = (m.disc.cx, m.disc.cy, m.disc.vertical_diameter)
+    assert m is not None  # the loop ran (twice) and returned on a photo without a disc
     return {"cx": m.disc.cx, "cy": m.disc.cy, "vertical_diameter": m.disc.vertical_diameter}, m.vcdr
 
 
@@ -54,9 +55,10 @@ def eye_features(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, eye
     if years <= 0:
         return None
     photos = [read_rgb(first.photo), read_rgb(last.photo)]
-    found = [disc_of_crop(pipeline, rgb) for rgb in photos]
-    if any(f is None for f in found):
+    found_first, found_last = [disc_of_crop(pipeline, rgb) for rgb in photos]
+    if found_first is None or found_last is None:
         return None
+    found = [found_first, found_last]
     crops = [crop_input(rgb, d["cx"], d["cy"], d["vertical_diameter"]) for rgb, (d, _) in zip(photos, found)]
     return {"eye": eye.key, "patient": eye.patient, "progressed": eye.progressed, "years": years,
             "vcdr_first": found[0][1], "vcdr_last": found[1][1],
@@ -86,7 +88,7 @@ def fit(pipeline: ScreeningPipeline, assessor: ProgressionAssessor, grape: Path,
         out: Path = PROGRESSION_POLICY) -> dict:
     eyes = read_grape(grape)
     split = patient_split(eyes)
-    rows = {"val": [], "test": []}
+    rows: dict[str, list[dict]] = {"val": [], "test": []}
     for eye in eyes:
         if split[eye.patient] in rows and len(eye.visits) >= 2:
             f = eye_features(pipeline, assessor, eye)

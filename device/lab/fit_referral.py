@@ -41,6 +41,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50
     return float(coef), float(intercept)
 
 
+def _auc(y: np.ndarray, scores: np.ndarray) -> float:
+    value = auc(y, scores)
+    assert value is not None  # fit() refuses validation photos without both classes
+    return round(value, 4)
+
+
 def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
     rows = []
     for folder in data:
@@ -50,12 +56,15 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
             result = pipeline.screen(read_rgb(rec.image_path))
             if result.measurements is None:
                 continue  # no disc found: nothing to learn the fusion from
-            rows.append((result.vcdr, result.segmentation.glaucoma_logit, result.segmentation.disc_classifier_logit,
-                         rec.glaucoma))
+            seg = result.segmentation
+            assert seg is not None  # the measurements are taken from the segmentation
+            rows.append((result.vcdr, seg.glaucoma_logit, seg.disc_classifier_logit, rec.glaucoma))
     if not rows:
         raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
     with_classifier = all(r[2] is not None for r in rows)
     vcdr, logit, y = (np.array(c, float) for c in zip(*[(r[0], r[1], r[3]) for r in rows]))
+    if y.all() or not y.any():
+        raise SystemExit("the validation photos must include both glaucoma and normal eyes to fit a referral policy")
     second = np.array([r[2] for r in rows], float) if with_classifier else None
     coef, intercept = fit_logistic(vcdr, y)
     policy = ReferralPolicy(vcdr_coef=coef, vcdr_intercept=intercept, fitted=True,
@@ -67,10 +76,10 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
     policy.operating_point = {
         "specificity_target": specificity,
         "sensitivity_val": round(sens, 4),
-        "auc_val": round(auc(y, fused), 4),
-        "auc_val_vcdr_only": round(auc(y, vcdr), 4),
-        "auc_val_classifier_only": round(auc(y, logit), 4),
-        "auc_val_disc_classifier_only": None if second is None else round(auc(y, second), 4),
+        "auc_val": _auc(y, fused),
+        "auc_val_vcdr_only": _auc(y, vcdr),
+        "auc_val_classifier_only": _auc(y, logit),
+        "auc_val_disc_classifier_only": None if second is None else _auc(y, second),
         "n_val": int(len(y)),
         "n_val_glaucoma": int(y.sum()),
     }

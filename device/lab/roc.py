@@ -169,7 +169,7 @@ def draw_roc(path, curves: list[dict], point: dict | None = None, title: str = "
             _text(img, f"{v:.1f}", (x0 - 10, gy + 5), anchor="right")
     cv2.rectangle(img, (x0, y1), (x1, y0), _INK, 1)
     _text(img, "1 - specificity (false positive rate)", ((x0 + x1) // 2, y0 + 56), 0.6, anchor="centre")
-    label = np.full((30, 420, 3), 255, np.uint8)
+    label: np.ndarray = np.full((30, 420, 3), 255, np.uint8)
     _text(label, "sensitivity (true positive rate)", (210, 21), 0.6, anchor="centre")
     label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
     top = (y1 + y0) // 2 - label.shape[0] // 2

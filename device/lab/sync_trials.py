@@ -77,7 +77,10 @@ def sample_eyes(data_dir: Path, count: int) -> list[SampleEye]:
     eyes = []
     for row in rows:
         masks_png = (folder / "masks" / f"{row['id']}.png").read_bytes()
-        disc, cup = decode_mask(cv2.imdecode(np.frombuffer(masks_png, np.uint8), cv2.IMREAD_GRAYSCALE))
+        mask = cv2.imdecode(np.frombuffer(masks_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{folder / 'masks' / (row['id'] + '.png')} is not a readable PNG")
+        disc, cup = decode_mask(mask)
         vcdr = round(vcdr_from_masks(disc, cup), 4)
         probability = round(min(0.99, max(0.01, (vcdr - 0.3) * 1.6)), 4)
         referral = "refer" if probability >= 0.5 else "normal"
@@ -153,7 +156,7 @@ class Trials:
         self.now = dt.datetime.now(dt.timezone.utc)
         self.visits = VisitLog(self.data_dir)
         self.pacs = PacsContents(server)
-        self.stats = Counter()
+        self.stats: Counter[str] = Counter()
 
     def close(self) -> None:
         self.visits.close()
@@ -176,9 +179,11 @@ class Trials:
         child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[2],
                                  env={**os.environ, TRIAL_MARK: mark})
+        stdout = child.stdout
+        assert stdout is not None  # stdout=PIPE
         try:
-            ready, _, _ = select.select([child.stdout], [], [], 60)
-            if not ready or child.stdout.readline().strip() != "ready":
+            ready, _, _ = select.select([stdout], [], [], 60)
+            if not ready or stdout.readline().strip() != "ready":
                 raise RuntimeError("the sync child process did not start")
             due = self.visits.outbox_counts()["pending"]
             time.sleep(self.rng.uniform(0.0, 0.05 + 0.12 * due))  # anywhere in its run, or after it
@@ -189,7 +194,7 @@ class Trials:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-            child.stdout.close()
+            stdout.close()
         self.stats["kills_mid_run" if killed else "runs_finished_before_kill"] += 1
         self.stats["processes_left_behind"] += len(survivors(mark, grace_s=5.0))
         # Items the PACS holds but the outbox still has pending: the crash fell between "stored" and
@@ -341,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     rng = random.Random(seed)
     eyes = sample_eyes(args.data or shared_data_dir(), 24)
-    with tempfile.TemporaryDirectory(prefix="glaucoscreen-sync-trials-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="glaucoscreen-sync-trials-") as tmp_name:
+        tmp = Path(tmp_name)
         (tmp / "orthanc").mkdir()
         server = OrthancServer(tmp / "orthanc")
         server.start()

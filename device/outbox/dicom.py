@@ -19,6 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -29,7 +30,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 from device.screening.progression import Assessment
 from device.screening.result import StoredResult
@@ -364,10 +365,11 @@ def _photo(study: EyeStudy, uids: dict[str, str]) -> Dataset:
 
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    # pydicom stores every UI value as a UID anyway; wrapping here only states it to the type checker.
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     return meta
 
@@ -416,7 +418,8 @@ def _segmentation(study: EyeStudy, result: StoredResult, uids: dict[str, str], p
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=uids["seg_series"], series_number=2, sop_instance_uid=uids["seg"], instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
-        software_versions=_software_versions(result), device_serial_number=_lo(study.device_id, "device ID"),
+        software_versions=_software_versions(result),  # type: ignore[arg-type]  # highdicom: tuple[str] should be Sequence[str]
+        device_serial_number=_lo(study.device_id, "device ID"),
         content_label="DISC_CUP", content_description="Optic disc and cup", omit_empty_frames=False,
         series_description=f"Optic disc and cup, {study.eye} eye", coding_schemes=[_LOCAL_CODES],
         content_date=_da(when), content_time=_tm(when), series_date=_da(when), series_time=_tm(when))
@@ -440,7 +443,7 @@ def _fix_creation_time(ds: Dataset, when: datetime) -> None:
     ds.InstanceCreationDate, ds.InstanceCreationTime = _da(when), _tm(when)
     for item in ds.get("ContributingEquipmentSequence", []):
         item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f+0000")
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_UID
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
 
 
@@ -468,10 +471,10 @@ def _report(study: EyeStudy, result: StoredResult, uids: dict[str, str], photo: 
     algorithm = hd.sr.AlgorithmIdentification(
         name="GlaucoScreen Edge", version=_algorithm_version(result),
         parameters=[f"{k}: {v}" for k, v in sorted(result.model_versions.items())] or None)
-    groups = []
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations] = []
     disc_measurements = _cdr_measurements(result)
     if disc_measurements:
-        disc_group = dict(
+        disc_group: dict[str, Any] = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(namespace, f"{study.eye}/disc-tracking"),
                                                          identifier="Optic disc"),
             finding_type=OPTIC_DISC, finding_sites=[hd.sr.FindingSite(OPTIC_DISC, laterality=laterality)],

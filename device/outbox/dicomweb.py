@@ -106,6 +106,7 @@ class DicomWebClient:
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
         elif username is not None:
+            assert password is not None  # checked above: the user name and password go together
             self._session.auth = (username, password)
         if ca_file:
             self._session.verify = ca_file

@@ -114,7 +114,8 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     _check_target(out)
     csv_path = out / CSV_NAME
     earlier = _earlier_rows(csv_path)
-    rows, skipped = [], []
+    rows: list[dict] = []
+    skipped: list[dict] = []
     files = written = 0
     if progress is not None:
         progress(0, len(chosen))

@@ -162,6 +162,7 @@ class ProgressionAssessor:
                               and (d := json.loads(h["result_json"]).get("disc"))), (None, None))
         if not gradable or disc is None or vcdr is None or earlier is None:
             return Assessment(NO_HISTORY, MESSAGES[NO_HISTORY])
+        assert then is not None  # found together with `earlier`
         years = _years_between(earlier["time"], now)
         slope = (vcdr - earlier["vcdr"]) / years
         logit = None

@@ -172,12 +172,12 @@ class QualityGate:
 
         m["brightness"] = cv2.mean(grey, inner)[0] / 255.0
         m["exposure"] = cv2.mean(brightest, inner)[0] / 255.0
-        clipped = cv2.bitwise_and(cv2.compare(brightest, CLIP_LEVEL, cv2.CMP_GE), inner)
+        clipped = cv2.bitwise_and(cv2.compare(brightest, CLIP_LEVEL, cv2.CMP_GE), inner)  # type: ignore[call-overload]  # cv2 stubs omit scalar src2
         m["clipped_fraction"] = cv2.countNonZero(clipped) / n_inner
-        dark = cv2.bitwise_and(cv2.compare(grey, s.dark_level * 255.0, cv2.CMP_LT), inner)
+        dark = cv2.bitwise_and(cv2.compare(grey, s.dark_level * 255.0, cv2.CMP_LT), inner)  # type: ignore[call-overload]  # cv2 stubs omit scalar src2
         m["dark_fraction"] = cv2.countNonZero(dark) / n_inner
         # White-blue: blue high in itself and against red, which only added white light does to a red retina.
-        reflex = cv2.compare(b_, s.glare_level * 255.0, cv2.CMP_GE) & cv2.compare(
+        reflex = cv2.compare(b_, s.glare_level * 255.0, cv2.CMP_GE) & cv2.compare(  # type: ignore[call-overload]  # cv2 stubs omit scalar src2
             b_, cv2.convertScaleAbs(r_, alpha=0.7), cv2.CMP_GE)
         glare = cv2.bitwise_and(reflex, inner)
         m["glare_fraction"] = cv2.countNonZero(glare) / n_inner
@@ -267,7 +267,7 @@ def _find_field(brightest: np.ndarray) -> _Field | None:
     brightest = cv2.blur(brightest, (5, 5))
     hist = np.cumsum(cv2.calcHist([brightest], [0], None, [256], [0, 256]).ravel())
     black, p95 = (int(np.searchsorted(hist, q * hist[-1])) for q in (0.02, 0.95))
-    lit = cv2.compare(brightest, black + max(6.0, 0.06 * (p95 - black)), cv2.CMP_GT)
+    lit = cv2.compare(brightest, black + max(6.0, 0.06 * (p95 - black)), cv2.CMP_GT)  # type: ignore[call-overload]  # cv2 stubs omit scalar src2
     contours, _ = cv2.findContours(lit, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None

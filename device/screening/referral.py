@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 REFER, RESCREEN, NORMAL = "refer", "rescreen", "normal"
 
@@ -36,6 +37,8 @@ def sigmoid(x: float) -> float:
 class PolicyFile:
     """A fitted policy dataclass kept as JSON beside the models. Keys the dataclass does not know are
     ignored, so a policy file written by a newer fit still loads; missing ones take the defaults."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass on each subclass
 
     @classmethod
     def load(cls, path: Path):

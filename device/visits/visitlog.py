@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -244,10 +244,12 @@ class VisitLog:
         with self._write() as db:
             if self.get_patient(identifier) is not None:
                 raise ValueError(f"a patient with identifier {identifier!r} is already registered")
-            db["patients"].insert({"identifier": identifier, "name": (name or "").strip() or None,
+            db.table("patients").insert({"identifier": identifier, "name": (name or "").strip() or None,
                                    "year_of_birth": year_of_birth, "sex": sex, "consent": int(bool(consent)),
                                    "created_at": self._now()})
-        return self.get_patient(identifier)
+        patient = self.get_patient(identifier)
+        assert patient is not None  # inserted just above
+        return patient
 
     def get_patient(self, identifier: str) -> dict | None:
         row = self._one("SELECT * FROM patients WHERE identifier = ?", ((identifier or "").strip(),))
@@ -277,7 +279,7 @@ class VisitLog:
         visit_uuid = str(uuid.uuid4())
         with self._write() as db:
             patient = self._patient_row(patient_identifier)
-            db["visits"].insert({"uuid": visit_uuid, "patient_id": patient["id"], "operator": operator,
+            db.table("visits").insert({"uuid": visit_uuid, "patient_id": patient["id"], "operator": operator,
                                  "device_id": device_id, "status": "open", "started_at": self._now()})
         return visit_uuid
 
@@ -292,9 +294,10 @@ class VisitLog:
         with self._write() as db:
             self._writable_visit(visit_uuid)
             sha = self.images.put(photo_jpeg)
-            capture_id = db["captures"].insert({"visit_uuid": visit_uuid, "eye": eye, "photo_sha256": sha,
-                                                "quality": quality_json, "source": source,
-                                                "captured_at": self._now()}).last_pk
+            capture_id = db.table("captures").insert({"visit_uuid": visit_uuid, "eye": eye, "photo_sha256": sha,
+                                                      "quality": quality_json, "source": source,
+                                                      "captured_at": self._now()}).last_pk
+            assert capture_id is not None  # an insert into a rowid table always sets last_pk
             db.execute("DELETE FROM skipped_eyes WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
         return capture_id
 
@@ -334,7 +337,9 @@ class VisitLog:
             row["overlay_sha256"] = self.images.put(overlay) if overlay is not None else None
             row["masks_sha256"] = self.images.put(masks_png) if masks_png is not None else None
             row["created_at"] = self._now()
-            return db["results"].insert(row).last_pk
+            result_id = db.table("results").insert(row).last_pk
+            assert result_id is not None  # an insert into a rowid table always sets last_pk
+            return result_id
 
     def skip_eye(self, visit_uuid: str, eye: str, reason: str) -> None:
         """Record why an eye was not screened; a later capture of that eye clears it."""
@@ -363,7 +368,7 @@ class VisitLog:
 
     def _eyes(self, visit_uuid: str) -> dict[str, dict]:
         """Per eye: its latest capture, that capture's result, the skip reason and how many photos were taken."""
-        eyes = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0} for eye in EYES}
+        eyes: dict[str, dict[str, Any]] = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0} for eye in EYES}
         for c in self._rows(
                 """SELECT c.*, (SELECT count(*) FROM captures k WHERE k.visit_uuid = c.visit_uuid AND k.eye = c.eye) AS n
                    FROM captures c
@@ -386,6 +391,7 @@ class VisitLog:
         with self._lock:
             visit = self._visit_row(visit_uuid)
             patient = self._one("SELECT * FROM patients WHERE id = ?", (visit.pop("patient_id"),))
+            assert patient is not None  # visits.patient_id is a foreign key
             patient["consent"] = bool(patient["consent"])
             visit["patient"] = patient
             visit["eyes"] = self._eyes(visit_uuid)
@@ -475,6 +481,8 @@ class VisitLog:
             patient = self._one("SELECT * FROM patients WHERE id = ?", (visit["patient_id"],))
             capture = self._one("SELECT * FROM captures WHERE id = ?", (item["capture_id"],))
             result = self._one("SELECT * FROM results WHERE id = ?", (item["result_id"],))
+        # foreign keys: a visit names its patient, an outbox item its capture and result
+        assert patient is not None and capture is not None and result is not None
         patient["consent"] = bool(patient["consent"])
         capture["quality"] = json.loads(capture["quality"])
         result["gradable"] = bool(result["gradable"])
@@ -519,7 +527,9 @@ class VisitLog:
 
     def count_finished(self) -> int:
         """How many visits are finished: the admin pages' figure, without fetching every visit's id."""
-        return int(self._one("SELECT count(*) AS n FROM visits WHERE status = 'finished'")["n"])
+        row = self._one("SELECT count(*) AS n FROM visits WHERE status = 'finished'")
+        assert row is not None  # an aggregate query always returns one row
+        return int(row["n"])
 
     def outbox_counts(self) -> dict:
         counts = {"pending": 0, "sent": 0, "quarantined": 0}

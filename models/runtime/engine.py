@@ -42,6 +42,7 @@ class OnnxEngine:
     """An ONNX model run by ONNX Runtime on the CPU (or another execution provider when asked)."""
 
     backend = "onnxruntime"
+    version: str  # the manifest's version of the model, set by `registry.load_engine`
 
     def __init__(self, path: str | Path, name: str | None = None, precision: str = "fp32",
                  providers: list[str] | None = None, threads: int | None = None):

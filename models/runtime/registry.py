@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.runtime.engine import Engine, EngineError, OnnxEngine
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 MANIFEST = ARTIFACTS / "manifest.json"
+
+if TYPE_CHECKING:
+    from models.runtime.tensorrt import TensorRTEngine
 
 
 def sha256_file(path: Path) -> str:
@@ -113,7 +117,7 @@ def faster_on_this_cpu(name: str, artifacts: Path, cache_dir: Path, threads: int
         known = {}
     if key in known:
         return known[key]
-    timings = {}
+    timings: dict[str, float] = {}
     for precision in ("fp32", "int8"):
         engine = OnnxEngine(model_file(name, precision, artifacts)[0], name=name, precision=precision, threads=threads)
         feeds = engine.example_feeds()
@@ -124,7 +128,7 @@ def faster_on_this_cpu(name: str, artifacts: Path, cache_dir: Path, threads: int
             engine.run(feeds)
             samples.append((time.perf_counter() - started) * 1000)
         timings[precision] = round(statistics.median(samples), 2)
-    known[key] = {"precision": min(timings, key=timings.get), "median_ms": timings}
+    known[key] = {"precision": min(timings, key=timings.__getitem__), "median_ms": timings}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(known, indent=1) + "\n")
@@ -144,9 +148,12 @@ def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS,
                 backend: str = "auto", engine_cache: Path | None = None) -> Engine:
     """The model as an `Engine`: TensorRT where it is installed (the Jetson), else ONNX Runtime."""
     path, entry = model_file(name, precision, artifacts)
+    engine: OnnxEngine | TensorRTEngine
     if backend == "tensorrt" or (backend == "auto" and have_tensorrt() and engine_cache is not None):
         from models.runtime.tensorrt import TensorRTEngine
 
+        if engine_cache is None:
+            raise EngineError(f"model {name}: the TensorRT backend needs a folder for its engine cache (engine_cache)")
         engine = TensorRTEngine(path, name=name, precision=precision, model_sha256=entry["sha256"], cache_dir=engine_cache)
     else:
         engine = OnnxEngine(path, name=name, precision=precision, threads=threads)

@@ -101,6 +101,7 @@ class TensorRTEngine:
     """`Engine` over a cached TensorRT engine; builds it first when the cache has none that fits."""
 
     backend = "tensorrt"
+    version: str  # the manifest's version of the model, set by `registry.load_engine`
 
     def __init__(self, onnx_path: Path, *, name: str, precision: str, model_sha256: str, cache_dir: Path):
         trt, cuda = _import()

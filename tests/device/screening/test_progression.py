@@ -47,7 +47,9 @@ def test_a_grown_cup_is_called_progressing_and_the_same_disc_stable(tmp_path, pi
         first = _first_visit(visits, pipeline, baseline, assessor)
         history = visits.eye_history("P-1", "right")
         later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3 * 365)
-        read = lambda sha: decode_rgb(visits.images.get(sha))  # noqa: E731
+
+        def read(sha):
+            return decode_rgb(visits.images.get(sha))
 
         grown = _photo(eye, 3.0, 0.08, seed=2)  # +0.24 vCDR over three years
         screened = pipeline.screen(grown)
