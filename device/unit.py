@@ -6,17 +6,16 @@ objects.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import shutil
 import signal
 import threading
-import time
 import zlib
 from dataclasses import replace
 
 from device import sdnotify
 from device.capture.loop import CapturedPhoto, CaptureLoop
+from device.capture.metered import MeteredCamera
 from device.config import Config
 from device.screening.pipeline import ScreeningPipeline
 from device.screening.progression import ProgressionAssessor
@@ -28,40 +27,6 @@ from hardware.rig import Rig, open_rig
 from models.runtime.engine import EngineError
 
 log = logging.getLogger(__name__)
-
-FRAME_RATE_WINDOW_S = 3.0  # the preview's frame rate is measured over this much recent time
-
-
-class FrameMeter:
-    """The camera as the capture loop reads it, timing each frame it gives: a camera can say it is
-    started and still send nothing, and only the frames that arrive show which."""
-
-    def __init__(self, camera) -> None:
-        self._camera = camera
-        self._lock = threading.Lock()
-        self._times: collections.deque[float] = collections.deque(maxlen=256)
-        self._count = 0
-
-    def read(self):
-        frame = self._camera.read()
-        with self._lock:
-            self._times.append(time.monotonic())
-            self._count += 1
-        return frame
-
-    def __getattr__(self, name):
-        return getattr(self._camera, name)
-
-    def rate(self) -> dict:
-        """Frames so far, frames per second lately (None before two have come), seconds since the last one."""
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._times if now - t <= FRAME_RATE_WINDOW_S]
-            count, last = self._count, (self._times[-1] if self._times else None)
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else None
-        return {"count": count, "fps": None if fps is None else round(fps, 1),
-                "last_frame_age_s": None if last is None else round(now - last, 2)}
-
 
 class StaleCapture(Exception):
     """A page asked for a photo under a capture token that no longer owns the camera."""
@@ -84,7 +49,7 @@ class Unit:
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
         self._binding_lock = threading.Lock()
         self._binding: tuple[str, str, str] | None = None  # (capture token, visit, eye) the camera is armed for
-        self.frames = FrameMeter(rig.camera)
+        self.frames = MeteredCamera(rig.camera)
         self.capture = CaptureLoop(self.frames, QualityGate(config.quality), config.capture, illumination=rig.illumination,
                                    optic_module=rig.optic_module)
 
