@@ -1,7 +1,8 @@
 """`python -m device.lab.bench_quality`: how fast the quality gate runs and how well it sorts photos.
 
 * speed: frames/s on 640x480 preview frames on one thread, the capture loop's budget on a unit;
-* real photos: the share of every photo in the shared data (REFUGE, Drishti-GS1) the gate passes,
+* real photos: the share of every photo in the shared data the gate passes, per camera (REFUGE,
+  Drishti-GS1, and other-cameras' DRIVE, STARE and DRIONS-DB, all judged gradable by their curators),
   with the reasons it gives for the rest (some real photos are poor; graders kept them anyway);
 * spoiled copies: each gradable real photo spoiled one way at a time (`spoil`). Rejecting is the
   gate's job, so a spoiled copy is a positive: recall per defect is the share that fails for that
@@ -48,7 +49,8 @@ SYNTHETIC_REASONS: dict[str, tuple[str, ...]] = {
     "eyelid": ("uneven_light", "too_dark"),
 }
 PREVIEW = (480, 640)
-DATASETS = ("refuge-val", "drishti-gs1")
+DATASETS = ("refuge-val", "drishti-gs1", "other-cameras")
+MIXED = "other-cameras"  # gradable research photos of three more cameras, reported per source
 
 
 def spoil(rgb: np.ndarray, field: tuple[float, float, float], defect: str, rng: np.random.Generator) -> np.ndarray:
@@ -144,29 +146,38 @@ def bench_real(data: Path, seed: int = 0) -> dict:
     clean_passed = 0
     for name in DATASETS:
         records = read_dataset(data / name)
-        reasons: Counter = Counter()
-        passed = 0
+        # other-cameras holds three cameras: each is a row of its own, never pooled into one figure.
+        groups: dict[str, list] = {}
         for rec in records:
-            rgb = read_rgb(rec.image_path)
-            report = gate.assess(rgb)
-            if not report.gradable:
-                reasons[first_code(report)] += 1
-                continue
-            passed += 1
-            assert report.field is not None  # a gradable report always locates the field
-            for defect, expected in SPOILED_REASONS.items():
-                spoiled = gate.assess(spoil(rgb, report.field, defect, rng))
-                tried[defect] += 1
-                hits[defect] += first_code(spoiled) in expected
-                spoiled_rejected += not spoiled.gradable
-        clean_passed += passed
-        out[name] = {"photos": len(records), "passed": passed, "pass_rate": round(passed / max(1, len(records)), 4),
-                     "rejected_by_first_reason": dict(reasons.most_common())}
+            groups.setdefault(f"{name}/{rec.source}" if name == MIXED else name, []).append(rec)
+        for group, members in groups.items():
+            reasons: Counter = Counter()
+            passed = 0
+            for rec in members:
+                rgb = read_rgb(rec.image_path)
+                report = gate.assess(rgb)
+                if not report.gradable:
+                    reasons[first_code(report)] += 1
+                    continue
+                passed += 1
+                assert report.field is not None  # a gradable report always locates the field
+                for defect, expected in SPOILED_REASONS.items():
+                    spoiled = gate.assess(spoil(rgb, report.field, defect, rng))
+                    right = first_code(spoiled) in expected
+                    tried[defect] += 1
+                    hits[defect] += right
+                    tried[group, defect] += 1
+                    hits[group, defect] += right
+                    spoiled_rejected += not spoiled.gradable
+            clean_passed += passed
+            out[group] = {"photos": len(members), "passed": passed, "pass_rate": round(passed / max(1, len(members)), 4),
+                          "rejected_by_first_reason": dict(reasons.most_common()),
+                          "spoiled_recall": {d: round(hits[group, d] / max(1, tried[group, d]), 4) for d in SPOILED_REASONS}}
     total = sum(v["photos"] for v in out.values())
     out["all"] = {"photos": total, "passed": clean_passed, "pass_rate": round(clean_passed / max(1, total), 4)}
     out["spoiled_recall"] = {d: round(hits[d] / max(1, tried[d]), 4) for d in SPOILED_REASONS}
-    out["spoiled_copies"] = dict(tried)
-    out["recall_any_reason"] = round(spoiled_rejected / max(1, sum(tried.values())), 4)
+    out["spoiled_copies"] = {d: tried[d] for d in SPOILED_REASONS}
+    out["recall_any_reason"] = round(spoiled_rejected / max(1, sum(tried[d] for d in SPOILED_REASONS)), 4)
     out["precision"] = round(spoiled_rejected / max(1, spoiled_rejected + total - clean_passed), 4)
     return out
 
@@ -195,7 +206,7 @@ def default_data() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m device.lab.bench_quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=default_data(), help="folder holding refuge-val/ and drishti-gs1/")
+    p.add_argument("--data", type=Path, default=default_data(), help="folder holding refuge-val/, drishti-gs1/ and other-cameras/")
     p.add_argument("--synthetic-eyes", type=int, default=40, help="synthetic eyes per defect")
     p.add_argument("--json-out", type=Path, help="also write the figures to this JSON file")
     a = p.parse_args(argv)
@@ -206,10 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"speed: {result['speed']['frames_per_s']} frames/s at {result['speed']['frame']} on one thread "
           f"(p50 {result['speed']['p50_ms']} ms, p95 {result['speed']['p95_ms']} ms)", flush=True)
     result["real"] = real = bench_real(a.data)
-    for name in (*DATASETS, "all"):
-        r = real[name]
+    for name, r in real.items():
+        if not (isinstance(r, dict) and "photos" in r):
+            continue
         print(f"{name}: {r['passed']}/{r['photos']} pass ({100 * r['pass_rate']:.1f}%)"
-              + (f"; rejected: {r['rejected_by_first_reason']}" if "rejected_by_first_reason" in r else ""))
+              + (f"; rejected: {r['rejected_by_first_reason']}" if "rejected_by_first_reason" in r else "")
+              + (f"; spoiled copies caught for the right reason: {r['spoiled_recall']}" if "spoiled_recall" in r else ""))
     print(f"spoiled copies: recall for the right reason {real['spoiled_recall']}; "
           f"recall (any reason) {real['recall_any_reason']}, precision {real['precision']}")
     result["synthetic"] = synth = bench_synthetic(a.synthetic_eyes)

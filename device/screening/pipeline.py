@@ -15,6 +15,7 @@ was fitted on.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from models.runtime.engine import Engine
 
 SCREENING_POLICY = registry.ARTIFACTS / "screening.json"
 MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" only a speck
+TURNED_ANGLE_DEG = 60  # fovea further than this from the disc's horizontal: the photo is on its side (upright ~6)
+TURNED_MESSAGE = ("The photo is turned on its side (the macula is above or below the optic disc): "
+                  "hold the camera upright and take the photo again.")
 # The fovea lies about 2.5 disc diameters from the disc centre in adults; a heatmap peak much nearer or
 # farther is something else (a disc-centred photo whose macula is at or past the edge of the field).
 FOVEA_DISC_DIAMETERS = (1.8, 3.5)
@@ -135,6 +139,10 @@ class ScreeningPipeline:
             result.gradable = False
             result.reasons = messages + ["The optic disc could not be found: centre the disc in the photo and take it again."]
             return result
+        if turned_on_its_side(found, fovea):
+            result.gradable = False
+            result.reasons = messages + [TURNED_MESSAGE]
+            return result
         t0 = time.perf_counter()
         seg = self.segment_disc(rgb, *found)
         disc, cup = seg.masks()
@@ -156,6 +164,16 @@ class ScreeningPipeline:
             gradable=quality.gradable, quality_messages=messages, vcdr=m.vcdr, probability=result.glaucoma_probability)
         t["total"] = sum(v for k, v in t.items())
         return result
+
+
+def turned_on_its_side(disc: tuple[float, float, float], fovea: tuple[float, float] | None) -> bool:
+    """The macula lies beside the disc, a little below it, in every upright fundus photo; a photo whose
+    fovea is above or below the disc was taken or stored turned by a quarter, and its vertical
+    cup-to-disc ratio would be read across the disc. Never graded as it lies."""
+    if fovea is None:
+        return False
+    dx, dy = fovea[0] - disc[0], fovea[1] - disc[1]
+    return abs(dy) > math.tan(math.radians(TURNED_ANGLE_DEG)) * abs(dx)
 
 
 def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory | None = None,

@@ -6,6 +6,7 @@ import pytest
 
 from device import sdnotify
 from device.config import Config
+from device.screening.quality import QualitySettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,7 @@ def test_settings_page_overrides_load_on_top_of_the_file_within_its_light_cap(tm
         Config.load(f, data_dir=data)
     write_overrides(data, {"capture": {}, "quality": {}})
     assert not overrides_path(data).exists()
-    assert Config.load(f, data_dir=data).quality.min_focus == 0.25
+    assert Config.load(f, data_dir=data).quality.min_focus == QualitySettings().min_focus  # back to the default
 
 
 def test_internal_state_is_not_a_setting(tmp_path):

@@ -192,7 +192,7 @@ def test_settings_are_checked_saved_applied_and_loaded_again(fresh_unit, tmp_pat
     client = admin_client(unit)
     page = client.get("/admin/settings/").text
     form = settings_form(page)
-    assert form["quality.min_focus"] == "0.25" and form["capture.max_led_level"] == "0.8"
+    assert form["quality.min_focus"] == "0.31" and form["capture.max_led_level"] == "0.8"
     assert text_of(page, "led-cap") == "0.8"
 
     # nonsense is refused with a reason per setting, what was typed is kept, and nothing changes
@@ -207,7 +207,7 @@ def test_settings_are_checked_saved_applied_and_loaded_again(fresh_unit, tmp_pat
     assert 'value="sharp"' in r.text and 'value="0.95"' in r.text
     assert "Not saved: 4 settings" in r.text
     assert not overrides_path(unit.config.data_dir).exists()
-    assert unit.config.quality.min_focus == 0.25 and unit.illumination.max_level == 0.8
+    assert unit.config.quality.min_focus == 0.31 and unit.illumination.max_level == 0.8
     r = client.post("/admin/settings/", data=form | {"capture.target_brightness": "0.6", "quality.max_brightness": "0.55"})
     assert r.status_code == 422 and "too bright" in text_of(r.text, "setting-capture-target_brightness")
 
@@ -240,7 +240,7 @@ def test_settings_are_checked_saved_applied_and_loaded_again(fresh_unit, tmp_pat
     token = csrf_of(page)
     assert client.post("/admin/settings/reset", data={"csrf_token": token}).status_code == 302
     assert not overrides_path(unit.config.data_dir).exists()
-    assert unit.capture.gate.settings.min_focus == 0.25 and unit.illumination.max_level == 0.8
+    assert unit.capture.gate.settings.min_focus == 0.31 and unit.illumination.max_level == 0.8
     assert unit.capture.light.target == 0.42 and unit.capture.settings.consecutive_gradable == 4
     assert Config.load(tmp_path / "no-such.toml", data_dir=unit.config.data_dir).capture.max_led_level == 0.8
 

@@ -68,3 +68,18 @@ def test_a_fovea_where_anatomy_does_not_put_one_is_dropped(refuge_photo, moved_t
     assert heat.max() >= 0.3  # still a confident peak: only its place makes it implausible
     found, moved_fovea = moved.locate_disc(rgb)
     assert found is not None and moved_fovea is None
+
+
+def test_a_photo_on_its_side_is_refused_not_graded_across_the_disc(shared_data):
+    """Turned a quarter either way, the macula sits above or below the disc: the worker is told so."""
+    from models.datasets import read_dataset
+
+    pipeline = ScreeningPipeline.from_artifacts(precision="fp32", threads=1)
+    for rec in read_dataset(shared_data / "refuge-val")[:3]:
+        rgb = read_rgb(rec.image_path)
+        upright = pipeline.screen(rgb)
+        assert upright.gradable and upright.measurements is not None, rec.id
+        for turns in (1, 3):
+            turned = pipeline.screen(np.ascontiguousarray(np.rot90(rgb, turns)))
+            assert not turned.gradable and turned.measurements is None, (rec.id, turns)
+            assert any("turned on its side" in r for r in turned.reasons), turned.reasons

@@ -1,3 +1,5 @@
+import struct
+
 import cv2
 import numpy as np
 import pytest
@@ -52,3 +54,22 @@ def test_bad_files_give_messages_a_person_understands(tmp_path, refuge_photo):
     assert rgb.shape == (512, 512, 3)
     assert rgb[..., 0].mean() > rgb[..., 2].mean()   # fundus photos are red, so the channel order is RGB
     assert decode_rgb(encode_jpeg(rgb)).shape == rgb.shape
+
+
+def test_a_phone_photo_stored_on_its_side_with_an_exif_orientation_is_read_upright():
+    """Phones store the sensor's pixels and a note to turn them (EXIF orientation 6: turn a quarter
+    clockwise); a reader that ignores the note hands the screening a photo on its side."""
+
+
+    from models.runtime.images import decode_rgb
+
+    stored = np.zeros((80, 120, 3), np.uint8)
+    stored[:, :60] = 255  # white on the left, as the sensor has it
+    ok, jpeg = cv2.imencode(".jpg", stored)
+    assert ok
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + b"\0\0\0\0"
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\0\0" + tiff
+    data = jpeg.tobytes()
+    rgb = decode_rgb(data[:2] + app1 + data[2:])
+    assert rgb.shape[:2] == (120, 80)  # turned upright: portrait
+    assert rgb[:60].mean() > 200 and rgb[60:].mean() < 50  # the sensor's left is now the top
