@@ -7,6 +7,13 @@ ORIGA, PAPILA and G1020 (`models.readers`). GRAPE's longitudinal layout is read 
 
 Each source draws its outlines its own way (REFUGE grey levels, 0/1/2 label images, MATLAB files,
 contour point lists); `Record.load_mask` turns any of them into the same disc and cup masks.
+
+The shared layout's labels.csv has one row per photo: `id,glaucoma,vcdr,split,source,camera`, an empty
+cell meaning "not known". Optional columns: `patient` (or `patient_id`), `eye` (or `laterality`),
+`fovea_x`/`fovea_y`, and `gradable` (1 = a person judged the photo good enough to grade, 0 = not,
+empty = nobody said). `gradable` is what the quality gate's false rejections are counted against.
+Without the column it is unknown, except in the `other-cameras` folder (KNOWN_GRADABLE_FOLDERS),
+whose research photos were all chosen and annotated by their curators, i.e. judged gradable.
 """
 from __future__ import annotations
 
@@ -30,6 +37,9 @@ DEFAULT_DATA = Path(os.environ.get("GLAUCOSCREEN_SHARED_DATA", Path(__file__).re
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 REFUGE_IMAGE_FOLDERS = ("images", "Images", "Training400", "Validation400", "Test400", "img", "imgs")
 REFUGE_MASK_FOLDERS = ("masks", "Masks", "gts", "GT", "Disc_Cup_Masks", "Annotation-Training400", "mask")
+# Shared-layout folders whose every photo is known to be gradable though labels.csv has no `gradable`
+# column: public research sets whose curators picked and annotated each photo (other-cameras/README.md).
+KNOWN_GRADABLE_FOLDERS = ("other-cameras",)
 
 
 class DatasetError(ValueError):
@@ -96,6 +106,7 @@ class Record:
     patient: str | None = None
     eye: str | None = None  # "right" (OD) or "left" (OS)
     annotation: Annotation | None = None
+    gradable: int | None = None  # 1: a person judged the photo gradable, 0: not; None: nobody said
 
     def __post_init__(self):
         if self.annotation is None and self.mask_path is not None:
@@ -152,6 +163,20 @@ def optional_float(text: str | None) -> float | None:
     return float(text) if text else None
 
 
+def gradable_from(text: str | None, where: str) -> int | None:
+    """The `gradable` column: 1, 0 or empty; anything else is refused rather than guessed, since it
+    decides which rejections count as false ones."""
+    text = (text or "").strip()
+    if text not in ("", "0", "1"):
+        raise DatasetError(f"{where}: gradable must be 1, 0 or empty, not {text!r}")
+    return int(text) if text else None
+
+
+def default_gradable(folder: Path) -> int | None:
+    """Gradability of a photo whose labels.csv has no `gradable` column: 1 in KNOWN_GRADABLE_FOLDERS, else unknown."""
+    return 1 if folder.name in KNOWN_GRADABLE_FOLDERS else None
+
+
 def find_image(folder: Path, stem: str) -> Path | None:
     for suffix in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
@@ -172,6 +197,7 @@ def read_shared(folder: Path) -> list[Record]:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "id" not in reader.fieldnames:
             raise DatasetError(f"{folder / 'labels.csv'} has no 'id' column")
+        says_gradable = "gradable" in reader.fieldnames
         for row in reader:
             rid = row["id"].strip()
             row = {**details.get(rid, {}), **{k: v for k, v in row.items() if (v or "").strip()}}
@@ -187,7 +213,9 @@ def read_shared(folder: Path) -> list[Record]:
                 fovea=(fx, fy) if fx is not None and fy is not None else None,
                 camera=(row.get("camera") or "").strip() or None,
                 patient=(row.get("patient") or row.get("patient_id") or "").strip() or None,
-                eye=eye_from(row.get("eye") or row.get("laterality"))))
+                eye=eye_from(row.get("eye") or row.get("laterality")),
+                gradable=(gradable_from(row.get("gradable"), f"{folder.name} {rid}") if says_gradable
+                          else default_gradable(folder))))
     return records
 
 

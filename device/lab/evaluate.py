@@ -10,12 +10,19 @@ interval: whole patients are resampled where the source names them (two eyes of 
 not two independent cases), single photos elsewhere. All figures share the same seeded resamples,
 so a rerun prints the same intervals. Every figure is also given per source, because a model that
 is good on REFUGE's Canon photos can be poor on another camera and the pooled figure hides it.
+
+Per source, too: the quality gate's false rejections (photos a person judged gradable, `Record.gradable`,
+that the gate turned away: each is a patient asked to sit again for nothing, and a camera whose good
+photos the gate rejects cannot be used), whether the disc was found, and the sensitivity and
+specificity at the shipped referral threshold with the counts behind them. Photos without glaucoma
+labels or masks (DRIVE, STARE) are still screened; a figure they cannot give is left out ("-"), not 0.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +50,7 @@ MEAN_FIGURES = {"disc_dice": "disc_dice", "cup_dice": "cup_dice", "vcdr_mae": "v
                 "fovea_error_px": "fovea_error_px", "fovea_error_dd": "fovea_error_dd",
                 "fovea_error_256": "fovea_error_256"}
 NO_FOVEA = "no fovea labels"
+NO_GLAUCOMA = "no glaucoma labels"
 
 
 def evaluate_records(pipeline: ScreeningPipeline, records: list[Record], progress: bool = False,
@@ -71,9 +79,12 @@ def evaluate_photo(pipeline: ScreeningPipeline, rec: Record) -> dict:
         "glaucoma": rec.glaucoma, "glaucoma_probability": row.get("glaucoma_probability"),
         "vcdr": row.get("vcdr"), "vcdr_expert": rec.vcdr,
         "quality_reasons": [r["code"] for r in (row.get("quality") or {}).get("reasons", [])],
+        "known_gradable": rec.gradable, "gate_passed": (row.get("quality") or {}).get("gradable"),
+        "disc_found": None,
     }
     if result is None:
         return out
+    out["disc_found"] = result.measurements is not None  # located and outlined: what a referral needs
     assert rgb is not None  # screen_file returns the photo with every result
     disc_gt = None
     if rec.has_mask:
@@ -169,11 +180,12 @@ def figures(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, thre
         out["n_fovea_missed"] = sum(1 for r in with_fovea if r.get("fovea_error_px") is None)
     else:
         out["fovea"] = NO_FOVEA
-    if threshold is not None and len(scored):
-        sens, spec = operating_point(labels, scores, threshold)
-        out["referral_threshold"] = round(float(threshold), 4)
-        out["sensitivity_at_referral_threshold"] = None if sens is None else round(sens, 4)
-        out["specificity_at_referral_threshold"] = None if spec is None else round(spec, 4)
+    if not any(r.get("glaucoma") is not None for r in rows):
+        out["glaucoma"] = NO_GLAUCOMA
+    elif threshold is not None and len(scored):
+        out.update(referral_operating_point(labels, scores, threshold))
+    out.update(gate_rejections(rows))
+    out.update(disc_finding(rows))
 
     weights = resample_weights([_unit(r) for r in rows], resamples, seed)
     ci = {}
@@ -202,8 +214,50 @@ def figures(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, thre
     return out
 
 
+def referral_operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity of the threshold the unit ships, with the counts behind them: on a
+    small source "1.00" can be 3 of 3, which says little."""
+    sens, spec = operating_point(labels, scores, threshold)
+    return {
+        "referral_threshold": round(float(threshold), 4),
+        "sensitivity_at_referral_threshold": None if sens is None else round(sens, 4),
+        "specificity_at_referral_threshold": None if spec is None else round(spec, 4),
+        "n_glaucoma_referred": int((scores[labels] >= threshold).sum()),
+        "n_normal": int((~labels).sum()),
+        "n_normal_not_referred": int((scores[~labels] < threshold).sum()),
+    }
+
+
+def gate_rejections(rows: list[dict]) -> dict:
+    """False rejections: readable photos known to be gradable that the quality gate turned away, and
+    the gate's first reason for each, so a camera's systematic trouble (its colour, its field) shows."""
+    known = [r for r in rows if r["ok"] and r.get("known_gradable") == 1]
+    rejected = [r for r in known if r.get("gate_passed") is False]
+    reasons = Counter((r.get("quality_reasons") or ["no reason given"])[0] for r in rejected)
+    return {
+        "n_known_gradable": len(known),
+        "n_rejected_known_gradable": len(rejected),
+        "false_rejection_rate": round(len(rejected) / len(known), 4) if known else None,
+        "first_rejection_reasons": dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0]))),
+    }
+
+
+def disc_finding(rows: list[dict]) -> dict:
+    """On how many readable photos the disc was located and outlined: the one check of the disc step
+    that needs no expert mask, so it covers cameras whose photos come without one."""
+    tried = [r for r in rows if r["ok"] and r.get("disc_found") is not None]
+    found = sum(1 for r in tried if r["disc_found"])
+    return {"n_disc_tried": len(tried), "n_disc_found": found,
+            "disc_found_rate": round(found / len(tried), 4) if tried else None}
+
+
+def measured_on(rows: list[dict]) -> dict[str, int]:
+    """Photos per source, for the report's header: a figure means little without what it was measured on."""
+    return dict(sorted(Counter(r["source"] for r in rows).items()))
+
+
 def summarize(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, threshold: float | None = None) -> dict:
-    """All photos together, then each source on its own (under `by_source`)."""
+    """All photos together, then each source on its own (under `by_source`); `measured_on` heads it."""
     summary = figures(rows, resamples, seed, threshold)
     sources = sorted({r["source"] for r in rows})
     if len(sources) == 1:  # the source is all the photos: the same figures, not a second bootstrap
@@ -211,7 +265,7 @@ def summarize(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, th
     else:
         summary["by_source"] = {src: figures([r for r in rows if r["source"] == src], resamples, seed, threshold)
                                 for src in sources}
-    return summary
+    return {"measured_on": measured_on(rows), **summary}
 
 
 # ---------------------------------------------------------------- reports
@@ -225,12 +279,26 @@ def _cell(fig: dict, key: str, digits: int = 3) -> str:
 
 
 def markdown(summary: dict) -> str:
-    """The figures as Markdown tables, one row per source plus all photos, 95% intervals in brackets."""
+    """The figures as Markdown tables, one row per source plus all photos, 95% intervals in brackets:
+    what the photos were, then the accuracy table, then the gate and referral-threshold table."""
     groups = [("all photos", summary)]
     if len(summary.get("by_source", {})) > 1:
         groups += list(summary["by_source"].items())
     elif summary.get("by_source"):
         groups = [(f"all photos ({next(iter(summary['by_source']))})", summary)]
+    return (measured_on_line(summary) + "\n\n" + accuracy_table(summary, groups) + "\n\n"
+            + gate_and_threshold_table(groups) + "\n\n" + "\n".join(notes(summary)) + "\n")
+
+
+def measured_on_line(summary: dict) -> str:
+    """The header: which sources, how many photos each, so no figure is read as coming from elsewhere."""
+    sources = summary.get("measured_on") or {}
+    listed = ", ".join(f"{src} (n={n})" for src, n in sources.items())
+    return f"Measured on {summary['n']} photos from {len(sources)} source{'s' * (len(sources) != 1)}: {listed}."
+
+
+def accuracy_table(summary: dict, groups: list[tuple[str, dict]]) -> str:
+    """Segmentation and glaucoma figures against the experts, "-" where a source has nothing to compare with."""
     fovea = summary.get("n_fovea", 0) > 0
     head = ["source", "photos", "glaucoma", "disc Dice", "cup Dice", "vCDR MAE", "AUC", "sens. @ 90% spec.",
             "ungradable"]
@@ -238,7 +306,8 @@ def markdown(summary: dict) -> str:
         head += ["fovea error px", "fovea error (disc diam.)", "fovea error (256 px)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, fig in groups:
-        cells = [name, str(fig["n"]), f"{fig['n_glaucoma']} of {fig['n_scored']}", _cell(fig, "disc_dice"),
+        glaucoma = "-" if fig.get("glaucoma") == NO_GLAUCOMA else f"{fig['n_glaucoma']} of {fig['n_scored']}"
+        cells = [name, str(fig["n"]), glaucoma, _cell(fig, "disc_dice"),
                  _cell(fig, "cup_dice"), _cell(fig, "vcdr_mae"), _cell(fig, "auc"),
                  _cell(fig, "sensitivity_at_90_specificity"),
                  "-" if fig["ungradable_rate"] is None else f"{fig['ungradable_rate']:.1%}"]
@@ -246,21 +315,66 @@ def markdown(summary: dict) -> str:
             cells += ([_cell(fig, "fovea_error_px", 1), _cell(fig, "fovea_error_dd", 3), _cell(fig, "fovea_error_256", 2)]
                       if fig.get("n_fovea") else [NO_FOVEA, "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gate_and_threshold_table(groups: list[tuple[str, dict]]) -> str:
+    """False rejections, disc finding and the referral operating point, each with its counts."""
+    head = ["source", "photos", "known gradable rejected by the gate", "first reasons", "disc found",
+            "sensitivity at referral threshold", "specificity at referral threshold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, fig in groups:
+        cells = [name, str(fig["n"]), _rejected_cell(fig), _reasons_cell(fig),
+                 _share(fig.get("n_disc_found"), fig.get("n_disc_tried")),
+                 *_operating_point_cells(fig)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _share(part: int | None, whole: int | None) -> str:
+    return f"{part}/{whole} ({part / whole:.1%})" if part is not None and whole else "-"
+
+
+def _rejected_cell(fig: dict) -> str:
+    return _share(fig.get("n_rejected_known_gradable"), fig.get("n_known_gradable"))
+
+
+def _reasons_cell(fig: dict) -> str:
+    if not fig.get("n_known_gradable"):
+        return "-"
+    reasons = fig.get("first_rejection_reasons") or {}
+    return ", ".join(f"{code} {count}" for code, count in reasons.items()) or "none"
+
+
+def _operating_point_cells(fig: dict) -> list[str]:
+    if fig.get("glaucoma") == NO_GLAUCOMA:
+        return [NO_GLAUCOMA, NO_GLAUCOMA]
+    sens, spec = fig.get("sensitivity_at_referral_threshold"), fig.get("specificity_at_referral_threshold")
+    return ["-" if sens is None else f"{sens:.3f} ({fig['n_glaucoma_referred']}/{fig['n_glaucoma']})",
+            "-" if spec is None else f"{spec:.3f} ({fig['n_normal_not_referred']}/{fig['n_normal']})"]
+
+
+def notes(summary: dict) -> list[str]:
+    """What the tables do not say: how the intervals were drawn, what is missing, the threshold."""
+    fovea = summary.get("n_fovea", 0) > 0
     b = summary["bootstrap"]
-    notes = [f"95% intervals: percentile bootstrap, {b['resamples']} resamples (seed {b['seed']}), "
+    said = [f"95% intervals: percentile bootstrap, {b['resamples']} resamples (seed {b['seed']}), "
              f"resampling by {b['unit']} ({b['n_units']} units)."]
     if not fovea:
-        notes.append(f"Fovea: {NO_FOVEA} in these photos.")
+        said.append(f"Fovea: {NO_FOVEA} in these photos.")
     elif summary.get("n_fovea_missed"):
-        notes.append(f"Fovea: not found on {summary['n_fovea_missed']} of {summary['n_fovea']} photos with a fovea label "
+        said.append(f"Fovea: not found on {summary['n_fovea_missed']} of {summary['n_fovea']} photos with a fovea label "
                      f"(left out of the fovea error).")
     if summary.get("referral_threshold") is not None:
-        notes.append(f"At the referral threshold {summary['referral_threshold']:.3f}: sensitivity "
+        said.append(f"At the referral threshold {summary['referral_threshold']:.3f}: sensitivity "
                      f"{_fmt(summary.get('sensitivity_at_referral_threshold'))}, specificity "
-                     f"{_fmt(summary.get('specificity_at_referral_threshold'))}.")
+                     f"{_fmt(summary.get('specificity_at_referral_threshold'))} (a photo scoring at or above "
+                     f"it is referred; counts in the table).")
+    said.append("Known gradable: judged gradable by a person (labels.csv `gradable`, or a folder of curated "
+                 "research photos); disc found: located and outlined, of the readable photos.")
     if summary.get("split"):
-        notes.append(f"Split: {summary['split']}.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+        said.append(f"Split: {summary['split']}.")
+    return said
 
 
 def _fmt(v) -> str:

@@ -18,7 +18,7 @@ from device.lab.roc import (
 )
 from device.screening.pipeline import ScreeningPipeline
 from models import synthetic
-from models.datasets import read_dataset
+from models.datasets import DatasetError, read_dataset
 
 
 def make_rows(n: int, seed: int, sources=("REFUGE", "Drishti-GS1"), patients: bool = False) -> list[dict]:
@@ -104,7 +104,8 @@ def test_summary_keeps_its_keys_and_adds_per_source_figures_and_tables():
     assert summary["fovea"] == "no fovea labels"
 
     table = evaluate.markdown(summary)
-    lines = table.splitlines()
+    assert table.splitlines()[0] == "Measured on 90 photos from 2 sources: Drishti-GS1 (n=45), REFUGE (n=45)."
+    lines = table.splitlines()[2:]  # the accuracy table, under the header line and a blank one
     assert lines[0].startswith("| source | photos |") and "disc Dice" in lines[0] and "fovea" not in lines[0]
     assert lines[2].startswith("| all photos | 90 |")
     assert any(line.startswith("| REFUGE | 45 |") for line in lines)
@@ -195,9 +196,135 @@ def test_evaluate_command_writes_the_roc_png_and_prints_tables(tmp_path, capsys)
     summary = json.loads(out)
     assert summary["n"] == 6 and summary["bootstrap"]["resamples"] == 300 and summary["n_fovea"] == 6
     assert summary["by_source"]["synthetic"]["n"] == 6
+    assert list(summary)[0] == "measured_on" and summary["measured_on"] == {"synthetic": 6}
     assert "| all photos (synthetic) | 6 |" in err
+    assert "Measured on 6 photos from 1 source: synthetic (n=6)." in err
     assert (tmp_path / "eval.md").read_text() in err
     png = cv2.imread(str(tmp_path / "roc.png"))
     assert png is not None and png.shape[0] > 500 and png.shape[1] > 500
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["summary"]["roc_png"] == str(tmp_path / "roc.png") and len(saved["rows"]) == 6
+
+
+# ---------------------------------------------------------------- per camera: gate, disc, operating point
+
+def gate_row(i: int, source: str, known_gradable, gate_passed, reasons=(), ok: bool = True, **more) -> dict:
+    """A screened photo as evaluate_photo writes it, reduced to what the gate figures read."""
+    return {"id": f"{source}-{i}", "source": source, "patient": None, "ok": ok, "gradable": gate_passed,
+            "glaucoma": None, "glaucoma_probability": None, "known_gradable": known_gradable,
+            "gate_passed": gate_passed if ok else None, "quality_reasons": list(reasons),
+            "disc_found": None if not ok else bool(gate_passed), **more}
+
+
+def test_false_rejections_count_the_known_gradable_photos_the_gate_turned_away():
+    rows = [
+        gate_row(0, "DRIVE", 1, False, ["blur", "dark"]), gate_row(1, "DRIVE", 1, True),
+        gate_row(2, "DRIVE", 1, False, ["blur"]), gate_row(3, "DRIVE", 1, True),
+        gate_row(4, "DRIVE", 1, None, ok=False),  # unreadable file: not the gate's doing, left out
+        gate_row(5, "DRIVE", None, False, ["dark"]),  # nobody said it was gradable: not a false rejection
+        gate_row(0, "DRIONS-DB", 1, False, ["dark"]), gate_row(1, "DRIONS-DB", 1, True),
+        gate_row(2, "DRIONS-DB", 1, True), gate_row(3, "DRIONS-DB", 0, False, ["glare"]),
+    ]
+    summary = evaluate.summarize(rows, resamples=50, threshold=0.5)
+    drive, drions = summary["by_source"]["DRIVE"], summary["by_source"]["DRIONS-DB"]
+    assert (drive["n_rejected_known_gradable"], drive["n_known_gradable"], drive["false_rejection_rate"]) == (2, 4, 0.5)
+    assert drive["first_rejection_reasons"] == {"blur": 2}  # only the first reason of each photo
+    assert (drions["n_rejected_known_gradable"], drions["n_known_gradable"]) == (1, 3)
+    assert drions["false_rejection_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert summary["false_rejection_rate"] == pytest.approx(3 / 7, abs=1e-4)
+    assert summary["first_rejection_reasons"] == {"blur": 2, "dark": 1}
+    table = evaluate.markdown(summary)
+    assert "| DRIVE | 6 | 2/4 (50.0%) | blur 2 |" in table
+    assert "| DRIONS-DB | 4 | 1/3 (33.3%) | dark 1 |" in table
+    assert "| all photos | 10 | 3/7 (42.9%) | blur 2, dark 1 |" in table
+
+
+def test_a_source_nobody_judged_has_no_false_rejection_rate_and_none_rejected_says_none():
+    rows = [gate_row(i, "REFUGE", None, i % 2 == 0, ["blur"]) for i in range(4)]
+    rows += [gate_row(i, "STARE", 1, True) for i in range(3)]
+    summary = evaluate.summarize(rows, resamples=50)
+    refuge, stare = summary["by_source"]["REFUGE"], summary["by_source"]["STARE"]
+    assert refuge["false_rejection_rate"] is None and refuge["n_known_gradable"] == 0
+    assert stare["false_rejection_rate"] == 0.0 and stare["first_rejection_reasons"] == {}
+    table = evaluate.markdown(summary)
+    assert "| REFUGE | 4 | - | - |" in table and "| STARE | 3 | 0/3 (0.0%) | none |" in table
+
+
+def test_photos_without_glaucoma_labels_or_masks_give_gate_and_disc_figures_and_dashes_for_the_rest():
+    rows = [gate_row(0, "DRIVE", 1, True), gate_row(1, "DRIVE", 1, True, glaucoma_probability=0.7),
+            gate_row(2, "DRIVE", 1, False, ["no_fundus"])]
+    rows[1]["disc_found"] = False  # the gate passed it but the disc was not found
+    summary = evaluate.summarize(rows, resamples=50, threshold=0.5)
+    assert summary["glaucoma"] == "no glaucoma labels"
+    assert "sensitivity_at_referral_threshold" not in summary and summary["auc"] is None
+    assert summary["disc_dice"] is None and summary["cup_dice"] is None and summary["vcdr_mae"] is None
+    assert (summary["n_disc_found"], summary["n_disc_tried"], summary["disc_found_rate"]) == (1, 3, pytest.approx(1 / 3, abs=1e-4))
+    table = evaluate.markdown(summary)
+    assert "| all photos (DRIVE) | 3 | - | - | - | - | - | - | 33.3% |" in table  # glaucoma, Dice, vCDR, AUC: "-"
+    assert ("| all photos (DRIVE) | 3 | 1/3 (33.3%) | no_fundus 1 | 1/3 (33.3%) | no glaucoma labels | "
+            "no glaucoma labels |") in table
+
+
+def test_sensitivity_and_specificity_at_the_referral_threshold_come_with_their_counts_per_source():
+    def labelled(source, labels, scores):
+        return [{"id": f"{source}{i}", "source": source, "patient": None, "ok": True, "gradable": True,
+                 "glaucoma": g, "glaucoma_probability": p} for i, (g, p) in enumerate(zip(labels, scores))]
+
+    rows = (labelled("A", [1, 1, 1, 0, 0, 0, 0], [0.9, 0.6, 0.2, 0.1, 0.7, 0.3, 0.4])
+            + labelled("B", [1, 0], [0.8, 0.2]) + [gate_row(0, "DRIVE", 1, True)])
+    summary = evaluate.summarize(rows, resamples=50, threshold=0.5)
+    a = summary["by_source"]["A"]
+    assert (a["n_glaucoma_referred"], a["n_glaucoma"], a["n_normal_not_referred"], a["n_normal"]) == (2, 3, 3, 4)
+    assert a["sensitivity_at_referral_threshold"] == pytest.approx(2 / 3, abs=1e-4)
+    assert a["specificity_at_referral_threshold"] == 0.75
+    assert (summary["n_glaucoma_referred"], summary["n_normal_not_referred"]) == (3, 4)
+    assert summary["sensitivity_at_referral_threshold"] == 0.75 and summary["specificity_at_referral_threshold"] == 0.8
+    assert summary["by_source"]["DRIVE"]["glaucoma"] == "no glaucoma labels" and "glaucoma" not in summary
+    assert summary["measured_on"] == {"A": 7, "B": 2, "DRIVE": 1} and list(summary)[0] == "measured_on"
+    saved = json.loads(json.dumps(summary))
+    assert saved["by_source"]["B"]["n_glaucoma_referred"] == 1 and saved["by_source"]["B"]["n_normal"] == 1
+    table = evaluate.markdown(summary)
+    assert table.splitlines()[0] == "Measured on 10 photos from 3 sources: A (n=7), B (n=2), DRIVE (n=1)."
+    assert "| A | 7 | - | - | - | 0.667 (2/3) | 0.750 (3/4) |" in table
+    assert "| B | 2 | - | - | - | 1.000 (1/1) | 1.000 (1/1) |" in table
+    assert "| all photos | 10 | 0/1 (0.0%) | none | 1/1 (100.0%) | 0.750 (3/4) | 0.800 (4/5) |" in table
+    assert "| DRIVE | 1 | 0/1 (0.0%) | none | 1/1 (100.0%) | no glaucoma labels | no glaucoma labels |" in table
+
+
+def test_other_cameras_photos_are_known_gradable_and_refuge_ones_unknown(shared_data):
+    other = read_dataset(shared_data / "other-cameras")
+    assert len(other) == 165 and {r.gradable for r in other} == {1}
+    assert {r.source for r in other} == {"DRIVE", "STARE", "DRIONS-DB"}
+    refuge = read_dataset(shared_data / "refuge-val")
+    assert refuge[0].gradable is None and {r.gradable for r in refuge} == {None}
+
+
+def test_a_gradable_column_is_read_and_anything_but_1_0_or_empty_refused(tmp_path):
+    folder = tmp_path / "other-cameras"  # the column overrides the folder's default
+    (folder / "images").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(folder / "images" / f"{name}.png"), np.zeros((8, 8, 3), np.uint8))
+    (folder / "labels.csv").write_text("id,glaucoma,gradable\na,,1\nb,,0\nc,1,\n")
+    assert [r.gradable for r in read_dataset(folder)] == [1, 0, None]
+    (folder / "labels.csv").write_text("id,glaucoma\na,\n")
+    assert read_dataset(folder)[0].gradable == 1
+    renamed = folder.rename(tmp_path / "clinic-photos")
+    assert read_dataset(renamed)[0].gradable is None
+    (renamed / "labels.csv").write_text("id,gradable\na,yes\n")
+    with pytest.raises(DatasetError, match="gradable must be 1, 0 or empty"):
+        read_dataset(renamed)
+
+
+def test_disc_dice_on_a_disc_only_mask_and_no_mask_at_all(shared_data):
+    """DRIONS-DB outlines the disc only: disc Dice, no cup Dice; DRIVE has no mask: screened all the same."""
+    records = {r.id: r for r in read_dataset(shared_data / "other-cameras")}
+    pipeline = ScreeningPipeline.from_artifacts(precision="fp32")
+    drions = evaluate.evaluate_photo(pipeline, records["drions-001"])
+    assert drions["known_gradable"] == 1 and drions["gate_passed"] in (True, False)
+    assert 0.0 <= drions["disc_dice"] <= 1.0 and "cup_dice" not in drions and "vcdr_error" not in drions
+    drive = evaluate.evaluate_photo(pipeline, records["drive-01"])
+    assert drive["ok"] and "disc_dice" not in drive and drive["disc_found"] in (True, False)
+    summary = evaluate.summarize([drions, drive], resamples=20, threshold=pipeline.policy.refer_threshold)
+    assert summary["by_source"]["DRIVE"]["disc_dice"] is None
+    assert summary["by_source"]["DRIONS-DB"]["disc_dice"] == pytest.approx(drions["disc_dice"], abs=1e-4)
+    assert summary["cup_dice"] is None and summary["glaucoma"] == "no glaucoma labels"
