@@ -18,6 +18,12 @@ Why it is built this way:
 - Synthetic validation photos (`val_synthetic`) carry a fovea, which no real photo here has, so the
   fovea head is measured and selected on something.
 - `device` "auto" trains on a GPU when torch sees one; augmentation stays on the CPU either way.
+- Optional "geometry" ({view kind: Geometry fields}) and "camera" (Camera fields) sections widen the
+  augmentation for networks that must hold on other cameras (`models.augment`); without them a run
+  augments exactly as the shipped networks were trained. Each view remembers where its photo lies
+  (`View.frame`), so a simulated camera's resolution and vignetting are measured against the photo,
+  not the view (a disc crop spans a third to a half of the photo's width, at 2 to 3 times the whole
+  view's scale).
 
 Config keys are those of DEFAULTS. A source is {"folder", "splits" (from artifacts/splits.csv, or
 null for every photo), "weight" (times per epoch), "limit" (first N photos, for quick runs)}.
@@ -31,14 +37,28 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from models.augment import Colour, Geometry, apply_affine, recolour, sample_affine
+from models.augment import (
+    Camera,
+    Colour,
+    Frame,
+    Geometry,
+    apply_affine,
+    apply_field_stop,
+    box_affine,
+    camera_look,
+    field_of_view,
+    from_config,
+    recolour,
+    sample_affine,
+)
 from models.datasets import DEFAULT_DATA, Record, decode_mask, disc_geometry, encode_mask, read_dataset, vcdr_from_masks
 from models.losses import task_losses
 from models.metrics import auc, dice
@@ -95,6 +115,8 @@ DEFAULTS: dict = {
     "val_synthetic": {"count": 0, "seed": 99},
     "device": "auto",
     "network": "segmentation",
+    "geometry": {},
+    "camera": None,
 }
 NETWORKS = ("segmentation", "disc_classifier")
 
@@ -124,7 +146,32 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     bad_views = set(config["views"]) - set(VIEW_KINDS)
     if bad_views:
         raise ConfigError(f"views {sorted(bad_views)} unknown (have: {VIEW_KINDS})")
+    augmentation_from_config(config)
     return config
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What `augmented` does beyond the affine's crop jitter: the geometry of each view kind and,
+    optionally, another camera's look. The defaults are what the shipped networks were trained with."""
+
+    geometry: Mapping[str, Geometry] = field(default_factory=lambda: dict(GEOMETRY))
+    camera: Camera | None = None
+
+
+def augmentation_from_config(config: dict) -> Augmentation:
+    """The config's "geometry" (per view kind, over GEOMETRY) and "camera" sections."""
+    geometry = dict(GEOMETRY)
+    try:
+        for kind, section in (config.get("geometry") or {}).items():
+            if kind not in GEOMETRY:
+                raise ConfigError(f"geometry for view {kind!r} unknown (have: {VIEW_KINDS})")
+            geometry[kind] = from_config(GEOMETRY[kind], section, f"geometry.{kind}")
+        section = config.get("camera")
+        camera = from_config(Camera(), section, "camera") if section is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return Augmentation(geometry, camera)
 
 
 # ---------------------------------------------------------------- the view cache
@@ -140,6 +187,7 @@ class View:
     fovea: tuple[float, float] | None
     box: Box
     glaucoma: int | None
+    frame: Frame | None = None  # the photo's centre and width in `image`'s pixels (for `camera_look`)
 
 
 def _render(rgb: np.ndarray, mask: np.ndarray | None, fovea: tuple[float, float] | None, box: Box, size: int,
@@ -155,6 +203,15 @@ def _render(rgb: np.ndarray, mask: np.ndarray | None, fovea: tuple[float, float]
     return image, out_mask, out_fovea, Box(inner, inner, float(size))
 
 
+def _photo_frame(shape: tuple[int, ...], box: Box, size: int, margin: float) -> Frame:
+    """Where `_render` puts the photo: its centre and width in the rendered image's pixels."""
+    h, w = shape[:2]
+    side = box.side * margin
+    x0, y0 = box.x0 + box.side / 2 - side / 2, box.y0 + box.side / 2 - side / 2
+    scale = int(round(size * margin)) / side
+    return ((w / 2.0 - x0) * scale, (h / 2.0 - y0) * scale, w * scale)
+
+
 def photo_views(key: tuple[str, str], rgb: np.ndarray, mask: np.ndarray, fovea: tuple[float, float] | None,
                 glaucoma: int | None, kinds, size: int, for_training: bool) -> list[View]:
     """The whole and disc views of one photo; training views keep a margin for augmentation."""
@@ -165,7 +222,7 @@ def photo_views(key: tuple[str, str], rgb: np.ndarray, mask: np.ndarray, fovea: 
     for kind in kinds:
         margin = CACHE_MARGIN[kind] if for_training else 1.0
         image, m, f, box = _render(rgb, mask, fovea, boxes[kind], size, margin)
-        views.append(View(key, kind, image, m, f, box, glaucoma))
+        views.append(View(key, kind, image, m, f, box, glaucoma, _photo_frame(rgb.shape, boxes[kind], size, margin)))
     return views
 
 
@@ -253,10 +310,41 @@ def make_batch(samples: list[tuple[np.ndarray, np.ndarray | None, tuple[float, f
     }
 
 
-def augmented(view: View, rng: np.random.Generator, size: int):
-    matrix = sample_affine(rng, view.box, size, GEOMETRY[view.kind])
+def augmented(view: View, rng: np.random.Generator, size: int, augmentation: Augmentation | None = None):
+    """One training sample of `view`: geometry, colour, then (if configured) another camera's look."""
+    augmentation = augmentation or Augmentation()
+    geometry = augmentation.geometry[view.kind]
+    disc = _disc_centre(view.mask) if geometry.disc_offset_probability > 0 else None
+    matrix = sample_affine(rng, view.box, size, geometry, disc)
     image, mask, fovea = apply_affine(view.image, view.mask, view.fovea, matrix, size)
-    return recolour(rng, image, Colour()), mask, fovea, view.glaucoma
+    framing = matrix
+    if geometry.field_stop:
+        # the simulated camera's photo is the nominal view: its field stays there, the retina moved behind it
+        framing = box_affine(view.box, size)
+        image, mask, fovea = apply_field_stop(image, mask, fovea, field_of_view(view.image, framing, size))
+    image = recolour(rng, image, Colour())
+    if augmentation.camera is not None:
+        image = camera_look(rng, image, augmentation.camera, _frame_in_view(view.frame, framing))
+    return image, mask, fovea, view.glaucoma
+
+
+def _disc_centre(mask: np.ndarray | None) -> tuple[float, float] | None:
+    """The disc's centre in a cached view's pixels, if the view shows one."""
+    if mask is None:
+        return None
+    disc, _ = decode_mask(mask)
+    if not disc.any():
+        return None
+    cx, cy, _ = disc_geometry(disc)
+    return cx, cy
+
+
+def _frame_in_view(frame: Frame | None, matrix: np.ndarray) -> Frame | None:
+    """A cached view's photo frame carried by the affine into the network's view."""
+    if frame is None:
+        return None
+    x, y = matrix @ np.array([frame[0], frame[1], 1.0])
+    return float(x), float(y), frame[2] * math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
 
 
 def plain(view: View, size: int):
@@ -448,6 +536,7 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
     print(f"cached {sum(len(v) for _, v in train_groups)} training views, {len(val_views)} validation views "
           f"in {time.time() - started:.0f}s", flush=True)
 
+    augmentation = augmentation_from_config(config)
     net = build_network(config)
     net = net.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format at runtime; torch's overloads omit it
     optimizers = make_optimizers(net, config)
@@ -476,7 +565,7 @@ def train(config: dict, out: Path, data: Path = DEFAULT_DATA, resume: bool = Fal
             chunk = order[b * config["batch_size"]:(b + 1) * config["batch_size"]]
             if not chunk:
                 break
-            samples = [augmented(v, np.random.default_rng([int(config["seed"]), epoch, b, i]), size)
+            samples = [augmented(v, np.random.default_rng([int(config["seed"]), epoch, b, i]), size, augmentation)
                        for i, v in enumerate(chunk)]
             set_lr(optimizers, config, lr_factor(step, total_steps, int(config["warmup_steps"])))
             batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(samples, size).items()}
