@@ -47,8 +47,20 @@ def _auc(y: np.ndarray, scores: np.ndarray) -> float:
     return round(value, 4)
 
 
+def measured_on(cameras: list[str], y: np.ndarray) -> dict[str, dict[str, int]]:
+    """Photos and glaucomatous eyes per camera the threshold was fitted on: the kiosk and the model card
+    say for which cameras the operating point was measured, because it does not carry to others."""
+    out: dict[str, dict[str, int]] = {}
+    for camera, label in zip(cameras, y):
+        entry = out.setdefault(camera, {"photos": 0, "glaucoma": 0})
+        entry["photos"] += 1
+        entry["glaucoma"] += int(label)
+    return out
+
+
 def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
     rows = []
+    cameras: list[str] = []  # the camera of each row: the operating point holds for these and no others
     for folder in data:
         for rec in select(Path(folder), read_dataset(folder), "val"):
             if rec.glaucoma is None:
@@ -59,6 +71,8 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
             seg = result.segmentation
             assert seg is not None  # the measurements are taken from the segmentation
             rows.append((result.vcdr, seg.glaucoma_logit, seg.disc_classifier_logit, rec.glaucoma))
+            source = rec.source or Path(folder).name
+            cameras.append(f"{source}, {rec.camera}" if rec.camera else source)
     if not rows:
         raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
     with_classifier = all(r[2] is not None for r in rows)
@@ -82,6 +96,7 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
         "auc_val_disc_classifier_only": None if second is None else _auc(y, second),
         "n_val": int(len(y)),
         "n_val_glaucoma": int(y.sum()),
+        "cameras": measured_on(cameras, y),
     }
     stamp = dt.date.today().isoformat()
     policy.source = f"referral fitted {stamp} on val split of {', '.join(Path(d).name for d in data)} with {pipeline.model_versions.get('segmentation', '?')}"

@@ -136,6 +136,9 @@ def test_models_page_shows_each_build_with_its_hash_and_what_runs(unit):
         block = page[page.index(f'id="build-{name}-fp32"'):]
         assert "In use" in block[:block.index("</li>")]
         assert text_of(page, f"{name}-backend") == "ONNX Runtime (CPU)"
+    # the referral rule says on which cameras its operating point was measured, and that it holds for no other
+    cameras = text_of(page, "referral-cameras")
+    assert "REFUGE, Canon CR-2 (" in cameras and "Drishti-GS1" in cameras and "not measured on any other camera" in cameras
 
 
 def test_a_model_file_that_does_not_match_its_hash_is_shown_unverified(unit, monkeypatch):

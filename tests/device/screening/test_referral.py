@@ -69,3 +69,10 @@ def test_a_policy_fitted_without_the_disc_classifier_never_averages_it_in(tmp_pa
     assert before.fuse(0.0, 0.5, 5.0) == before.fuse(0.0, 0.5)
     now = ReferralPolicy(vcdr_coef=20.0, vcdr_intercept=-12.0, uses_disc_classifier=True)
     assert now.fuse(0.0, 0.5, 5.0) == pytest.approx((0.5 + now.vcdr_probability(0.5) + 1 / (1 + 2.718281828459045 ** -5)) / 3)
+
+
+def test_the_operating_point_records_the_cameras_it_was_measured_on():
+    from device.lab.fit_referral import measured_on
+
+    got = measured_on(["Canon CR-2", "Canon CR-2", "Drishti-GS1", "Canon CR-2"], np.array([1, 0, 1, 0]))
+    assert got == {"Canon CR-2": {"photos": 3, "glaucoma": 1}, "Drishti-GS1": {"photos": 1, "glaucoma": 1}}
