@@ -62,8 +62,10 @@ def cmd_evaluate(args) -> int:
     from device.lab import evaluate
 
     bootstrap = {k: v for k, v in (("resamples", args.resamples), ("seed", args.seed)) if v is not None}
+    camera = (evaluate.SimulatedCamera.from_file(args.simulate_camera, args.camera_seed)
+              if args.simulate_camera else None)
     report = evaluate.run([Path(d) for d in args.data], _pipeline(args), split=args.split, json_out=args.json_out,
-                          roc_png=args.roc_png, **bootstrap)
+                          roc_png=args.roc_png, camera=camera, **bootstrap)
     summary = report["summary"]
     print(json.dumps(summary, indent=1))
     # the tables are for people, the JSON on stdout for programs: the tables go to stderr beside the progress
@@ -296,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--markdown-out", type=Path, help="also write the per-source tables as Markdown")
     e.add_argument("--resamples", type=int, help="bootstrap resamples for the 95%% intervals (default: evaluate.RESAMPLES)")
     e.add_argument("--seed", type=int, help="bootstrap seed (the same seed gives the same intervals; default: evaluate.SEED)")
+    e.add_argument("--simulate-camera", type=Path, metavar="CONFIG",
+                   help="show every photo as another camera would (the camera section of a training config, "
+                        "e.g. models/configs/classifier_cameras.json): figures of a simulation, labelled so")
+    e.add_argument("--camera-seed", type=int, default=0, help="seed of the simulated camera's draws (default 0)")
     e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     e.set_defaults(func=cmd_evaluate)
 

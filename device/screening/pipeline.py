@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -177,8 +178,10 @@ def turned_on_its_side(disc: tuple[float, float, float], fovea: tuple[float, flo
 
 
 def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory | None = None,
-                progression: ProgressionAssessor | None = None) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
-    """Screen one photo file into the JSON the CLI prints; never raises for a bad file."""
+                progression: ProgressionAssessor | None = None,
+                look: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
+    """Screen one photo file into the JSON the CLI prints; never raises for a bad file. `look` changes
+    the decoded photo first (the lab shows it through a simulated other camera)."""
     from models.runtime.images import ImageError, read_rgb
 
     row: dict = {"image": str(path)}
@@ -187,6 +190,8 @@ def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory 
     except ImageError as exc:
         row.update(ok=False, error=str(exc), gradable=False, referral=None)
         return row, None, None
+    if look is not None:
+        rgb = look(rgb)
     result = pipeline.screen(rgb, history=history, progression=progression)
     row.update(ok=True, width=rgb.shape[1], height=rgb.shape[0])
     row.update(result.to_dict())

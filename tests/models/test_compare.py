@@ -34,9 +34,8 @@ def test_six_arms_train_evaluate_and_fill_the_table(shared_data, tmp_path):
     stl = rows["STL"]["all real"]
     assert stl["disc_dice"] == result["arms"]["stl-disc"]["test"]["all real"]["disc_dice"]  # each task from its own net
     assert stl["glaucoma_auc"] == result["arms"]["stl-glaucoma"]["test"]["all real"]["glaucoma_auc"]
-    assert rows["MTL-IO"]["seconds_per_step"] > 0
-    # one MTL-IO step is four forward/backward passes, an MTL step one (same batch, same process)
-    assert rows["MTL-IO"]["seconds_per_step"] > 1.5 * rows["MTL"]["seconds_per_step"]
+    assert rows["MTL-IO"]["seconds_per_step"] > 0 and rows["MTL"]["seconds_per_step"] > 0
+    # that an MTL-IO step is four passes and an MTL step one is counted in tests/models/test_train.py, not timed here
     assert stl["vcdr_mae"] == result["stl_vcdr_mae"]["all real"] != result["arms"]["stl-cup"]["test"]["all real"]["vcdr_mae"]
     assert rows["MTL-IO"]["all real"]["fovea_error_dd"] is not None  # measured on synthetic photos
     table = markdown(result)

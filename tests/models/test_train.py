@@ -95,6 +95,13 @@ def test_synthetic_photos_bring_a_fovea_and_mtl_io_steps_each_task(shared_data):
     net = build_net(pretrained=False)
     optimizers = make_optimizers(net, config)
     assert sorted(optimizers) == ["cup", "disc", "fovea", "glaucoma"]
+    passes: list[int] = []
+    net.register_forward_hook(lambda *_: passes.append(1))
     logged = train_step(net, optimizers, batch, config)
     assert set(logged) == {"disc", "cup", "fovea", "glaucoma", "total"}
     assert all(optimizers[t].state for t in optimizers)  # each task stepped its own optimizer
+    assert len(passes) == 4  # one MTL-IO step is four forward/backward passes ...
+    passes.clear()
+    mtl = tiny_config(mode="mtl")
+    train_step(net, make_optimizers(net, mtl), batch, mtl)
+    assert len(passes) == 1  # ... and a vanilla MTL step one

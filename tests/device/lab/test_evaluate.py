@@ -328,3 +328,22 @@ def test_disc_dice_on_a_disc_only_mask_and_no_mask_at_all(shared_data):
     assert summary["by_source"]["DRIVE"]["disc_dice"] is None
     assert summary["by_source"]["DRIONS-DB"]["disc_dice"] == pytest.approx(drions["disc_dice"], abs=1e-4)
     assert summary["cup_dice"] is None and summary["glaucoma"] == "no glaucoma labels"
+
+
+def test_a_simulated_camera_changes_each_photo_the_same_way_every_run_and_says_so(tmp_path):
+    from device.lab.evaluate import SimulatedCamera, measured_on_line
+
+    config = tmp_path / "camera.json"
+    config.write_text(json.dumps({"camera": {"white_balance_probability": 1.0, "noise_probability": 1.0}}))
+    camera = SimulatedCamera.from_file(config, seed=3)
+    photo = np.full((96, 128, 3), (180, 90, 40), np.uint8)
+    first, again = camera.look_for("V0001")(photo.copy()), camera.look_for("V0001")(photo.copy())
+    other = camera.look_for("V0002")(photo.copy())
+    assert first.shape == photo.shape and np.abs(first.astype(int) - photo).mean() > 1  # it did change the photo
+    assert np.array_equal(first, again) and not np.array_equal(first, other)  # seeded by photo, not by order
+    line = measured_on_line({"n": 1, "measured_on": {"REFUGE": 1}, "simulated_camera": {"config": "camera.json", "seed": 3}})
+    assert "Simulated camera" in line and "camera.json" in line and "not of a real camera" in line
+
+    (tmp_path / "plain.json").write_text(json.dumps({"epochs": 3}))
+    with pytest.raises(SystemExit, match="no \"camera\" section"):
+        SimulatedCamera.from_file(tmp_path / "plain.json", seed=0)
