@@ -121,7 +121,8 @@ class Unit:
             if self.progression is not None:
                 history = eye_history(self.visits, self.visits.get_visit(visit_uuid)["patient"]["identifier"], eye)
             # the capture loop's report on this still: the gate has judged it once, with the same settings
-            result = self.pipeline.screen(photo.rgb, quality=photo.quality, history=history, progression=self.progression)
+            result = self.pipeline.screen(photo.rgb, quality=photo.quality, history=history, progression=self.progression,
+                                          eye=eye)
             ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
         return result.to_dict() | ids | {"capture_trace": photo.trace}
 

@@ -35,6 +35,8 @@ MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" 
 TURNED_ANGLE_DEG = 60  # fovea further than this from the disc's horizontal: the photo is on its side (upright ~6)
 TURNED_MESSAGE = ("The photo is turned on its side (the macula is above or below the optic disc): "
                   "hold the camera upright and take the photo again.")
+WRONG_SIDE_MESSAGE = ("The macula is on the wrong side of the optic disc for a {eye} eye: the photo is upside down, "
+                      "or this is the other eye. Check which eye is in front of the camera and take the photo again.")
 # The fovea lies about 2.5 disc diameters from the disc centre in adults; a heatmap peak much nearer or
 # farther is something else (a disc-centred photo whose macula is at or past the edge of the field).
 FOVEA_DISC_DIAMETERS = (1.8, 3.5)
@@ -111,17 +113,19 @@ class ScreeningPipeline:
         return DiscSegmentation(box, disc, cup, float(out["glaucoma"].reshape(-1)[0]), second)
 
     def screen(self, rgb: np.ndarray, quality: QualityReport | None = None, *, history: EyeHistory | None = None,
-               progression: ProgressionAssessor | None = None) -> ScreeningResult:
+               progression: ProgressionAssessor | None = None, eye: str | None = None) -> ScreeningResult:
         """`quality`: the gate's report on this very photo where the caller has one (the capture loop
         assessed its still already, with the same settings), so the gate runs once per photo. With
         `progression` and the eye's `history`, the eye is also compared with its first screened visit;
-        an ungradable photo gets the verdict too ("nothing to compare with"), as the worker sees it."""
-        result = self._screen(rgb, quality)
+        an ungradable photo gets the verdict too ("nothing to compare with"), as the worker sees it.
+        `eye` ("right"/"left"), where the caller knows which eye was photographed, is checked against
+        the photo: a macula on the wrong side of the disc is a photo upside down or of the other eye."""
+        result = self._screen(rgb, quality, eye)
         if progression is not None and history is not None:
             result.progression = progression.assess_screening(history, rgb, result)
         return result
 
-    def _screen(self, rgb: np.ndarray, quality: QualityReport | None) -> ScreeningResult:
+    def _screen(self, rgb: np.ndarray, quality: QualityReport | None, eye: str | None = None) -> ScreeningResult:
         t = {}
         t0 = time.perf_counter()
         if quality is None:
@@ -143,6 +147,10 @@ class ScreeningPipeline:
         if turned_on_its_side(found, fovea):
             result.gradable = False
             result.reasons = messages + [TURNED_MESSAGE]
+            return result
+        if eye is not None and macula_on_the_wrong_side(found, fovea, eye):
+            result.gradable = False
+            result.reasons = messages + [WRONG_SIDE_MESSAGE.format(eye=eye)]
             return result
         t0 = time.perf_counter()
         seg = self.segment_disc(rgb, *found)
@@ -175,6 +183,18 @@ def turned_on_its_side(disc: tuple[float, float, float], fovea: tuple[float, flo
         return False
     dx, dy = fovea[0] - disc[0], fovea[1] - disc[1]
     return abs(dy) > math.tan(math.radians(TURNED_ANGLE_DEG)) * abs(dx)
+
+
+def macula_on_the_wrong_side(disc: tuple[float, float, float], fovea: tuple[float, float] | None, eye: str) -> bool:
+    """In an upright photo of a right eye the disc lies right of the macula, of a left eye left of it
+    (the photo shows the eye as the camera faces it). The other way round, the photo is upside down
+    or it is the other eye, and either would be recorded against the wrong eye. No fovea: no check."""
+    if fovea is None:
+        return False
+    if eye not in ("right", "left"):
+        raise ValueError(f"eye must be 'right' or 'left', not {eye!r}")
+    towards_macula = fovea[0] - disc[0]
+    return towards_macula > 0 if eye == "right" else towards_macula < 0
 
 
 def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory | None = None,

@@ -83,3 +83,17 @@ def test_a_photo_on_its_side_is_refused_not_graded_across_the_disc(shared_data):
             turned = pipeline.screen(np.ascontiguousarray(np.rot90(rgb, turns)))
             assert not turned.gradable and turned.measurements is None, (rec.id, turns)
             assert any("turned on its side" in r for r in turned.reasons), turned.reasons
+
+
+def test_a_photo_upside_down_or_of_the_other_eye_is_not_recorded_against_this_eye():
+    """The unit knows which eye it photographs: a macula on the wrong side of the disc is refused."""
+    from models import synthetic
+
+    pipeline = ScreeningPipeline.from_artifacts(precision="fp32", threads=1)
+    for seed, eye, other in ((0, "right", "left"), (1, "left", "right")):
+        photo = synthetic.render(synthetic.random_eye(seed, laterality=eye), (1024, 1024), seed=seed).image
+        assert pipeline.screen(photo, eye=eye).measurements is not None, eye  # the right eye: screened
+        for shown, named in ((photo, other), (np.ascontiguousarray(np.rot90(photo, 2)), eye)):
+            refused = pipeline.screen(shown, eye=named)
+            assert not refused.gradable and refused.measurements is None, (eye, named)
+            assert any("wrong side of the optic disc" in r for r in refused.reasons), refused.reasons
