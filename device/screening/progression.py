@@ -35,11 +35,13 @@ PROGRESSION_POLICY = registry.ARTIFACTS / "progression.json"
 CROP_SIZE = 160
 MIN_YEARS = 0.25  # visits closer than three months show noise, not progression
 
-PROGRESSING, STABLE, NO_HISTORY = "progressing", "stable", "no_history"
+PROGRESSING, STABLE, NO_HISTORY, TOO_RECENT = "progressing", "stable", "no_history", "too_recent"
 MESSAGES = {
     PROGRESSING: "The optic disc has changed since the first visit: the eye doctor should compare the photos.",
     STABLE: "No change of the optic disc was found since the first visit.",
     NO_HISTORY: "No earlier photo of this eye to compare with.",
+    TOO_RECENT: "The earlier photo of this eye is less than three months old: too soon to judge change. "
+                "Change is compared at a later visit.",
 }
 
 
@@ -160,6 +162,11 @@ class ProgressionAssessor:
         earlier, then = next(((h, d) for h in history if h.get("gradable") and h.get("vcdr") is not None
                               and _years_between(h["time"], now) >= MIN_YEARS
                               and (d := json.loads(h["result_json"]).get("disc"))), (None, None))
+        if earlier is None and gradable and vcdr is not None:
+            # an earlier photo there is, but too close in time for any change to show above the noise
+            recent = next((h for h in history if h.get("gradable") and h.get("vcdr") is not None), None)
+            if recent is not None:
+                return Assessment(TOO_RECENT, MESSAGES[TOO_RECENT], recent["time"], _years_between(recent["time"], now))
         if not gradable or disc is None or vcdr is None or earlier is None:
             return Assessment(NO_HISTORY, MESSAGES[NO_HISTORY])
         assert then is not None  # found together with `earlier`

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from device.screening.pipeline import ScreeningPipeline
-from device.screening.progression import NO_HISTORY, PROGRESSING, STABLE, EyeHistory, ProgressionAssessor, ProgressionPolicy
+from device.screening.progression import NO_HISTORY, PROGRESSING, STABLE, TOO_RECENT, EyeHistory, ProgressionAssessor, ProgressionPolicy
 from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from models.runtime.images import decode_rgb
@@ -67,7 +67,7 @@ def test_a_grown_cup_is_called_progressing_and_the_same_disc_stable(tmp_path, pi
         assert b.verdict == STABLE and abs(b.vcdr_now - b.vcdr_then) < 0.1
 
 
-def test_a_visit_too_soon_after_the_first_has_nothing_to_compare(tmp_path, pipeline, assessor):
+def test_a_visit_too_soon_after_the_first_says_it_is_too_soon_to_judge(tmp_path, pipeline, assessor):
     eye = random_eye(6, glaucoma=True)
     with VisitLog(tmp_path) as visits:
         _first_visit(visits, pipeline, _photo(eye, 0.0, 0.0, seed=1), assessor)
@@ -75,7 +75,9 @@ def test_a_visit_too_soon_after_the_first_has_nothing_to_compare(tmp_path, pipel
         rgb = _photo(eye, 0.0, 0.0, seed=4)
         history = eye_history(visits, "P-1", "right")
         a = pipeline.screen(rgb, history=history, progression=assessor).progression  # minutes later
-        assert a.verdict == NO_HISTORY and a.years is None
+        assert a.verdict == TOO_RECENT and a.years is not None and a.years < 0.01
+        assert "too soon to judge change" in a.message and "No earlier photo" not in a.message
+        assert a.vcdr_then is None and a.probability is None  # nothing was compared
 
 
 def test_the_fusion_decides_only_where_the_policy_allows_it():
