@@ -25,6 +25,7 @@ import math
 import numbers
 import sqlite3
 import threading
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -137,6 +138,13 @@ def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
     return decode_mask(img)
 
 
+def fold(text: str | None) -> str:
+    """A name as search compares it: accents and case folded away (Unicode's own decomposition and case
+    folding), so "Ánh" and "anh", "Nguyễn" and "NGUYEN" are one."""
+    decomposed = unicodedata.normalize("NFKD", text or "")
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
 class VisitLog:
     def __init__(self, data_dir: Path, *, min_free_bytes: int = 200 * 2**20,
                  clock: Callable[[], dt.datetime] = _utc_now):
@@ -153,6 +161,7 @@ class VisitLog:
         self.files = DataDir(self.data_dir)
         self.images = ImageStore(self.files.images)
         conn = sqlite3.connect(self.files.visits_db, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+        conn.create_function("fold", 1, fold, deterministic=True)
         try:
             self.db = sqlite_utils.Database(conn, execute_plugins=False)
             self.db.enable_wal()
@@ -258,13 +267,18 @@ class VisitLog:
         return row
 
     def find_patients(self, query: str, limit: int = 20) -> list[dict]:
-        """Patients whose identifier starts with, or whose name contains, `query` (any case); identifier hits first."""
-        q = (query or "").strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        """Patients whose identifier starts with, or whose name contains, `query`, in any case and with or
+        without accents ("Nguyen" or "anh" finds "Nguyễn Thị Ánh"): a worker types on whatever keyboard the
+        kiosk has, and a name is registered as the patient spells it. Identifier hits first."""
+        def escaped(text: str) -> str:
+            return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+        q = (query or "").strip()
         rows = self._rows(
             """SELECT *, identifier LIKE :prefix ESCAPE '\\' AS by_identifier FROM patients
-               WHERE identifier LIKE :prefix ESCAPE '\\' OR name LIKE :part ESCAPE '\\'
+               WHERE identifier LIKE :prefix ESCAPE '\\' OR fold(name) LIKE :part ESCAPE '\\'
                ORDER BY by_identifier DESC, identifier LIMIT :limit""",
-            {"prefix": q + "%", "part": "%" + q + "%", "limit": int(limit)})
+            {"prefix": escaped(q) + "%", "part": "%" + escaped(fold(q)) + "%", "limit": int(limit)})
         for row in rows:
             del row["by_identifier"]
             row["consent"] = bool(row["consent"])

@@ -135,6 +135,18 @@ def test_patients_register_find_and_reject_duplicates(log):
     assert log.get_patient("nobody") is None
 
 
+def test_search_finds_a_name_without_its_accents_or_case(log):
+    log.add_patient("VN-1", name="Nguyễn Thị Ánh")
+    log.add_patient("DE-2", name="Jürgen Müßig")
+    log.add_patient("IN-3", name="अनिता देवी")
+    for typed in ("Nguyen", "anh", "NGUYỄN THỊ", "thi anh"):
+        assert [p["identifier"] for p in log.find_patients(typed)] == ["VN-1"], typed
+    assert [p["identifier"] for p in log.find_patients("jurgen mussig")] == ["DE-2"]  # ß folds to ss
+    assert [p["identifier"] for p in log.find_patients("देवी")] == ["IN-3"]  # a script without case still matches
+    assert log.find_patients("Nguyen Anh") == []  # words are found as typed, not in any order
+    assert log.find_patients("_guyen") == []  # a typed wildcard is still a character
+
+
 # -- visits -------------------------------------------------------------------------------------
 def test_full_visit_flow(log, clock):
     log.add_patient("KX-0042")
