@@ -244,12 +244,12 @@ class QualityGate:
         # disc's rim is a soft slope, and where the disc stands out strongly (film, a pale disc) it is
         # most of the strongest edges, so the whole field reads soft; on a disc-centred photo with few
         # vessels the disc is the best edge there is. A blur softens both.
-        m["focus"] = _focus(g_, inner)
+        edges = _edges(g_)
+        m["focus"] = _focus(edges, inner)
         if disc is not None:
             vessels = inner.copy()
             cv2.circle(vessels, _pt(disc[0], disc[1]), round(DISC_GUARD * found.r), 0, -1)
-            m["focus"] = max(m["focus"], _vessel_focus(g_, vessels))
-        if disc is not None:
+            m["focus"] = max(m["focus"], _vessel_focus(edges, vessels))
             dx, dy, contrast = disc
             m["disc_contrast"] = contrast
             m["disc_x"] = (x0 + (dx + 0.5) / vscale - 0.5) / w
@@ -436,28 +436,29 @@ def _fit_circle(pts: np.ndarray) -> tuple[float, float, float]:
     return float(cx + mx), float(cy + my), float(math.sqrt(max(sol[2] + cx * cx + cy * cy, 0.0)))
 
 
-def _focus(green: np.ndarray, inner: np.ndarray) -> float:
-    """Edge sharpness 0..1: how much the strongest edges keep when smoothing goes from 1 to 2 pixels."""
+def _edges(green: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude of the green at smoothing 1 px and 2 px, made once for both focus readings."""
     g = green.astype(np.float32)
+    return _gradient(cv2.GaussianBlur(g, (0, 0), 1.0)), _gradient(cv2.GaussianBlur(g, (0, 0), 2.0))
+
+
+def _focus(edges: tuple[np.ndarray, np.ndarray], inner: np.ndarray) -> float:
+    """Edge sharpness 0..1: how much the strongest edges keep when smoothing goes from 1 to 2 pixels."""
     sel = inner > 0
-    fine = _edge_strength(cv2.GaussianBlur(g, (0, 0), 1.0), sel)
-    coarse = _edge_strength(cv2.GaussianBlur(g, (0, 0), 2.0), sel)
+    fine, coarse = (_strongest(e[sel]) for e in edges)
     if coarse <= 1e-3:
         return 0.0  # no edges at all
     return float(np.clip(fine / coarse - 1.0, 0.0, 1.0))  # a perfect step edge keeps exactly half
 
 
-def _vessel_focus(green: np.ndarray, vessels: np.ndarray) -> float:
+def _vessel_focus(edges: tuple[np.ndarray, np.ndarray], vessels: np.ndarray) -> float:
     """The same ratio on the edges that are strongest after the wider smoothing: away from the disc the
     strongest fine gradients of a blurred photo are sensor noise or film grain, gone at 2 pixels."""
-    g = green.astype(np.float32)
     sel = vessels > 0
-    fine = _gradient(cv2.GaussianBlur(g, (0, 0), 1.0))[sel]
-    coarse = _gradient(cv2.GaussianBlur(g, (0, 0), 2.0))[sel]
+    fine, coarse = edges[0][sel], edges[1][sel]
     if coarse.size == 0:
         return 0.0
-    k = int(0.995 * (coarse.size - 1))
-    strongest = coarse >= np.partition(coarse, k)[k]
+    strongest = coarse >= _strongest(coarse)
     c = float(coarse[strongest].mean())
     if c <= 1e-3:
         return 0.0
@@ -470,12 +471,12 @@ def _gradient(img: np.ndarray) -> np.ndarray:
     return cv2.magnitude(gx, gy)
 
 
-def _edge_strength(img: np.ndarray, sel: np.ndarray) -> float:
-    mag = _gradient(img)[sel]
-    if mag.size == 0:
+def _strongest(values: np.ndarray) -> float:
+    """The 99.5th percentile: the strongest edges, not one hot pixel."""
+    if values.size == 0:
         return 0.0
-    k = int(0.995 * (mag.size - 1))
-    return float(np.partition(mag, k)[k])
+    k = int(0.995 * (values.size - 1))
+    return float(np.partition(values, k)[k])
 
 
 def _uniformity(grey: np.ndarray, inner: np.ndarray, f: _Field) -> float:
