@@ -141,17 +141,11 @@ class ScreeningPipeline:
         t["locate_disc"] = (time.perf_counter() - t0) * 1000
         result.fovea = fovea
         if found is None:
-            result.gradable = False
-            result.reasons = messages + ["The optic disc could not be found: centre the disc in the photo and take it again."]
-            return result
+            return _refused(result, messages, "The optic disc could not be found: centre the disc in the photo and take it again.")
         if turned_on_its_side(found, fovea):
-            result.gradable = False
-            result.reasons = messages + [TURNED_MESSAGE]
-            return result
+            return _refused(result, messages, TURNED_MESSAGE)
         if eye is not None and macula_on_the_wrong_side(found, fovea, eye):
-            result.gradable = False
-            result.reasons = messages + [WRONG_SIDE_MESSAGE.format(eye=eye)]
-            return result
+            return _refused(result, messages, WRONG_SIDE_MESSAGE.format(eye=eye))
         t0 = time.perf_counter()
         seg = self.segment_disc(rgb, *found)
         disc, cup = seg.masks()
@@ -161,9 +155,7 @@ class ScreeningPipeline:
         result.segmentation = seg
         result.measurements = m
         if m is None:
-            result.gradable = False
-            result.reasons = messages + ["The optic disc could not be outlined: take the photo again with the disc in the centre."]
-            return result
+            return _refused(result, messages, "The optic disc could not be outlined: take the photo again with the disc in the centre.")
         result.classifier_probability = sigmoid(seg.glaucoma_logit)
         if seg.disc_classifier_logit is not None:
             result.disc_classifier_probability = sigmoid(seg.disc_classifier_logit)
@@ -173,6 +165,13 @@ class ScreeningPipeline:
             gradable=quality.gradable, quality_messages=messages, vcdr=m.vcdr, probability=result.glaucoma_probability)
         t["total"] = sum(v for k, v in t.items())
         return result
+
+
+def _refused(result: ScreeningResult, messages: list[str], why: str) -> ScreeningResult:
+    """The photo cannot be screened: the gate's messages, then why the pipeline stopped."""
+    result.gradable = False
+    result.reasons = messages + [why]
+    return result
 
 
 def turned_on_its_side(disc: tuple[float, float, float], fovea: tuple[float, float] | None) -> bool:
