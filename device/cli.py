@@ -81,7 +81,9 @@ def cmd_evaluate(args) -> int:
 def cmd_fit_referral(args) -> int:
     from device.lab import fit_referral
 
-    print(json.dumps(fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity), indent=1))
+    figures = fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity,
+                              opinions=tuple(args.opinions.split(",")), elsewhere=[Path(d) for d in args.other_cameras])
+    print(json.dumps(figures, indent=1))
     return 0
 
 
@@ -308,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit-referral", help="fit the vCDR regression and referral threshold on the val split")
     f.add_argument("--data", action="append", required=True)
     f.add_argument("--specificity", type=float, default=0.9)
+    f.add_argument("--opinions", default="vcdr,segmentation,disc_classifier",
+                   help="the opinions the probability averages, comma-separated (vcdr, segmentation, disc_classifier)")
+    f.add_argument("--other-cameras", action="append", default=[], metavar="DATA",
+                   help="unlabelled photos of other cameras: report how many of them each opinion would refer")
     f.add_argument("--precision", choices=["auto", "fp32", "int8"], default="fp32",
                    help="fit on the reference FP32 outputs (default) so the policy holds for either build")
     f.set_defaults(func=cmd_fit_referral)

@@ -6,6 +6,7 @@ split stay honest. The result is `models/artifacts/screening.json`, shipped with
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import numpy as np
 from device.lab.evaluate import select
 from device.lab.roc import auc, threshold_at_specificity
 from device.screening.pipeline import SCREENING_POLICY, ScreeningPipeline
-from device.screening.referral import ReferralPolicy
-from models.datasets import read_dataset
+from device.screening.referral import DISC_CLASSIFIER, OPINIONS, SEGMENTATION, VCDR, ReferralPolicy
+from models.datasets import Record, read_dataset
 from models.runtime.images import read_rgb
 
 
@@ -58,33 +59,81 @@ def measured_on(cameras: list[str], y: np.ndarray) -> dict[str, dict[str, int]]:
     return out
 
 
-def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY) -> dict:
-    rows = []
-    cameras: list[str] = []  # the camera of each row: the operating point holds for these and no others
+@dataclass
+class Opinions:
+    """Each photo's opinions, as the fusion sees them (logits, the vCDR), with its label and camera."""
+
+    vcdr: list[float] = field(default_factory=list)
+    segmentation: list[float] = field(default_factory=list)
+    disc_classifier: list[float | None] = field(default_factory=list)
+    glaucoma: list[int] = field(default_factory=list)
+    camera: list[str] = field(default_factory=list)
+
+    def add(self, pipeline: ScreeningPipeline, rec: Record, folder: Path) -> None:
+        result = pipeline.screen(read_rgb(rec.image_path))
+        if result.measurements is None or result.vcdr is None:
+            return  # no disc found: nothing to learn the fusion from
+        seg = result.segmentation
+        assert seg is not None  # the measurements are taken from the segmentation
+        self.vcdr.append(result.vcdr)
+        self.segmentation.append(seg.glaucoma_logit)
+        self.disc_classifier.append(seg.disc_classifier_logit)
+        self.glaucoma.append(int(rec.glaucoma or 0))
+        source = rec.source or folder.name
+        self.camera.append(f"{source}, {rec.camera}" if rec.camera else source)
+
+    def probabilities(self, policy: ReferralPolicy) -> np.ndarray:
+        return np.array([policy.fuse(s, v, d) for s, v, d in zip(self.segmentation, self.vcdr, self.disc_classifier)])
+
+
+def read_opinions(pipeline: ScreeningPipeline, data: list[Path], split: str | None, labelled: bool) -> Opinions:
+    out = Opinions()
     for folder in data:
-        for rec in select(Path(folder), read_dataset(folder), "val"):
-            if rec.glaucoma is None:
+        for rec in select(Path(folder), read_dataset(folder), split):
+            if labelled and rec.glaucoma is None:
                 continue
-            result = pipeline.screen(read_rgb(rec.image_path))
-            if result.measurements is None:
-                continue  # no disc found: nothing to learn the fusion from
-            seg = result.segmentation
-            assert seg is not None  # the measurements are taken from the segmentation
-            rows.append((result.vcdr, seg.glaucoma_logit, seg.disc_classifier_logit, rec.glaucoma))
-            source = rec.source or Path(folder).name
-            cameras.append(f"{source}, {rec.camera}" if rec.camera else source)
-    if not rows:
+            out.add(pipeline, rec, Path(folder))
+    return out
+
+
+def referred_elsewhere(policy: ReferralPolicy, val: Opinions, other: Opinions, specificity: float) -> dict[str, dict[str, float]]:
+    """For each opinion alone and for the policy's mean: the share of each other camera's photos it would
+    refer at its own threshold for `specificity` on val. The other cameras' photos carry no glaucoma
+    labels, but every opinion sees the same eyes, so at equal specificity on val an opinion that refers
+    more of them refers more normal eyes there: it moved with the camera. That is the evidence for
+    which opinions the policy averages."""
+    y = np.array(val.glaucoma)
+    choices = {name: [name] for name in OPINIONS} | {"policy": list(policy.fused_opinions())}
+    out: dict[str, dict[str, float]] = {}
+    for label, names in choices.items():
+        if DISC_CLASSIFIER in names and None in val.disc_classifier:
+            continue
+        alone = replace(policy, opinions=names)
+        threshold = threshold_at_specificity(y, val.probabilities(alone), specificity)
+        scores = other.probabilities(alone)
+        out[label] = {camera: round(float(np.mean([s >= threshold for s, c in zip(scores, other.camera) if c == camera])), 3)
+                      for camera in sorted(set(other.camera))}
+    return out
+
+
+def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9, out: Path = SCREENING_POLICY,
+        opinions: tuple[str, ...] = (VCDR, SEGMENTATION, DISC_CLASSIFIER), elsewhere: list[Path] | None = None) -> dict:
+    """Fit on the val split of `data`; with `elsewhere` (photos of other cameras, unlabelled), also report
+    how many of those each opinion would refer (`referred_elsewhere`)."""
+    val = read_opinions(pipeline, data, "val", labelled=True)
+    if not val.glaucoma:
         raise SystemExit("no labelled validation photos found: pass the shared data folders with --data")
-    with_classifier = all(r[2] is not None for r in rows)
-    vcdr, logit, y = (np.array(c, float) for c in zip(*[(r[0], r[1], r[3]) for r in rows]))
+    y = np.array(val.glaucoma, float)
     if y.all() or not y.any():
         raise SystemExit("the validation photos must include both glaucoma and normal eyes to fit a referral policy")
-    second = np.array([r[2] for r in rows], float) if with_classifier else None
+    with_classifier = None not in val.disc_classifier
+    if DISC_CLASSIFIER in opinions and not with_classifier:
+        raise SystemExit("the disc classifier is not installed: fit without it (--opinions)")
+    vcdr = np.array(val.vcdr)
     coef, intercept = fit_logistic(vcdr, y)
     policy = ReferralPolicy(vcdr_coef=coef, vcdr_intercept=intercept, fitted=True,
-                            uses_disc_classifier=with_classifier)
-    fused = np.array([policy.fuse(lg, v, None if second is None else second[i])
-                      for i, (lg, v) in enumerate(zip(logit, vcdr))])
+                            uses_disc_classifier=DISC_CLASSIFIER in opinions, opinions=list(opinions))
+    fused = val.probabilities(policy)
     policy.refer_threshold = threshold_at_specificity(y, fused, specificity)
     sens = float((fused[y == 1] >= policy.refer_threshold).mean())
     policy.operating_point = {
@@ -92,13 +141,17 @@ def fit(pipeline: ScreeningPipeline, data: list[Path], specificity: float = 0.9,
         "sensitivity_val": round(sens, 4),
         "auc_val": _auc(y, fused),
         "auc_val_vcdr_only": _auc(y, vcdr),
-        "auc_val_classifier_only": _auc(y, logit),
-        "auc_val_disc_classifier_only": None if second is None else _auc(y, second),
+        "auc_val_classifier_only": _auc(y, np.array(val.segmentation)),
+        "auc_val_disc_classifier_only": _auc(y, np.array(val.disc_classifier, float)) if with_classifier else None,
         "n_val": int(len(y)),
         "n_val_glaucoma": int(y.sum()),
-        "cameras": measured_on(cameras, y),
+        "cameras": measured_on(val.camera, y),
     }
+    if elsewhere:
+        other = read_opinions(pipeline, elsewhere, None, labelled=False)
+        policy.operating_point["referred_on_other_cameras"] = referred_elsewhere(policy, val, other, specificity)
     stamp = dt.date.today().isoformat()
     policy.source = f"referral fitted {stamp} on val split of {', '.join(Path(d).name for d in data)} with {pipeline.model_versions.get('segmentation', '?')}"
     policy.save(out)
-    return policy.operating_point | {"refer_threshold": policy.refer_threshold, "vcdr_coef": coef, "vcdr_intercept": intercept}
+    return policy.operating_point | {"opinions": list(opinions), "refer_threshold": policy.refer_threshold,
+                                     "vcdr_coef": coef, "vcdr_intercept": intercept}

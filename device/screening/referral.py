@@ -1,10 +1,12 @@
 """From measurements and model scores to one decision a health worker can act on.
 
-The glaucoma probability fuses independent opinions, as MTL-IO does: the segmentation network's own
-glaucoma logit, the disc-crop classifier's (where installed) and a logistic regression on the
-vertical cup-to-disc ratio; the final probability is their mean. The
-referral threshold comes from an operating point (sensitivity at a chosen specificity) fitted on
-validation photos only (`glaucoscreen fit-referral`), never a bare 0.5.
+The glaucoma probability is the mean of independent opinions, as in MTL-IO: a logistic regression on
+the vertical cup-to-disc ratio, the segmentation network's own glaucoma logit and the disc-crop
+classifier's. Which of them are averaged is part of the fitted policy (`opinions`), because they do
+not carry equally to other cameras: the networks' logits learned what REFUGE's and Drishti-GS1's
+cameras look like, while the vCDR is a length ratio. The referral threshold comes from an operating
+point (sensitivity at a chosen specificity) fitted on validation photos only (`glaucoscreen
+fit-referral`), never a bare 0.5.
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 REFER, RESCREEN, NORMAL = "refer", "rescreen", "normal"
+
+# The opinions a policy can average, by the name screening.json gives them.
+VCDR, SEGMENTATION, DISC_CLASSIFIER = "vcdr", "segmentation", "disc_classifier"
+OPINIONS = (VCDR, SEGMENTATION, DISC_CLASSIFIER)
 
 ADVICE = {
     REFER: "Signs that can mean glaucoma were found. Please see an eye doctor within the next month. "
@@ -60,6 +66,9 @@ class ReferralPolicy(PolicyFile):
     # The threshold was fitted on the mean of the opinions it was fitted with: a policy fitted before the
     # disc classifier existed must not average it in.
     uses_disc_classifier: bool = False
+    # The opinions averaged, from OPINIONS. None: a policy written before the choice existed, which
+    # averaged the segmentation logit and the vCDR (and the disc classifier where it says so).
+    opinions: list[str] | None = None
     fitted: bool = False
     operating_point: dict = field(default_factory=dict)
     source: str = "built-in defaults (not fitted)"
@@ -67,11 +76,24 @@ class ReferralPolicy(PolicyFile):
     def vcdr_probability(self, vcdr: float) -> float:
         return sigmoid(self.vcdr_coef * vcdr + self.vcdr_intercept)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.opinions or ()) - set(OPINIONS)
+        if unknown or self.opinions == []:
+            raise ValueError(f"a referral policy averages some of {', '.join(OPINIONS)}; got {self.opinions}")
+
+    def fused_opinions(self) -> tuple[str, ...]:
+        if self.opinions is not None:
+            return tuple(self.opinions)
+        return (SEGMENTATION, VCDR) + ((DISC_CLASSIFIER,) if self.uses_disc_classifier else ())
+
     def fuse(self, glaucoma_logit: float, vcdr: float, disc_classifier_logit: float | None = None) -> float:
-        opinions = [sigmoid(glaucoma_logit), self.vcdr_probability(vcdr)]
-        if disc_classifier_logit is not None and self.uses_disc_classifier:
-            opinions.append(sigmoid(disc_classifier_logit))
-        return sum(opinions) / len(opinions)
+        """The mean of the policy's opinions. One whose network is not installed is left out, so a unit
+        without the disc classifier still screens, on a probability its threshold was not fitted on."""
+        given = {SEGMENTATION: sigmoid(glaucoma_logit), VCDR: self.vcdr_probability(vcdr)}
+        if disc_classifier_logit is not None:
+            given[DISC_CLASSIFIER] = sigmoid(disc_classifier_logit)
+        used = [given[name] for name in self.fused_opinions() if name in given]
+        return sum(used) / len(used)
 
     def decide(self, *, gradable: bool, quality_messages: list[str], vcdr: float | None,
                probability: float | None) -> tuple[str, list[str]]:

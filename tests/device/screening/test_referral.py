@@ -76,3 +76,54 @@ def test_the_operating_point_records_the_cameras_it_was_measured_on():
 
     got = measured_on(["Canon CR-2", "Canon CR-2", "Drishti-GS1", "Canon CR-2"], np.array([1, 0, 1, 0]))
     assert got == {"Canon CR-2": {"photos": 3, "glaucoma": 1}, "Drishti-GS1": {"photos": 1, "glaucoma": 1}}
+
+
+def test_a_policy_averages_only_the_opinions_it_names():
+    """A policy fitted on the vCDR alone ignores a network logit that has moved with the camera."""
+    from device.screening.referral import ReferralPolicy
+
+    p = ReferralPolicy(vcdr_coef=20.0, vcdr_intercept=-12.0, opinions=["vcdr"])
+    assert p.fuse(9.0, 0.5, 9.0) == pytest.approx(p.vcdr_probability(0.5))
+    q = ReferralPolicy(vcdr_coef=20.0, vcdr_intercept=-12.0, opinions=["vcdr", "disc_classifier"])
+    assert q.fuse(9.0, 0.5, 0.0) == pytest.approx((p.vcdr_probability(0.5) + 0.5) / 2)
+    with pytest.raises(ValueError, match="averages some of"):
+        ReferralPolicy(opinions=["vcdr", "cup_colour"])
+    with pytest.raises(ValueError):
+        ReferralPolicy(opinions=[])
+
+
+def test_the_opinions_survive_the_policy_file(tmp_path):
+    from device.screening.referral import ReferralPolicy
+
+    p = ReferralPolicy(vcdr_coef=20.0, vcdr_intercept=-12.0, opinions=["vcdr", "disc_classifier"])
+    p.save(tmp_path / "s.json")
+    assert ReferralPolicy.load(tmp_path / "s.json").fused_opinions() == ("vcdr", "disc_classifier")
+
+
+def test_an_opinion_that_moved_with_the_camera_refers_more_of_the_other_cameras_photos():
+    """At one specificity on val, the opinion whose scores rose on another camera refers more of that
+    camera's (unlabelled) photos; the vCDR, unchanged there, refers no more than on val."""
+    from device.lab.fit_referral import Opinions, referred_elsewhere
+    from device.screening.referral import ReferralPolicy
+
+    rng = np.random.default_rng(0)
+    val, other = Opinions(), Opinions()
+    for label in [0] * 80 + [1] * 20:
+        vcdr = rng.normal(0.65 if label else 0.45, 0.05)
+        val.vcdr.append(vcdr)
+        val.segmentation.append(rng.normal(1.5 if label else -1.5, 0.5))
+        val.disc_classifier.append(rng.normal(1.5 if label else -1.5, 0.5))
+        val.glaucoma.append(label)
+        val.camera.append("ours")
+    for _ in range(100):  # another camera's normal eyes: same cups, network logits shifted up by 2
+        other.vcdr.append(rng.normal(0.45, 0.05))
+        other.segmentation.append(rng.normal(0.5, 0.5))
+        other.disc_classifier.append(rng.normal(-1.5, 0.5))
+        other.glaucoma.append(0)
+        other.camera.append("theirs")
+    policy = ReferralPolicy(vcdr_coef=40.0, vcdr_intercept=-22.0, opinions=["vcdr", "disc_classifier"])
+    got = referred_elsewhere(policy, val, other, specificity=0.9)
+    assert got["segmentation"]["theirs"] > 0.5
+    assert got["vcdr"]["theirs"] < 0.2
+    assert got["disc_classifier"]["theirs"] < 0.2
+    assert got["policy"]["theirs"] < 0.2
