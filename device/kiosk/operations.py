@@ -112,7 +112,8 @@ def models():
     return render_template("models.html", rows=rows, manifest_error=manifest_error, model_error=unit.model_error,
                            inference=_checked(doctor.inference, unit.config), precision_setting=unit.config.precision,
                            referral=versions.get("referral"), policy=files.get("referral_policy", {}),
-                           measured_on=unit.pipeline.policy.operating_point.get("cameras") if unit.pipeline is not None else None)
+                           measured_on=unit.pipeline.policy.operating_point.get("cameras") if unit.pipeline is not None else None,
+                           decides_on=unit.pipeline.policy.described() if unit.pipeline is not None else None)
 
 
 # -- camera, lights, optic module ---------------------------------------------------------------

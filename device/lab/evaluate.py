@@ -78,7 +78,7 @@ def evaluate_records(pipeline: ScreeningPipeline, records: list[Record], progres
 
 def evaluate_photo(pipeline: ScreeningPipeline, rec: Record, camera: SimulatedCamera | None = None) -> dict:
     """One photo screened and compared with what the experts said of it (seen through `camera` if given)."""
-    row, rgb, result = screen_file(pipeline, rec.image_path, look=None if camera is None else camera.look_for(rec.id))
+    row, photo, result = screen_file(pipeline, rec.image_path, look=None if camera is None else camera.look_for(rec.id))
     out = {
         "id": rec.id, "source": rec.source, "patient": rec.patient, "ok": row["ok"], "error": row.get("error"),
         "gradable": row.get("gradable"), "referral": row.get("referral"),
@@ -91,7 +91,8 @@ def evaluate_photo(pipeline: ScreeningPipeline, rec: Record, camera: SimulatedCa
     if result is None:
         return out
     out["disc_found"] = result.measurements is not None  # located and outlined: what a referral needs
-    assert rgb is not None  # screen_file returns the photo with every result
+    assert photo is not None  # screen_file returns the photo with every result
+    rgb = photo.rgb
     disc_gt = None
     if rec.has_mask:
         disc_gt, cup_gt = rec.load_mask(rgb.shape)
@@ -213,6 +214,8 @@ def figures(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, thre
         out["fovea"] = NO_FOVEA
     if not any(r.get("glaucoma") is not None for r in rows):
         out["glaucoma"] = NO_GLAUCOMA
+        if threshold is not None:
+            out.update(referred_without_labels(rows, threshold))
     elif threshold is not None and len(scored):
         out.update(referral_operating_point(labels, scores, threshold))
     out.update(gate_rejections(rows))
@@ -257,6 +260,15 @@ def referral_operating_point(labels: np.ndarray, scores: np.ndarray, threshold: 
         "n_normal": int((~labels).sum()),
         "n_normal_not_referred": int((scores[~labels] < threshold).sum()),
     }
+
+
+def referred_without_labels(rows: list[dict], threshold: float) -> dict:
+    """The share of a camera's gradable photos the unit would refer. Without labels it is neither a
+    sensitivity nor a specificity, but on a population where glaucoma is rare (DRIVE's diabetic
+    screening) most of it is false referrals: it shows an operating point moving with the camera."""
+    screened = [r["glaucoma_probability"] for r in rows if r.get("gradable") and r.get("glaucoma_probability") is not None]
+    return {"referral_threshold": round(float(threshold), 4), "n_screened": len(screened),
+            "n_referred": sum(1 for p in screened if p >= threshold)}
 
 
 def gate_rejections(rows: list[dict]) -> dict:
@@ -384,7 +396,8 @@ def _reasons_cell(fig: dict) -> str:
 
 def _operating_point_cells(fig: dict) -> list[str]:
     if fig.get("glaucoma") == NO_GLAUCOMA:
-        return [NO_GLAUCOMA, NO_GLAUCOMA]
+        referred = _share(fig.get("n_referred"), fig.get("n_screened"))
+        return [NO_GLAUCOMA, NO_GLAUCOMA if referred == "-" else f"no labels; referred {referred}"]
     sens, spec = fig.get("sensitivity_at_referral_threshold"), fig.get("specificity_at_referral_threshold")
     return ["-" if sens is None else f"{sens:.3f} ({fig['n_glaucoma_referred']}/{fig['n_glaucoma']})",
             "-" if spec is None else f"{spec:.3f} ({fig['n_normal_not_referred']}/{fig['n_normal']})"]

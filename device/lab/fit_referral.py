@@ -103,7 +103,7 @@ def referred_elsewhere(policy: ReferralPolicy, val: Opinions, other: Opinions, s
     more of them refers more normal eyes there: it moved with the camera. That is the evidence for
     which opinions the policy averages."""
     y = np.array(val.glaucoma)
-    choices = {name: [name] for name in OPINIONS} | {"policy": list(policy.fused_opinions())}
+    choices = {name: [name] for name in OPINIONS} | {"all": list(OPINIONS), "policy": list(policy.fused_opinions())}
     out: dict[str, dict[str, float]] = {}
     for label, names in choices.items():
         if DISC_CLASSIFIER in names and None in val.disc_classifier:

@@ -21,6 +21,11 @@ REFER, RESCREEN, NORMAL = "refer", "rescreen", "normal"
 # The opinions a policy can average, by the name screening.json gives them.
 VCDR, SEGMENTATION, DISC_CLASSIFIER = "vcdr", "segmentation", "disc_classifier"
 OPINIONS = (VCDR, SEGMENTATION, DISC_CLASSIFIER)
+OPINION_WORDS = {
+    VCDR: "the vertical cup-to-disc ratio",
+    SEGMENTATION: "the segmentation network's glaucoma score",
+    DISC_CLASSIFIER: "the disc-crop classifier's glaucoma score",
+}
 
 ADVICE = {
     REFER: "Signs that can mean glaucoma were found. Please see an eye doctor within the next month. "
@@ -85,6 +90,11 @@ class ReferralPolicy(PolicyFile):
         if self.opinions is not None:
             return tuple(self.opinions)
         return (SEGMENTATION, VCDR) + ((DISC_CLASSIFIER,) if self.uses_disc_classifier else ())
+
+    def described(self) -> str:
+        """What the probability is made of, for the Models page."""
+        words = [OPINION_WORDS[name] for name in self.fused_opinions()]
+        return words[0] if len(words) == 1 else "the mean of " + ", ".join(words[:-1]) + " and " + words[-1]
 
     def fuse(self, glaucoma_logit: float, vcdr: float, disc_classifier_logit: float | None = None) -> float:
         """The mean of the policy's opinions. One whose network is not installed is left out, so a unit

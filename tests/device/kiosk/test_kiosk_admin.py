@@ -139,6 +139,9 @@ def test_models_page_shows_each_build_with_its_hash_and_what_runs(unit):
     # the referral rule says on which cameras its operating point was measured, and that it holds for no other
     cameras = text_of(page, "referral-cameras")
     assert "REFUGE, Canon CR-2 (" in cameras and "Drishti-GS1" in cameras and "not measured on any other camera" in cameras
+    # and what the risk is made of: the shipped rule's own opinions, in words
+    assert text_of(page, "referral-opinions") == unit.pipeline.policy.described().capitalize() + "."
+    assert "cup-to-disc ratio" in text_of(page, "referral-opinions")
 
 
 def test_a_model_file_that_does_not_match_its_hash_is_shown_unverified(unit, monkeypatch):

@@ -262,7 +262,7 @@ def test_photos_without_glaucoma_labels_or_masks_give_gate_and_disc_figures_and_
     table = evaluate.markdown(summary)
     assert "| all photos (DRIVE) | 3 | - | - | - | - | - | - | 33.3% |" in table  # glaucoma, Dice, vCDR, AUC: "-"
     assert ("| all photos (DRIVE) | 3 | 1/3 (33.3%) | no_fundus 1 | 1/3 (33.3%) | no glaucoma labels | "
-            "no glaucoma labels |") in table
+            "no labels; referred 1/1 (100.0%) |") in table  # the one gradable photo with a score, at 0.7 >= 0.5
 
 
 def test_sensitivity_and_specificity_at_the_referral_threshold_come_with_their_counts_per_source():
@@ -328,6 +328,11 @@ def test_disc_dice_on_a_disc_only_mask_and_no_mask_at_all(shared_data):
     assert summary["by_source"]["DRIVE"]["disc_dice"] is None
     assert summary["by_source"]["DRIONS-DB"]["disc_dice"] == pytest.approx(drions["disc_dice"], abs=1e-4)
     assert summary["cup_dice"] is None and summary["glaucoma"] == "no glaucoma labels"
+    # without labels the share the unit would refer is still counted: an operating point moving with the camera shows
+    screened = [r for r in (drions, drive) if r["gradable"]]
+    assert summary["n_screened"] == len(screened) and screened
+    assert summary["n_referred"] == sum(r["glaucoma_probability"] >= pipeline.policy.refer_threshold for r in screened)
+    assert "no labels; referred" in evaluate.markdown(summary)
 
 
 def test_a_simulated_camera_changes_each_photo_the_same_way_every_run_and_says_so(tmp_path):

@@ -127,3 +127,11 @@ def test_an_opinion_that_moved_with_the_camera_refers_more_of_the_other_cameras_
     assert got["vcdr"]["theirs"] < 0.2
     assert got["disc_classifier"]["theirs"] < 0.2
     assert got["policy"]["theirs"] < 0.2
+
+
+def test_the_policy_says_in_words_what_its_probability_is_made_of():
+    from device.screening.referral import ReferralPolicy
+
+    assert ReferralPolicy(opinions=["vcdr"]).described() == "the vertical cup-to-disc ratio"
+    both = ReferralPolicy(opinions=["vcdr", "disc_classifier"]).described()
+    assert both == "the mean of the vertical cup-to-disc ratio and the disc-crop classifier's glaucoma score"
