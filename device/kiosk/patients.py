@@ -19,15 +19,16 @@ MAX_NAME = 100
 SEXES = {"F": "Female", "M": "Male", "O": "Other"}
 
 
-def check_registration(form) -> tuple[dict, dict[str, str]]:
-    """The entered patient, cleaned, and a message per field that is not right (empty when all are)."""
+def check_details(form) -> tuple[dict, dict[str, str]]:
+    """The entered patient details, cleaned, and a message per field that is not right (empty when all are)."""
     values = {k: (form.get(k) or "").strip() for k in ("identifier", "name", "year_of_birth", "sex")}
-    values["consent"] = form.get("consent") == "yes"
     errors = {}
     if not values["identifier"]:
         errors["identifier"] = "Enter the patient's clinic number."
     elif len(values["identifier"]) > MAX_IDENTIFIER:
         errors["identifier"] = f"The clinic number is at most {MAX_IDENTIFIER} characters."
+    elif "\\" in values["identifier"] or not values["identifier"].isprintable():
+        errors["identifier"] = "The clinic number cannot contain a backslash or invisible characters."
     if not values["name"]:
         errors["name"] = "Enter the patient's name."
     elif len(values["name"]) > MAX_NAME:
@@ -38,6 +39,13 @@ def check_registration(form) -> tuple[dict, dict[str, str]]:
         errors["year_of_birth"] = f"Enter the year of birth as four digits, from 1900 to {this_year}."
     if values["sex"] not in SEXES:
         errors["sex"] = "Choose female, male or other."
+    return values, errors
+
+
+def check_registration(form) -> tuple[dict, dict[str, str]]:
+    """The details, and the patient's consent, without which no photo is taken."""
+    values, errors = check_details(form)
+    values["consent"] = form.get("consent") == "yes"
     if not values["consent"]:
         errors["consent"] = "The patient must agree to the screening before photos are taken."
     return values, errors

@@ -175,24 +175,58 @@ def _tm(when: datetime) -> str:
     return when.strftime("%H%M%S.%f")
 
 
-def _lo(value: str, what: str) -> str:
+class PatientDataError(ValueError):
+    """A patient detail DICOM cannot carry. Sending again will not help; correcting the patient will."""
+
+    def __init__(self, problem: str, patient_id: str):
+        super().__init__(f"{problem}. An admin can correct it: Patients, {patient_id}, Edit details; "
+                         "the eye is then sent again.")
+
+
+def _lo(value: str, what: str, patient_id: str | None = None) -> str:
     """A Long String (64 characters, no backslash): patient and device identifiers."""
     value = str(value).strip()
+    problem = None
     if not value:
-        raise ValueError(f"{what} is empty")
-    if len(value) > 64 or "\\" in value:
-        raise ValueError(f"{what} {value!r} must be at most 64 characters without a backslash")
-    return value
+        problem = f"the {what} is empty"
+    elif len(value) > 64 or "\\" in value:
+        problem = f"the {what} {value!r} must be at most 64 characters without a backslash"
+    if problem is None:
+        return value
+    if patient_id is not None:
+        raise PatientDataError(problem, patient_id)
+    raise ValueError(problem)
 
 
-def _person_name(name: str | None) -> str:
-    """The kiosk keeps one free-text name; DICOM's component separators are taken out of it."""
+PN_GROUP_CHARACTERS = 64  # DICOM PS3.5 6.2: at most 64 characters per component group
+
+
+def person_name(name: str | None) -> tuple[str, bool]:
+    """The kiosk's one free-text name as a DICOM Person Name, and whether it had to be shortened.
+
+    The kiosk does not know which word is the family name (that differs by culture), so the whole name is
+    the family-name component. The rule for a name over 64 characters: words between the first and the
+    last become initials, from the last but one towards the first, until it fits; if the first and last
+    words alone are still too long, the name is cut to fit. The full name then goes in
+    Patient Comments, which DICOM allows to be long.
+    """
     if not name:
-        return ""
-    clean = re.sub(r"[\^=\\]", " ", name).strip()
-    if len(clean) > 63:
-        raise ValueError(f"patient name {name!r} is longer than DICOM's 64 characters")
-    return clean + "^"  # one component on purpose: the kiosk does not split family and given names
+        return "", False
+    words = re.sub(r"[\^=\\\x00-\x1f\x7f]", " ", name).split()
+    limit = PN_GROUP_CHARACTERS - 1  # one character for the trailing component separator
+
+    def joined() -> str:
+        return " ".join(words)
+
+    for i in range(len(words) - 2, 0, -1):
+        if len(joined()) <= limit:
+            break
+        words[i] = words[i][0] + "."
+    text = joined()
+    shortened = text != " ".join(name.split())
+    if len(text) > limit:
+        text, shortened = text[:limit].rstrip(), True
+    return text + "^", shortened
 
 
 def _sex(sex: str | None) -> str:
@@ -208,17 +242,23 @@ def _sex(sex: str | None) -> str:
 def _patient_and_study(ds: Dataset, study: EyeStudy, uids: dict[str, str], when: datetime) -> None:
     """Patient, study and visit identifiers shared by the three objects of an eye."""
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names are typed in the clinic's own language
-    ds.PatientName = _person_name(study.patient_name)
-    ds.PatientID = _lo(study.patient_id, "patient ID")
+    ds.PatientName, shortened = person_name(study.patient_name)
+    if shortened:
+        ds.PatientComments = f"Full name as registered: {' '.join((study.patient_name or '').split())}"
+    ds.PatientID = _lo(study.patient_id, "patient ID", patient_id=study.patient_id)
     ds.PatientBirthDate = ""
     if study.year_of_birth:
         year = int(study.year_of_birth)
         if not 0 <= when.year - year < 150:
-            raise ValueError(f"year of birth {study.year_of_birth} does not fit a visit in {when.year}")
+            raise PatientDataError(f"the year of birth {study.year_of_birth} does not fit a visit in {when.year}",
+                                   study.patient_id)
         # DA has no year-only form; 1 January is the usual convention for a birth date known by year.
         ds.PatientBirthDate = f"{year:04d}0101"
         ds.PatientAge = f"{when.year - year:03d}Y"
-    ds.PatientSex = _sex(study.sex)
+    try:
+        ds.PatientSex = _sex(study.sex)
+    except ValueError as exc:
+        raise PatientDataError(str(exc), study.patient_id) from exc
     ds.StudyInstanceUID = uids["study"]
     ds.StudyDate = _da(when)
     ds.StudyTime = _tm(when)

@@ -107,7 +107,22 @@ def m002_result_masks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE results ADD COLUMN masks_sha256 TEXT")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks)
+def m003_patient_edits(db: sqlite_utils.Database) -> None:
+    """Corrections and merges of registrations, each with who made it, when and what changed. Not a
+    foreign key to patients: a registration merged into another is deleted, and its history stays."""
+    db.execute("""CREATE TABLE patient_edits (
+        id INTEGER PRIMARY KEY,
+        patient_id INTEGER NOT NULL,
+        identifier TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('edit', 'merge')),
+        changes TEXT NOT NULL,
+        edited_by TEXT NOT NULL CHECK (length(trim(edited_by)) > 0),
+        edited_at TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX patient_edits_by_patient ON patient_edits(patient_id, id)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

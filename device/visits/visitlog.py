@@ -43,6 +43,7 @@ from models.runtime.images import decode_mask, encode_mask
 __all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "encode_masks", "decode_masks"]
 
 EYES = ("right", "left")
+MAX_IDENTIFIER = 64  # DICOM's Long String, which carries it to the PACS as Patient ID
 OUTBOX_KIND = "eye_screening"   # one eye's photo, disc/cup segmentation and report, sent as DICOM
 _SEX = {"f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O"}
 _BUSY_TIMEOUT_S = 10.0
@@ -234,12 +235,15 @@ class VisitLog:
         return row
 
     # -- patients ---------------------------------------------------------------------------------
-    def add_patient(self, identifier: str, *, name: str | None = None, year_of_birth: int | None = None,
-                    sex: str | None = None, consent: bool = False) -> dict:
-        """Register a patient. Identifiers are compared without regard to case, as workers type them."""
+    def _clean_patient(self, identifier: str, year_of_birth: int | None, sex: str | None) -> tuple[str, str | None]:
+        """The identifier and sex as stored, or a ValueError saying what is wrong. The identifier must be
+        one DICOM can carry (a Long String), so that no patient the kiosk accepts is unsendable."""
         if not isinstance(identifier, str) or not identifier.strip():
             raise ValueError("a patient needs an identifier (the clinic's patient number)")
         identifier = identifier.strip()
+        if len(identifier) > MAX_IDENTIFIER or "\\" in identifier or any(unicodedata.category(c) == "Cc" for c in identifier):
+            raise ValueError(f"a patient identifier is at most {MAX_IDENTIFIER} characters, without a backslash "
+                             f"or control characters: {identifier!r}")
         this_year = self._clock().year
         if year_of_birth is not None and (isinstance(year_of_birth, bool) or not isinstance(year_of_birth, int)
                                           or not 1900 <= year_of_birth <= this_year):
@@ -247,9 +251,13 @@ class VisitLog:
         if sex is not None and sex.strip():
             if sex.strip().lower() not in _SEX:
                 raise ValueError(f"sex must be female, male or other (F/M/O), not {sex!r}")
-            sex = _SEX[sex.strip().lower()]
-        else:
-            sex = None
+            return identifier, _SEX[sex.strip().lower()]
+        return identifier, None
+
+    def add_patient(self, identifier: str, *, name: str | None = None, year_of_birth: int | None = None,
+                    sex: str | None = None, consent: bool = False) -> dict:
+        """Register a patient. Identifiers are compared without regard to case, as workers type them."""
+        identifier, sex = self._clean_patient(identifier, year_of_birth, sex)
         with self._write() as db:
             if self.get_patient(identifier) is not None:
                 raise ValueError(f"a patient with identifier {identifier!r} is already registered")
@@ -259,6 +267,69 @@ class VisitLog:
         patient = self.get_patient(identifier)
         assert patient is not None  # inserted just above
         return patient
+
+    def edit_patient(self, identifier: str, *, by: str, new_identifier: str | None = None, name: str | None = None,
+                     year_of_birth: int | None = None, sex: str | None = None) -> dict:
+        """Correct a registration (an admin's job), keeping who changed what and when. Eyes that could not be
+        sent because of the old details are queued again: the DICOM is built from the patient as they are now.
+        Returns the fields changed ({field: [old, new]}) and how many eyes were queued again."""
+        with self._write() as db:
+            patient = self._patient_row(identifier)
+            new_identifier, sex = self._clean_patient(new_identifier or patient["identifier"], year_of_birth, sex)
+            wanted = {"identifier": new_identifier, "name": (name or "").strip() or None,
+                      "year_of_birth": year_of_birth, "sex": sex}
+            changes = {k: [patient[k], v] for k, v in wanted.items() if patient[k] != v}
+            if "identifier" in changes:
+                other = self.get_patient(new_identifier)
+                if other is not None and other["id"] != patient["id"]:
+                    raise ValueError(f"clinic number {other['identifier']!r} belongs to another registration: "
+                                     "merge the two instead")
+            if not changes:
+                return {"changes": {}, "requeued": 0}
+            db.table("patients").update(patient["id"], {k: v for k, (_, v) in changes.items()})
+            self._audit(db, patient["id"], new_identifier, "edit", changes, by)
+            requeued = self._requeue_patient(db, patient["id"])
+        return {"changes": changes, "requeued": requeued}
+
+    def merge_patients(self, keep: str, duplicate: str, *, by: str) -> dict:
+        """Two registrations of one person become one: the duplicate's visits move to `keep` and the duplicate
+        is deleted, its details kept in the edit history. Eyes already sent went to the PACS under the
+        duplicate's number, which this unit cannot change there: the count says how many."""
+        with self._write() as db:
+            kept, gone = self._patient_row(keep), self._patient_row(duplicate)
+            if kept["id"] == gone["id"]:
+                raise ValueError("a registration cannot be merged into itself")
+            moved = db.execute("SELECT count(*) FROM visits WHERE patient_id = ?", (gone["id"],)).fetchone()[0]
+            sent = db.execute("""SELECT count(*) FROM outbox o JOIN visits v ON v.uuid = o.visit_uuid
+                                 WHERE v.patient_id = ? AND o.status = 'sent'""", (gone["id"],)).fetchone()[0]
+            db.execute("UPDATE visits SET patient_id = ? WHERE patient_id = ?", (kept["id"], gone["id"]))
+            db.execute("DELETE FROM patients WHERE id = ?", (gone["id"],))
+            registration = {k: gone[k] for k in ("identifier", "name", "year_of_birth", "sex", "created_at")}
+            self._audit(db, kept["id"], kept["identifier"], "merge",
+                        {"merged": registration, "visits_moved": moved, "sent_under_old_identifier": sent}, by)
+            requeued = self._requeue_patient(db, kept["id"])
+        return {"visits_moved": moved, "sent_under_old_identifier": sent, "requeued": requeued}
+
+    def patient_edits(self, identifier: str) -> list[dict]:
+        """The registration's corrections and merges, newest first."""
+        patient = self._patient_row(identifier)
+        rows = self._rows("SELECT * FROM patient_edits WHERE patient_id = ? ORDER BY id DESC", (patient["id"],))
+        for row in rows:
+            row["changes"] = json.loads(row["changes"])
+        return rows
+
+    def _audit(self, db: sqlite_utils.Database, patient_id: int, identifier: str, action: str, changes: dict, by: str) -> None:
+        if not (by or "").strip():
+            raise ValueError("a correction to a patient names who made it")
+        db.table("patient_edits").insert({"patient_id": patient_id, "identifier": identifier, "action": action,
+                                          "changes": _to_json(changes, "changes"), "edited_by": by,
+                                          "edited_at": self._now()})
+
+    def _requeue_patient(self, db: sqlite_utils.Database, patient_id: int) -> int:
+        cursor = db.execute("""UPDATE outbox SET status = 'pending', next_attempt_at = NULL
+                               WHERE status = 'quarantined'
+                                 AND visit_uuid IN (SELECT uuid FROM visits WHERE patient_id = ?)""", (patient_id,))
+        return cursor.rowcount
 
     def get_patient(self, identifier: str) -> dict | None:
         row = self._one("SELECT * FROM patients WHERE identifier = ?", ((identifier or "").strip(),))

@@ -57,10 +57,11 @@ def v1_log(tmp_path, refuge_photo):
     return data
 
 
-def test_a_v1_log_upgrades_to_v2_with_every_row_kept(v1_log):
+def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
     before = _rows(v1_log / "visits.db")
     with VisitLog(v1_log) as log:
-        assert log.schema_version == len(migrations.MIGRATIONS) == 2
+        assert log.schema_version == len(migrations.MIGRATIONS) == 3
+        assert log.db.execute("SELECT count(*) FROM patient_edits").fetchone()[0] == 0  # v3: no edits made yet
         after = _rows(v1_log / "visits.db")
         assert {t: rows for t, rows in after.items() if t != "results"} == {t: rows for t, rows in before.items() if t != "results"}
         assert [row[:-1] for row in after["results"]] == before["results"]  # the new column is last...
@@ -76,18 +77,18 @@ def test_a_v1_log_upgrades_to_v2_with_every_row_kept(v1_log):
 
 def test_a_new_log_and_an_upgraded_one_have_the_same_columns(v1_log, tmp_path):
     with VisitLog(v1_log) as upgraded, VisitLog(tmp_path / "new") as new:
-        assert new.schema_version == upgraded.schema_version == 2
-        for table in TABLES:
+        assert new.schema_version == upgraded.schema_version == 3
+        for table in TABLES + ("patient_edits",):
             assert _columns(new.db, table) == _columns(upgraded.db, table), table
         assert ("masks_sha256", "TEXT", 0, 0) in _columns(new.db, "results")
 
 
-def test_software_that_knows_only_v1_refuses_a_v2_log(v1_log):
+def test_software_that_knows_only_v1_refuses_a_newer_log(v1_log):
     VisitLog(v1_log).close()
     db = sqlite_utils.Database(sqlite3.connect(v1_log / "visits.db"))
     with pytest.raises(RuntimeError, match="newer than this software knows"):
         migrations.migrate(db, migrations.MIGRATIONS[:1])
-    assert migrations.schema_version(db) == 2
+    assert migrations.schema_version(db) == 3
 
 
 # -- masks in the log ---------------------------------------------------------------------------
