@@ -73,14 +73,16 @@ class SyncConfig:
     token_file: str = ""              # bearer token, read from this file
     username: str = ""
     password_file: str = ""
-    ca_file: str = ""                 # CA bundle for a private TLS certificate
-    timeout_s: float = 30.0
+    ca_file: str = ""                 # CA bundle for a private TLS certificate; wins over REQUESTS_CA_BUNDLE
+    timeout_s: float = 30.0           # to connect, and for each read: a PACS that says nothing
+    deadline_s: float = 300.0         # for one whole request: a PACS that trickles its answer
     interval_s: float = 300.0
 
 
 @dataclass
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
+    max_retry_after_s: float = 3600.0  # the longest a PACS's Retry-After may hold an item back
     device_id: str = field(default_factory=socket.gethostname)
     board: str = "auto"               # auto | pi5 | jetson-orin-nano | workstation
     simulate: bool = False

@@ -8,19 +8,41 @@ Every store ends in one of three outcomes the sync outbox can act on:
 - `reject`: sending again will not help (authentication, a malformed request, a conflict, or a
   failure reason about the data itself); quarantine the item with the server's reason.
 
-Credentials go in the request headers only: never into the URL, a log line or a result.
+Credentials go in the request headers only: never into the URL, a log line or a result. A PACS (or a proxy)
+may echo them back (an error page quoting the Authorization header, a failure reason holding the URL with
+its user name and password); every word of the server's that becomes a result, an error or a log line is
+scrubbed of the configured password and token, any Authorization, Basic or Bearer value and URL userinfo.
+
+Each request has two limits: `timeout` for connecting and for each read (a server that says nothing), and
+`deadline` for the whole request (a server that trickles a byte a second, which no per-read timeout ends).
+At the deadline the connection is shut, whatever the request was doing.
+
+The configured CA bundle (`ca_file`) is passed with every request, so REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
+in the environment cannot replace it (requests lets them win over a session's own `verify`).
 """
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import email.utils
 import io
+import json
 import logging
+import math
+import re
+import socket
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from pydicom import Dataset, dcmread, dcmwrite
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +99,169 @@ class StoreResult:
         return self.outcome == STORED
 
 
+# --- Credentials never leave in words -------------------------------------------------------------
+
+REDACTED = "[redacted]"
+# An Authorization (or Proxy-Authorization) header as a server may quote it: in a header dump, in JSON, in HTML.
+_AUTH_HEADER = re.compile(r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^\r\n"'<>]+""", re.IGNORECASE)
+# A scheme's credentials wherever they stand (token68 per RFC 9110 11.2).
+_AUTH_VALUE = re.compile(r"\b(basic|bearer)(\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+# user:password@ in a URL.
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]*@", re.IGNORECASE)
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL as it may be shown: whatever stands before an @ in its server part (user:password) redacted, even
+    when the URL is too malformed for urlsplit to say where its server part is."""
+    return re.sub(r"^([a-z][a-z0-9+.\-]*://)?[^/]*@", lambda m: (m.group(1) or "") + REDACTED + "@", url.strip(),
+                  flags=re.IGNORECASE)
+
+
+def secret_forms(*, token: str | None = None, username: str | None = None, password: str | None = None) -> list[str]:
+    """The ways a configured credential may come back in a server's words: as given, in the Basic header's
+    base64, URL-encoded and JSON-escaped. Longest first, so no shorter one leaves part of a longer one."""
+    forms: set[str] = set()
+    for secret in (token, password):
+        if secret:
+            forms |= {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1],
+                      json.dumps(secret, ensure_ascii=False)[1:-1]}
+    if username is not None and password:
+        pair = f"{username}:{password}"
+        forms.add(pair)
+        for encoding in ("latin-1", "utf-8"):  # requests encodes Basic credentials as latin-1 where it can
+            try:
+                forms.add(base64.b64encode(pair.encode(encoding)).decode("ascii"))
+            except UnicodeEncodeError:
+                pass
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without the given secrets, Authorization header values, Basic/Bearer credentials or URL userinfo."""
+    if not text:
+        return text
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _AUTH_VALUE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+
+
+# --- A deadline for the whole request -----------------------------------------------------------
+# requests' `timeout` bounds connecting and each read, never the whole request. The client arms a _Deadline
+# around each request; the connection the request uses registers with it (on connecting and on each request
+# it sends), and when time runs out the deadline shuts that connection's socket: the blocked send or receive
+# ends at once, and the request fails as if the server had hung up.
+
+_current = threading.local()
+
+
+class _Deadline:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._connection: HTTPConnection | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.deadline = None
+        with self._lock:  # after this the timer touches nothing: the connection may go back to the pool
+            self._done = True
+            self._connection = None
+        self._timer.cancel()
+
+    def watch(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._connection = connection
+            if self.expired:  # time ran out while this connection was being set up
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._connection is not None:
+                _shut(self._connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    """Shut the connection's socket, TLS or not, without touching its TLS state from this thread. A socket that
+    was closed meanwhile has no descriptor left (Python sets it to -1), so no other socket is ever hit."""
+    sock = connection.sock
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _WatchedMixin:
+    def connect(self) -> None:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        super().connect()  # type: ignore[misc]
+        if deadline is not None:
+            deadline.watch(self)  # the socket it now has; shut at once if time ran out meanwhile
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)  # a kept-alive connection, reused
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections register with the request's deadline (also through an HTTP proxy;
+    a SOCKS proxy keeps its own connections, and there only `timeout` holds)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        fresh = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if fresh and not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
 class DicomWebError(RuntimeError):
     """A QIDO-RS question the server did not answer; `retryable` says whether asking again may help."""
 
@@ -90,24 +275,34 @@ class DicomWebClient:
     """STOW-RS and QIDO-RS against one DICOMweb root (e.g. https://pacs.example.org/dicom-web)."""
 
     def __init__(self, url: str, *, token: str | None = None, username: str | None = None,
-                 password: str | None = None, ca_file: str | None = None, timeout: float = 30):
+                 password: str | None = None, ca_file: str | None = None, timeout: float = 30,
+                 deadline: float = 300):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the DICOMweb URL must start with http:// or https:// and name a server, not {url!r}")
+            raise ValueError("the DICOMweb URL must start with http:// or https:// and name a server, "
+                             f"not {_without_userinfo(url)!r}")
         if parts.username or parts.password:
             raise ValueError("put the PACS user name and password in the sync settings, not in the URL")
         if token and (username or password):
             raise ValueError("give either a token or a user name and password for the PACS, not both")
         if (username is None) != (password is None):
             raise ValueError("the PACS user name and password go together: give both or neither")
+        if not (timeout > 0 and math.isfinite(timeout)) or not (deadline > 0 and math.isfinite(deadline)):
+            raise ValueError(f"the timeout and the deadline must be positive numbers of seconds, not {timeout} and {deadline}")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.deadline = deadline
+        self._secrets = secret_forms(token=token, username=username, password=password)
         self._session = requests.Session()
+        for prefix in ("https://", "http://"):
+            self._session.mount(prefix, _DeadlineAdapter())
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
         elif username is not None:
             assert password is not None  # checked above: the user name and password go together
             self._session.auth = (username, password)
+        # Given with every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify.
+        self._verify: str | bool = ca_file or True
         if ca_file:
             self._session.verify = ca_file
 
@@ -116,6 +311,22 @@ class DicomWebClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def redact(self, text: str) -> str:
+        """`text` without this client's credentials (or anyone's Authorization values and URL userinfo)."""
+        return redact(text, self._secrets)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request within `timeout` per read and `deadline` in all; _DeadlinePassed when the deadline ended it."""
+        deadline = _Deadline(self.deadline)
+        try:
+            with deadline:
+                response = self._session.request(method, url, timeout=self.timeout, verify=self._verify, **kwargs)
+        except requests.RequestException:
+            if deadline.expired:
+                raise _DeadlinePassed() from None
+            raise
+        return response  # whole: an answer that came in just as time ran out stands
 
     # --- STOW-RS ---------------------------------------------------------------------------
 
@@ -139,16 +350,23 @@ class DicomWebClient:
         headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                    "Accept": "application/dicom+json"}
         try:
-            response = self._session.post(f"{self.url}/studies", data=body, headers=headers, timeout=self.timeout)
+            response = self._send("POST", f"{self.url}/studies", data=body, headers=headers)
+        except _DeadlinePassed:
+            return self._logged(StoreResult(RETRY, reason=f"the PACS did not finish the request within {self.deadline:g} s"))
         except requests.Timeout:
             return self._logged(StoreResult(RETRY, reason=f"the PACS did not answer within {self.timeout:g} s"))
         except requests.ConnectionError as e:
-            return self._logged(StoreResult(RETRY, reason=f"cannot reach the PACS: {_short(e)}"))
+            return self._logged(StoreResult(RETRY, reason=f"cannot reach the PACS: {_short(e, self.redact)}"))
         except requests.RequestException as e:
-            return self._logged(StoreResult(RETRY, reason=f"the request to the PACS failed: {_short(e)}"))
-        return self._logged(_classify(response, expected))
+            return self._logged(StoreResult(RETRY, reason=f"the request to the PACS failed: {_short(e, self.redact)}"))
+        return self._logged(_classify(response, expected, self.redact))
 
     def _logged(self, result: StoreResult) -> StoreResult:
+        """The result with the server's words scrubbed of credentials, and logged."""
+        result.reason = self.redact(result.reason)
+        result.warnings = [self.redact(w) for w in result.warnings]
+        result.failed = {self.redact(uid): self.redact(why) for uid, why in result.failed.items()}
+        result.stored = [self.redact(uid) for uid in result.stored]
         log.info("STOW-RS %s: %s (HTTP %s) %s", self.url, result.outcome, result.status, result.reason)
         return result
 
@@ -157,16 +375,20 @@ class DicomWebClient:
     def instances(self, study_uid: str) -> list[Dataset]:
         """The instances the PACS holds for a study, as QIDO-RS describes them (empty if none)."""
         try:
-            response = self._session.get(f"{self.url}/studies/{study_uid}/instances",
-                                         headers={"Accept": "application/dicom+json"}, timeout=self.timeout)
+            response = self._send("GET", f"{self.url}/studies/{study_uid}/instances",
+                                  headers={"Accept": "application/dicom+json"})
+        except _DeadlinePassed:
+            raise DicomWebError(f"the PACS did not finish answering about study {study_uid} within {self.deadline:g} s",
+                                retryable=True) from None
         except requests.RequestException as e:
-            raise DicomWebError(f"cannot ask the PACS about study {study_uid}: {_short(e)}", retryable=True) from None
+            raise DicomWebError(f"cannot ask the PACS about study {study_uid}: {_short(e, self.redact)}",
+                                retryable=True) from None
         if response.status_code in (204, 404):
             return []
         if response.status_code != 200:
             raise DicomWebError(f"the PACS answered HTTP {response.status_code} about study {study_uid}: "
-                                f"{_server_text(response)}", retryable=response.status_code in RETRY_STATUSES,
-                                status=response.status_code)
+                                f"{_server_text(response, self.redact)}",
+                                retryable=response.status_code in RETRY_STATUSES, status=response.status_code)
         try:
             items = response.json() if response.content.strip() else []
         except ValueError:
@@ -188,14 +410,14 @@ def _multipart(files: list[bytes], boundary: str) -> bytes:
     return out.getvalue()
 
 
-def _classify(response: requests.Response, expected: list[str]) -> StoreResult:
+def _classify(response: requests.Response, expected: list[str], scrub: Callable[[str], str] = redact) -> StoreResult:
     status = response.status_code
     stored, failed, warnings, failure_codes = _parse_store_response(response)
     retry_after = _retry_after(response)
     if status in RETRY_STATUSES:
-        return StoreResult(RETRY, status, _reason(status, response, failed), stored, failed, warnings, retry_after)
+        return StoreResult(RETRY, status, _reason(status, response, failed, scrub), stored, failed, warnings, retry_after)
     if status >= 400 or status < 200:
-        return StoreResult(REJECT, status, _reason(status, response, failed), stored, failed, warnings, retry_after)
+        return StoreResult(REJECT, status, _reason(status, response, failed, scrub), stored, failed, warnings, retry_after)
     # 200 or 202: judge instance by instance. A duplicate is the same instance stored before.
     real_failures = {uid: code for uid, code in failure_codes.items() if code != DUPLICATE_SOP_INSTANCE}
     confirmed = set(stored) | (set(failure_codes) - set(real_failures))
@@ -206,7 +428,7 @@ def _classify(response: requests.Response, expected: list[str]) -> StoreResult:
                                stored, failed, warnings, retry_after)
         return StoreResult(STORED, status, "; ".join(warnings), stored, failed, warnings, retry_after)
     outcome = RETRY if all(_retryable(code) for code in real_failures.values()) else REJECT
-    return StoreResult(outcome, status, _reason(status, response, failed), stored, failed, warnings, retry_after)
+    return StoreResult(outcome, status, _reason(status, response, failed, scrub), stored, failed, warnings, retry_after)
 
 
 def _parse_store_response(response: requests.Response):
@@ -247,13 +469,39 @@ def _first(item: dict, tag: str):
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    try:
-        return float(response.headers["Retry-After"])
-    except (KeyError, ValueError):
+    """Seconds the server asks to wait (Retry-After, RFC 9110 10.2.3), never raising on what it sent.
+
+    delta-seconds, or an HTTP-date (counted from now; one in the past means now). Read leniently: "1.5", "1e9"
+    and "inf" are taken as numbers, so the value may be huge or infinite; the sync caps it. A negative number
+    means now; NaN, an empty or unreadable value is as if there were none.
+    """
+    value = response.headers.get("Retry-After")
+    if value is None:
         return None
+    text = value.strip()
+    seconds: float | None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = _http_date_from_now(text)
+    if seconds is None or math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
 
 
-def _reason(status: int, response: requests.Response, failed: dict[str, str]) -> str:
+def _http_date_from_now(text: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+
+
+def _reason(status: int, response: requests.Response, failed: dict[str, str], scrub: Callable[[str], str]) -> str:
     words = {400: "the PACS could not read the request", 401: "the PACS refused the credentials",
              403: "the PACS does not allow this unit to store", 404: "no DICOMweb service at this URL",
              409: "the PACS refused the instances (conflict)", 413: "the request is too large for the PACS",
@@ -263,17 +511,19 @@ def _reason(status: int, response: requests.Response, failed: dict[str, str]) ->
     if failed:
         text += ": " + "; ".join(f"{uid} {why}" for uid, why in failed.items())
     elif not response.headers.get("Content-Type", "").startswith("application/dicom+json"):
-        server = _server_text(response)
+        server = _server_text(response, scrub)
         if server:
             text += f": {server}"
     return text
 
 
-def _server_text(response: requests.Response) -> str:
-    return " ".join(response.text.split())[:300]
+def _server_text(response: requests.Response, scrub: Callable[[str], str] = redact) -> str:
+    """The server's words on one line, scrubbed of credentials before they are cut short (a cut must not leave
+    half a password that no scrub would recognise)."""
+    return " ".join(scrub(response.text[:20000]).split())[:300]
 
 
-def _short(error: Exception) -> str:
-    """The network error's gist (urllib3 keeps it in `reason`); credentials are never part of it."""
+def _short(error: Exception, scrub: Callable[[str], str] = redact) -> str:
+    """The network error's gist (urllib3 keeps it in `reason`), scrubbed (a proxy's URL may hold its password)."""
     reason = getattr(error.args[0], "reason", None) if error.args else None
-    return str(reason or error)[:300]
+    return scrub(str(reason or error))[:300]

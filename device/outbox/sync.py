@@ -5,7 +5,8 @@ Segmentation and structured report. What each answer does to the item:
 - stored: marked sent.
 - retry (no answer, a timeout, 5xx, 429, ...): the item waits for a later run, exponentially longer
   after each failure (30 s doubling to 1 h, "full jitter" so units that lost the same network do not
-  come back in step), and this run stops: a PACS that is down would refuse every item the same way.
+  come back in step), or as long as the PACS's Retry-After asks if that is longer, up to
+  [sync] max_retry_after_s; and this run stops: a PACS that is down would refuse every item the same way.
 - the PACS refuses this unit's credentials (401, 403): as retry. The fault is the unit's settings,
   not the item, and quarantining the whole queue would leave the IT person requeueing every visit.
 - any other refusal, or an eye that cannot be encoded (a damaged image, a bad mask): quarantined
@@ -23,6 +24,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import logging
+import math
 import os
 import random
 import signal
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
+MAX_RETRY_AFTER_S = SyncConfig.max_retry_after_s  # the default cap on a PACS's Retry-After
 UNIT_REFUSED = {401, 403}  # about this unit's credentials, not about the item
 _BATCH = 100
 
@@ -78,6 +81,17 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
         raise ValueError(f"a backoff follows at least one failure, not {failures}")
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(failures - 1, 32))
     return rng.uniform(0.0, ceiling)
+
+
+def retry_delay(failures: int, retry_after: float | None, rng: random.Random,
+                max_retry_after_s: float = MAX_RETRY_AFTER_S) -> float:
+    """Seconds to wait after a failure: the backoff, or the server's Retry-After when it asks for longer, but never
+    more than `max_retry_after_s` for the Retry-After: a PACS (or anything between) saying "inf" or "1e9" must
+    not park an item until 2057, nor crash the run. Always a finite number of seconds."""
+    delay = backoff_delay(failures, rng)
+    if retry_after is not None and not math.isnan(retry_after):
+        delay = max(delay, min(retry_after, max_retry_after_s))
+    return delay
 
 
 def _failures_in_a_row(visits: VisitLog, item_id: int) -> int:
@@ -128,9 +142,10 @@ def _utc_now() -> dt.datetime:
 
 def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit: int | None = None,
               now: dt.datetime | None = None, rng: random.Random | None = None,
-              stop: threading.Event | None = None) -> SyncReport:
+              stop: threading.Event | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S) -> SyncReport:
     """Send the outbox items that are due at `now` (default: the clock), oldest first, at most `limit`;
-    `stop` (set on SIGTERM) ends the run after the item in flight."""
+    `stop` (set on SIGTERM) ends the run after the item in flight. A server's Retry-After holds an item back
+    at most `max_retry_after_s`."""
     started = time.monotonic()
     rng = rng or random.Random()
     report = SyncReport()
@@ -138,7 +153,8 @@ def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit
         if not held:
             report.stopped = "another sync is running on this unit"
         else:
-            _send_due(visits, client, device_id, _due_items(visits, now or _utc_now(), limit), now, rng, stop, report)
+            _send_due(visits, client, device_id, _due_items(visits, now or _utc_now(), limit), now, rng, stop, report,
+                      max_retry_after_s)
     counts = visits.outbox_counts()
     report.pending, report.quarantined_total = counts["pending"], counts["quarantined"]
     report.elapsed_s = round(time.monotonic() - started, 3)
@@ -146,7 +162,8 @@ def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit
 
 
 def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: Iterator[dict],
-              now: dt.datetime | None, rng: random.Random, stop: threading.Event | None, report: SyncReport) -> None:
+              now: dt.datetime | None, rng: random.Random, stop: threading.Event | None, report: SyncReport,
+              max_retry_after_s: float) -> None:
     with encoder(visits, device_id) as submit:
         for item, encoding in ahead(items, submit, window=4):
             if stop is not None and stop.is_set():
@@ -162,14 +179,14 @@ def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: I
                 log.error("quarantined %s: %s", where, reason)
                 continue
             result = client.store_files(files)
-            stop_reason = _record(visits, item, result, now, rng, report, where)
+            stop_reason = _record(visits, item, result, now, rng, report, where, max_retry_after_s)
             if stop_reason is not None:
                 report.stopped = stop_reason
                 return
 
 
 def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime | None, rng: random.Random,
-            report: SyncReport, where: str) -> str | None:
+            report: SyncReport, where: str, max_retry_after_s: float) -> str | None:
     """Write the outcome to the outbox; return why the run must stop, if it must."""
     if result.outcome == STORED:
         response = f"HTTP {result.status}: {len(result.stored)} instances stored"
@@ -185,7 +202,7 @@ def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime 
         log.error("quarantined %s: the PACS refused it: %s", where, result.reason)
         return None
     failures = _failures_in_a_row(visits, item["id"]) + 1
-    delay = max(backoff_delay(failures, rng), result.retry_after or 0.0)
+    delay = retry_delay(failures, result.retry_after, rng, max_retry_after_s)
     next_attempt = (now or _utc_now()) + dt.timedelta(seconds=delay)
     visits.outbox_mark_failed(item["id"], result.reason, next_attempt_at=next_attempt)
     report.failed += 1
@@ -240,13 +257,20 @@ def client_from_config(cfg: SyncConfig, target: str | None = None) -> DicomWebCl
         ca_file = str(Path(cfg.ca_file).expanduser())
         if not Path(ca_file).is_file():
             raise SyncConfigError(f"[sync] ca_file = {cfg.ca_file!r}: no such file")
-    if cfg.timeout_s <= 0:
-        raise SyncConfigError(f"[sync] timeout_s must be a positive number of seconds, not {cfg.timeout_s}")
+    for setting in ("timeout_s", "deadline_s"):
+        _positive_seconds(cfg, setting)
     try:
         return DicomWebClient(url, token=token, username=username, password=password, ca_file=ca_file,
-                              timeout=cfg.timeout_s)
+                              timeout=cfg.timeout_s, deadline=cfg.deadline_s)
     except ValueError as exc:
         raise SyncConfigError(f"[sync]: {exc}") from None
+
+
+def _positive_seconds(cfg: SyncConfig, setting: str) -> float:
+    value = getattr(cfg, setting)
+    if not (value > 0 and math.isfinite(value)):
+        raise SyncConfigError(f"[sync] {setting} must be a positive number of seconds, not {value}")
+    return value
 
 
 # --- The service --------------------------------------------------------------------------------
@@ -302,6 +326,7 @@ def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
     SyncConfigError before anything is sent.
     """
     _log_to_stdout()
+    max_retry_after_s = _positive_seconds(config.sync, "max_retry_after_s")
     client = client_from_config(config.sync, target)
     stop = threading.Event()
     totals = {"runs": 0, "attempted": 0, "sent": 0, "failed": 0, "quarantined": 0}
@@ -312,7 +337,8 @@ def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
             return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}}
         with VisitLog(config.data_dir) as visits, _stop_on_signals(stop):
             while True:
-                last = sync_once(visits, client, device_id=config.device_id, stop=stop)
+                last = sync_once(visits, client, device_id=config.device_id, stop=stop,
+                                 max_retry_after_s=max_retry_after_s)
                 totals["runs"] += 1
                 for key in ("attempted", "sent", "failed", "quarantined"):
                     totals[key] += getattr(last, key)
