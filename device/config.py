@@ -68,6 +68,15 @@ class CaptureConfig:
 
 
 @dataclass
+class ClinicConfig:
+    """What the patient's slip says about where they were screened and where to go when referred."""
+
+    name: str = ""                    # e.g. "Kisumu East Health Centre"
+    referral_to: str = ""             # e.g. "County Hospital eye clinic, Monday to Friday, 8 to 12"
+    refer_within_days: int = 30       # a referred patient's slip gives a date to go by: the visit's day plus this
+
+
+@dataclass
 class SyncConfig:
     url: str = ""                     # DICOMweb root, e.g. https://pacs.example.org/dicom-web
     token_file: str = ""              # bearer token, read from this file
@@ -77,12 +86,12 @@ class SyncConfig:
     timeout_s: float = 30.0           # to connect, and for each read: a PACS that says nothing
     deadline_s: float = 300.0         # for one whole request: a PACS that trickles its answer
     interval_s: float = 300.0
+    max_retry_after_s: float = 3600.0  # the longest a PACS's Retry-After may hold an item back
 
 
 @dataclass
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
-    max_retry_after_s: float = 3600.0  # the longest a PACS's Retry-After may hold an item back
     device_id: str = field(default_factory=socket.gethostname)
     board: str = "auto"               # auto | pi5 | jetson-orin-nano | workstation
     simulate: bool = False
@@ -91,6 +100,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     quality: QualitySettings = field(default_factory=QualitySettings)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    clinic: ClinicConfig = field(default_factory=ClinicConfig)
     # Not a setting: the adjustable values as the configuration file (or the constructor) gave them, before
     # the settings page's overrides. The light-safety cap and "back to the file's values" come from here.
     _file_values: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -112,6 +122,8 @@ class Config:
             if value is not None:
                 setattr(cfg, key, value)
         cfg.data_dir = Path(cfg.data_dir).expanduser()
+        if not 1 <= cfg.clinic.refer_within_days <= 365:
+            raise ValueError(f"{path}: [clinic] refer_within_days must be 1 to 365 days, not {cfg.clinic.refer_within_days}")
         cfg._file_values = cfg.adjustable()
         _load_overrides(cfg)
         return cfg

@@ -9,10 +9,13 @@ photo (or was skipped) is armed again only on the worker's explicit "Retake": Ba
 old capture page never re-arms it."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
+import segno
 from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from markupsafe import Markup
 
 from device.kiosk import get_unit
 from device.kiosk.errors import camera_trouble, model_trouble
@@ -210,4 +213,8 @@ def slip(visit_uuid: str):
     visit = _visit(visit_uuid)
     if visit["status"] != "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
-    return render_template("slip.html", visit=visit, outcome=visit_outcome(visit))
+    clinic = get_unit().config.clinic
+    go_by = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date() + dt.timedelta(days=clinic.refer_within_days)
+    qr = segno.make(visit["uuid"], error="m").svg_inline(scale=3, dark="#000", omitsize=False)
+    return render_template("slip.html", visit=visit, outcome=visit_outcome(visit), clinic=clinic, go_by=go_by,
+                           visit_qr=Markup(qr))

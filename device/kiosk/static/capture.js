@@ -11,10 +11,30 @@
   var press = document.getElementById("press");
   var preview = document.getElementById("preview");
   var POLL_MS = 250;
+  var SHUTTER_MS = 350;  // the flash plays out before the page moves on
   var done = false;
   var misses = 0;
   var token = root.dataset.token;
   var stateUrl = root.dataset.stateUrl + "?token=" + encodeURIComponent(token);
+
+  // The photo is taken: a white flash and a short click, so the worker knows without looking at the
+  // screen. The moment is kept for the page that follows (and for the browser test) in sessionStorage.
+  function shutter() {
+    var flash = document.getElementById("shutter");
+    if (flash) flash.classList.add("shutter-on");
+    try {
+      var audio = new (window.AudioContext || window.webkitAudioContext)();
+      var tone = audio.createOscillator();
+      var gain = audio.createGain();
+      tone.frequency.value = 1200;
+      gain.gain.setValueAtTime(0.2, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.12);
+      tone.connect(gain).connect(audio.destination);
+      tone.start();
+      tone.stop(audio.currentTime + 0.12);
+    } catch (e) { /* no sound on this browser: the flash says it */ }
+    try { window.sessionStorage.setItem("glaucoscreen.shutter", String(Date.now())); } catch (e) { /* private mode */ }
+  }
 
   function taken() {  // the camera is another page's now: say so, send nothing
     leave();
@@ -45,8 +65,9 @@
     steady.value = Math.min(state.streak || 0, steady.max);
     if (state.captured) {
       leave();
+      shutter();
       document.getElementById("working").hidden = false;
-      document.getElementById("accept").submit();
+      window.setTimeout(function () { document.getElementById("accept").submit(); }, SHUTTER_MS);
     }
   }
 

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import waitress
 
@@ -159,6 +161,8 @@ def test_a_health_workers_visit_in_chromium(kiosk, page):
     settings.consecutive_gradable = NEVER  # the left eye is taken with the button
     assert right["manual"] is False and right["frames"] >= auto_after
     page.wait_for_url(re.compile(r".*/eye/left$"), timeout=SCREENING_TIMEOUT_MS)
+    # the page flashed (and clicked) when the photo was taken, before it moved on
+    assert page.evaluate("window.sessionStorage.getItem('glaucoscreen.shutter')") is not None
 
     # -- left eye: the skip page, back, then the button ----------------------------------------
     assert page.inner_text("h1") == "Left eye"
@@ -185,6 +189,11 @@ def test_a_health_workers_visit_in_chromium(kiosk, page):
     assert page.inner_text(".slip-headline") == headline
     look(page, "09-slip")
     visit_uuid = page.url.rsplit("/", 2)[1]
+    # the slip's QR code, as a phone's camera would see it on the screen, reads back as the visit
+    qr = cv2.imdecode(np.frombuffer(page.locator("#slip-qr svg").screenshot(), np.uint8), cv2.IMREAD_COLOR)
+    qr = cv2.copyMakeBorder(cv2.resize(qr, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST), 40, 40, 40, 40,
+                            cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    assert cv2.QRCodeDetector().detectAndDecode(qr)[0] == visit_uuid
     assert unit.visits.get_visit(visit_uuid)["status"] == "finished"
 
     # -- the visit on the home page and the patient's page -------------------------------------

@@ -1,0 +1,75 @@
+"""The patient's slip names the clinic, tells a referred patient where to go and by when, and carries the
+visit's identifier as a QR code; a patient who is not referred gets no destination or date."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+import segno
+
+from device.config import ClinicConfig, Config
+from device.kiosk import create_app
+from device.unit import Unit
+from tests.device.kiosk.test_kiosk import PIN, add_workers, sign_in
+
+
+@pytest.fixture
+def unit(tmp_path):
+    u = Unit.from_config(Config(data_dir=tmp_path / "unit", device_id="test-unit", simulate=True, clinic=ClinicConfig(
+        name="Kisumu East Health Centre", referral_to="County Hospital eye clinic, Monday to Friday", refer_within_days=21)))
+    add_workers(u)
+    yield u
+    u.close()
+
+
+def _finished_visit(unit, identifier: str, referral: str) -> str:
+    visits = unit.visits
+    visits.add_patient(identifier, name="Achieng Otieno", year_of_birth=1950, sex="F", consent=True)
+    visit = visits.start_visit(identifier, operator="amina", device_id="test-unit")
+    for eye in ("right", "left"):
+        capture = visits.add_capture(visit, eye, _jpeg(), quality={"gradable": True})
+        visits.add_result(capture, {"gradable": True, "vcdr": 0.82 if referral == "refer" else 0.4,
+                                    "glaucoma_probability": 0.9 if referral == "refer" else 0.05, "referral": referral})
+    visits.finalize_visit(visit)
+    return visit
+
+
+def _jpeg() -> bytes:
+    import cv2
+    import numpy as np
+
+    return cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+
+
+def _slip(unit, visit: str) -> str:
+    client = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+    assert sign_in(client, "amina", PIN).status_code == 302
+    reply = client.get(f"/visits/{visit}/slip")
+    assert reply.status_code == 200
+    return reply.text
+
+
+def test_a_referred_patients_slip_says_where_to_go_by_when_and_carries_the_visit(unit):
+    visit = _finished_visit(unit, "SL-1", "refer")
+    page = _slip(unit, visit)
+    assert "Kisumu East Health Centre" in page
+    started = dt.datetime.fromisoformat(unit.visits.get_visit(visit)["started_at"]).astimezone().date()
+    go_by = (started + dt.timedelta(days=21)).strftime("%d %B %Y")
+    go = re.search(r'id="slip-go">(.*?)</p>', page, re.S).group(1)
+    assert "County Hospital eye clinic, Monday to Friday" in go and go_by in go
+    svg = re.search(r'<figure class="slip-qr" id="slip-qr">(<svg.*?</svg>)', page, re.S).group(1)
+    assert svg == segno.make(visit, error="m").svg_inline(scale=3, dark="#000", omitsize=False)
+    assert f"Visit {visit}" in page
+
+
+def test_a_patient_who_is_not_referred_gets_no_destination(unit):
+    page = _slip(unit, _finished_visit(unit, "SL-2", "normal"))
+    assert 'id="slip-go"' not in page and "Kisumu East Health Centre" in page and 'id="slip-qr"' in page
+
+
+def test_a_refer_within_days_out_of_range_is_named(tmp_path):
+    config = tmp_path / "glaucoscreen.toml"
+    config.write_text("[clinic]\nrefer_within_days = 0\n")
+    with pytest.raises(ValueError, match=r"\[clinic\] refer_within_days must be 1 to 365 days"):
+        Config.load(config)
