@@ -230,7 +230,7 @@ def cmd_export(args) -> int:
     with VisitLog(cfg.data_dir) as visits:
         try:
             report = export(visits, args.out, visit_uuid=args.visit, since=day(args.since), until=day(args.until),
-                            device_id=cfg.device_id)
+                            device_id=cfg.device_id, refer_within_days=cfg.clinic.refer_within_days)
         except (ExportError, ValueError, LookupError) as exc:
             print(f"glaucoscreen export: {exc}", file=sys.stderr)
             return 1

@@ -7,7 +7,9 @@ import logging
 from flask import Blueprint, jsonify, render_template
 
 from device.kiosk import get_unit
+from device.kiosk.followup import referred_list
 from device.kiosk.outcome import visit_outcome
+from device.visits.followup import ATTENDED, OVERDUE
 
 bp = Blueprint("home", __name__)
 log = logging.getLogger(__name__)
@@ -47,8 +49,11 @@ def index():
     visits = unit.visits.visits_on(dt.date.today())
     today = [(v, visit_outcome(v)) for v in reversed(visits)]
     status = unit_status()
+    referred = referred_list(unit)
     return render_template("home.html", today=today, outbox=unit.visits.outbox_counts(),
-                           problems=device_problems(status), status=status)
+                           problems=device_problems(status), status=status,
+                           waiting=sum(r["state"] != ATTENDED for r in referred),
+                           overdue=sum(r["state"] == OVERDUE for r in referred))
 
 
 @bp.get("/healthz")

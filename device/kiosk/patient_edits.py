@@ -33,7 +33,8 @@ def edit():
     if missing:
         return missing
     values = {"identifier": person["identifier"], "name": person["name"] or "",
-              "year_of_birth": str(person["year_of_birth"] or ""), "sex": person["sex"] or ""}
+              "year_of_birth": str(person["year_of_birth"] or ""), "sex": person["sex"] or "",
+              "phone": person["phone"] or "", "address": person["address"] or ""}
     errors = {}
     if request.method == "POST":
         values, errors = check_details(request.form)
@@ -41,7 +42,8 @@ def edit():
             try:
                 done = get_unit().visits.edit_patient(
                     person["identifier"], by=session["user"], new_identifier=values["identifier"], name=values["name"],
-                    year_of_birth=int(values["year_of_birth"]), sex=values["sex"])
+                    year_of_birth=int(values["year_of_birth"]), sex=values["sex"], phone=values["phone"],
+                    address=values["address"])
             except ValueError as exc:
                 errors["identifier"] = str(exc)[0].upper() + str(exc)[1:] + "."
             else:

@@ -10,7 +10,7 @@ from device.kiosk import get_unit
 from device.kiosk.charts import vcdr_chart
 from device.kiosk.errors import error_page
 from device.kiosk.outcome import visit_outcome
-from device.visits.visitlog import EYES
+from device.visits.visitlog import EYES, MAX_ADDRESS, MAX_PHONE
 
 bp = Blueprint("patients", __name__)
 
@@ -21,7 +21,7 @@ SEXES = {"F": "Female", "M": "Male", "O": "Other"}
 
 def check_details(form) -> tuple[dict, dict[str, str]]:
     """The entered patient details, cleaned, and a message per field that is not right (empty when all are)."""
-    values = {k: (form.get(k) or "").strip() for k in ("identifier", "name", "year_of_birth", "sex")}
+    values = {k: (form.get(k) or "").strip() for k in ("identifier", "name", "year_of_birth", "sex", "phone", "address")}
     errors = {}
     if not values["identifier"]:
         errors["identifier"] = "Enter the patient's clinic number."
@@ -39,6 +39,10 @@ def check_details(form) -> tuple[dict, dict[str, str]]:
         errors["year_of_birth"] = f"Enter the year of birth as four digits, from 1900 to {this_year}."
     if values["sex"] not in SEXES:
         errors["sex"] = "Choose female, male or other."
+    if len(values["phone"]) > MAX_PHONE or not all(c.isdigit() or c in " +-()" for c in values["phone"]):
+        errors["phone"] = f"Enter the phone number with digits only (at most {MAX_PHONE}), or leave it empty."
+    if len(values["address"]) > MAX_ADDRESS:
+        errors["address"] = f"The village or address is at most {MAX_ADDRESS} characters."
     return values, errors
 
 
@@ -61,7 +65,7 @@ def register():
         if not errors:
             try:
                 unit.visits.add_patient(values["identifier"], name=values["name"], year_of_birth=int(values["year_of_birth"]),
-                                        sex=values["sex"], consent=True)
+                                        sex=values["sex"], consent=True, phone=values["phone"], address=values["address"])
             except ValueError:
                 existing = unit.visits.get_patient(values["identifier"])
                 if existing is None:

@@ -143,7 +143,7 @@ class ExportJob:
                 raise ExportError(f"cannot write to {drive} ({exc.strerror or exc}): is the stick write-protected "
                                   "or mounted read-only?") from None
             result = export(unit.visits, target, since=since, until=until, device_id=unit.config.device_id,
-                            progress=self._progress)
+                            progress=self._progress, refer_within_days=unit.config.clinic.refer_within_days)
         except (ExportError, ValueError, LookupError) as exc:
             log.warning("export to %s failed: %s", drive, exc)
             outcome = {"status": "failed", "error": str(exc)}

@@ -24,10 +24,15 @@ from pydicom import dcmread
 
 from device.outbox.study import Unencodable, encode_item
 from device.visits.durable import write_whole
+from device.visits.followup import follow_up
 from device.visits.visitlog import VisitLog
 
 CSV_NAME = "visits.csv"
 CSV_FIELDS = ("visit", "patient", "date", "eye", "vcdr", "glaucoma_probability", "referral")
+# Every referred patient and where they stand, as of the export: the clinic follows them up from this sheet.
+REFERRED_NAME = "referred.csv"
+REFERRED_FIELDS = ("visit", "patient", "name", "phone", "address", "referred_on", "go_by", "state", "days_overdue",
+                   "attended_on", "recorded_by")
 FILE_NAMES = {"OP": "photo.dcm", "SEG": "segmentation.dcm", "SR": "report.dcm"}
 TEMP_PREFIX = ".partial-"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a FAT stick's 4 GiB limit, or a size limit
@@ -91,16 +96,17 @@ def _merged(earlier: list[dict], rows: list[dict]) -> list[dict]:
     return sorted(kept + rows, key=lambda r: (r["date"], r["visit"], r["eye"] != "right"))
 
 
-def _csv_bytes(rows: list[dict]) -> bytes:
+def _csv_bytes(rows: list[dict], fields: tuple[str, ...] = CSV_FIELDS) -> bytes:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\r\n")  # opens cleanly in a spreadsheet
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\r\n")  # opens cleanly in a spreadsheet
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode("utf-8")
 
 
 def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since: dt.date | None = None,
-           until: dt.date | None = None, device_id: str, progress: Callable[[int, int], None] | None = None) -> dict:
+           until: dt.date | None = None, device_id: str, progress: Callable[[int, int], None] | None = None,
+           refer_within_days: int = 30, today: dt.date | None = None) -> dict:
     """Write one finished visit (`visit_uuid`), or the finished visits started from `since` to `until` (days
     included, the unit's local time; None leaves that end open), to the folder `out`.
 
@@ -108,6 +114,7 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     cannot be encoded (a damaged photo), each with its reason. Raises ExportError when the stick is missing,
     read-only or full, and ValueError/LookupError for a visit that cannot be exported. `progress(done, total)`
     is called with the visits written so far, before the first and after each, for a screen that shows it.
+    Every export also writes the whole referred list as it stands `today` (REFERRED_NAME).
     """
     out = Path(out)
     chosen = _chosen(visits, visit_uuid, since, until)
@@ -154,8 +161,24 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
         except OSError as exc:
             raise _write_error(out, exc, len(table), len(rows)) from None
         written += len(table)
+    referred = _referred_bytes(visits, refer_within_days, today or dt.date.today())
+    try:
+        write_whole(out / REFERRED_NAME, referred, TEMP_PREFIX)
+    except OSError as exc:
+        raise _write_error(out, exc, len(referred), len(rows)) from None
+    written += len(referred)
     return {"out": str(out), "visits": len({r["visit"] for r in rows}), "eyes": len(rows), "files": files,
-            "bytes": written, "csv": str(csv_path) if rows else None, "skipped": skipped}
+            "bytes": written, "csv": str(csv_path) if rows else None, "skipped": skipped,
+            "referred_csv": str(out / REFERRED_NAME)}
+
+
+def _referred_bytes(visits: VisitLog, refer_within_days: int, today: dt.date) -> bytes:
+    rows = [{"visit": r["visit_uuid"], "patient": r["identifier"], "name": r["name"] or "", "phone": r["phone"] or "",
+             "address": r["address"] or "", "referred_on": r["visited_on"].isoformat(), "go_by": r["go_by"].isoformat(),
+             "state": r["state"], "days_overdue": r["days_overdue"], "attended_on": r["attended_on"] or "",
+             "recorded_by": r["recorded_by"] or ""}
+            for r in follow_up(visits.referred_visits(), refer_within_days, today)]
+    return _csv_bytes(rows, REFERRED_FIELDS)
 
 
 def _full_message(out: Path, free: int, needed: int, eyes_done: int) -> str:

@@ -122,7 +122,20 @@ def m003_patient_edits(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX patient_edits_by_patient ON patient_edits(patient_id, id)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits)
+def m004_follow_up(db: sqlite_utils.Database) -> None:
+    """A way to reach a referred patient (phone, village or address; both optional) and, per referred visit,
+    whether the patient was seen at the eye clinic: what the Referred list follows up."""
+    db.execute("ALTER TABLE patients ADD COLUMN phone TEXT")
+    db.execute("ALTER TABLE patients ADD COLUMN address TEXT")
+    db.execute("""CREATE TABLE attended_referrals (
+        visit_uuid TEXT PRIMARY KEY REFERENCES visits(uuid),
+        attended_on TEXT NOT NULL,
+        recorded_by TEXT NOT NULL CHECK (length(trim(recorded_by)) > 0),
+        recorded_at TEXT NOT NULL
+    )""")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits, m004_follow_up)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

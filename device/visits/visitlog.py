@@ -139,6 +139,19 @@ def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
     return decode_mask(img)
 
 
+MAX_PHONE, MAX_ADDRESS = 32, 200
+
+
+def _contact(phone: str | None, address: str | None) -> tuple[str | None, str | None]:
+    """A phone number (digits, spaces, + - ( ) only) and a village or address, both optional."""
+    phone, address = (phone or "").strip() or None, " ".join((address or "").split()) or None
+    if phone is not None and (len(phone) > MAX_PHONE or not all(c.isdigit() or c in " +-()" for c in phone)):
+        raise ValueError(f"a phone number is at most {MAX_PHONE} digits, spaces and + - ( ), not {phone!r}")
+    if address is not None and len(address) > MAX_ADDRESS:
+        raise ValueError(f"a village or address is at most {MAX_ADDRESS} characters")
+    return phone, address
+
+
 def fold(text: str | None) -> str:
     """A name as search compares it: accents and case folded away (Unicode's own decomposition and case
     folding), so "Ánh" and "anh", "Nguyễn" and "NGUYEN" are one."""
@@ -255,29 +268,33 @@ class VisitLog:
         return identifier, None
 
     def add_patient(self, identifier: str, *, name: str | None = None, year_of_birth: int | None = None,
-                    sex: str | None = None, consent: bool = False) -> dict:
+                    sex: str | None = None, consent: bool = False, phone: str | None = None,
+                    address: str | None = None) -> dict:
         """Register a patient. Identifiers are compared without regard to case, as workers type them."""
         identifier, sex = self._clean_patient(identifier, year_of_birth, sex)
+        phone, address = _contact(phone, address)
         with self._write() as db:
             if self.get_patient(identifier) is not None:
                 raise ValueError(f"a patient with identifier {identifier!r} is already registered")
             db.table("patients").insert({"identifier": identifier, "name": (name or "").strip() or None,
                                    "year_of_birth": year_of_birth, "sex": sex, "consent": int(bool(consent)),
-                                   "created_at": self._now()})
+                                   "phone": phone, "address": address, "created_at": self._now()})
         patient = self.get_patient(identifier)
         assert patient is not None  # inserted just above
         return patient
 
     def edit_patient(self, identifier: str, *, by: str, new_identifier: str | None = None, name: str | None = None,
-                     year_of_birth: int | None = None, sex: str | None = None) -> dict:
+                     year_of_birth: int | None = None, sex: str | None = None, phone: str | None = None,
+                     address: str | None = None) -> dict:
         """Correct a registration (an admin's job), keeping who changed what and when. Eyes that could not be
         sent because of the old details are queued again: the DICOM is built from the patient as they are now.
         Returns the fields changed ({field: [old, new]}) and how many eyes were queued again."""
         with self._write() as db:
             patient = self._patient_row(identifier)
             new_identifier, sex = self._clean_patient(new_identifier or patient["identifier"], year_of_birth, sex)
+            phone, address = _contact(phone, address)
             wanted = {"identifier": new_identifier, "name": (name or "").strip() or None,
-                      "year_of_birth": year_of_birth, "sex": sex}
+                      "year_of_birth": year_of_birth, "sex": sex, "phone": phone, "address": address}
             changes = {k: [patient[k], v] for k, v in wanted.items() if patient[k] != v}
             if "identifier" in changes:
                 other = self.get_patient(new_identifier)
@@ -304,7 +321,7 @@ class VisitLog:
                                  WHERE v.patient_id = ? AND o.status = 'sent'""", (gone["id"],)).fetchone()[0]
             db.execute("UPDATE visits SET patient_id = ? WHERE patient_id = ?", (kept["id"], gone["id"]))
             db.execute("DELETE FROM patients WHERE id = ?", (gone["id"],))
-            registration = {k: gone[k] for k in ("identifier", "name", "year_of_birth", "sex", "created_at")}
+            registration = {k: gone[k] for k in ("identifier", "name", "year_of_birth", "sex", "phone", "address", "created_at")}
             self._audit(db, kept["id"], kept["identifier"], "merge",
                         {"merged": registration, "visits_moved": moved, "sent_under_old_identifier": sent}, by)
             requeued = self._requeue_patient(db, kept["id"])
@@ -532,6 +549,37 @@ class VisitLog:
         for row in rows:
             row["gradable"] = bool(row["gradable"])
         return rows
+
+    # -- follow-up of referred patients -------------------------------------------------------------
+    def referred_visits(self) -> list[dict]:
+        """Finished visits where an eye's last photo was referred, newest first, with the patient's contact
+        and whether they were seen at the eye clinic (`attended_on`, a day, or None)."""
+        return self._rows(
+            """SELECT v.uuid AS visit_uuid, v.started_at, v.operator, p.identifier, p.name, p.phone, p.address,
+                      a.attended_on, a.recorded_by
+               FROM visits v JOIN patients p ON p.id = v.patient_id
+               LEFT JOIN attended_referrals a ON a.visit_uuid = v.uuid
+               WHERE v.status = 'finished' AND EXISTS (
+                   SELECT 1 FROM captures c JOIN results r ON r.capture_id = c.id
+                   WHERE c.visit_uuid = v.uuid AND r.referral = 'refer'
+                     AND c.id = (SELECT max(id) FROM captures m WHERE m.visit_uuid = v.uuid AND m.eye = c.eye)
+                     AND NOT EXISTS (SELECT 1 FROM skipped_eyes s WHERE s.visit_uuid = v.uuid AND s.eye = c.eye))
+               ORDER BY v.started_at DESC, v.rowid DESC""")
+
+    def mark_attended(self, visit_uuid: str, *, on: dt.date, by: str) -> None:
+        """Record that a referred patient was seen at the eye clinic on `on` (the worker hears it from them)."""
+        if not (by or "").strip():
+            raise ValueError("who recorded the attendance must be named")
+        with self._write() as db:
+            visit = self._visit_row(visit_uuid)
+            if visit_uuid not in {r["visit_uuid"] for r in self.referred_visits()}:
+                raise ValueError(f"visit {visit_uuid} did not refer its patient")
+            if on < dt.date.fromisoformat(visit["started_at"][:10]) or on > self._clock().date():
+                raise ValueError(f"the day seen ({on}) must lie between the visit and today")
+            db.execute("""INSERT INTO attended_referrals (visit_uuid, attended_on, recorded_by, recorded_at)
+                          VALUES (?, ?, ?, ?) ON CONFLICT (visit_uuid) DO UPDATE SET attended_on = excluded.attended_on,
+                          recorded_by = excluded.recorded_by, recorded_at = excluded.recorded_at""",
+                       (visit_uuid, on.isoformat(), by, self._now()))
 
     # -- outbox -----------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 100, *, now: dt.datetime | None = None) -> list[dict]:

@@ -1,0 +1,39 @@
+"""The Referred list: every referred visit with the day the patient should have gone by, whether the
+worker has recorded that they were seen at the eye clinic, and who is overdue. Screening finds glaucoma;
+only the referral that is kept treats it."""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+
+from device.kiosk import get_unit
+from device.visits.followup import ATTENDED, OVERDUE, follow_up
+
+bp = Blueprint("followup", __name__)
+
+
+def referred_list(unit, today: dt.date | None = None) -> list[dict]:
+    return follow_up(unit.visits.referred_visits(), unit.config.clinic.refer_within_days, today or dt.date.today())
+
+
+@bp.get("/referred")
+def referred():
+    rows = referred_list(get_unit())
+    show = request.args.get("show", "waiting")
+    shown = rows if show == "all" else [r for r in rows if r["state"] != ATTENDED]
+    return render_template("referred.html", rows=shown, show=show, today=dt.date.today(),
+                           overdue=sum(r["state"] == OVERDUE for r in rows), total=len(rows))
+
+
+@bp.post("/referred/<visit_uuid>/attended")
+def attended(visit_uuid: str):
+    text = (request.form.get("attended_on") or "").strip()
+    try:
+        on = dt.date.fromisoformat(text) if text else dt.date.today()
+        get_unit().visits.mark_attended(visit_uuid, on=on, by=session["user"])
+    except (ValueError, LookupError) as exc:
+        flash(f"Not recorded: {exc}.", "warning")
+    else:
+        flash(f"Recorded: seen at the eye clinic on {on.strftime('%d %B %Y')}.", "info")
+    return redirect(url_for("followup.referred", show=request.args.get("show", "waiting")))
