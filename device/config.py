@@ -96,6 +96,8 @@ class Config:
     board: str = "auto"               # auto | pi5 | jetson-orin-nano | workstation
     simulate: bool = False
     precision: str = "auto"           # auto | fp32 | int8
+    # A visit left unfinished this long is closed as abandoned and sent with what it has
+    abandon_visit_after_h: float = 12.0
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     quality: QualitySettings = field(default_factory=QualitySettings)
@@ -122,6 +124,8 @@ class Config:
             if value is not None:
                 setattr(cfg, key, value)
         cfg.data_dir = Path(cfg.data_dir).expanduser()
+        if not 0.5 <= cfg.abandon_visit_after_h <= 24 * 30:
+            raise ValueError(f"{path}: abandon_visit_after_h must be from 0.5 hours to 30 days, not {cfg.abandon_visit_after_h}")
         if not 1 <= cfg.clinic.refer_within_days <= 365:
             raise ValueError(f"{path}: [clinic] refer_within_days must be 1 to 365 days, not {cfg.clinic.refer_within_days}")
         cfg._file_values = cfg.adjustable()

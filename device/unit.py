@@ -6,6 +6,7 @@ objects.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import signal
@@ -195,6 +196,10 @@ class Unit:
 
     def start(self) -> None:
         self.visits.recover()
+        closed = self.visits.close_abandoned(dt.timedelta(hours=self.config.abandon_visit_after_h))
+        if closed:
+            log.info("closed %d visit(s) left unfinished for over %g h; they are sent with what they have",
+                     len(closed), self.config.abandon_visit_after_h)
         self.capture.start()
 
     def close(self) -> None:

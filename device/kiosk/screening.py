@@ -34,6 +34,11 @@ SKIP_REASONS = {
     "declined": "The patient did not want this eye photographed",
     "cannot": "This eye cannot be photographed (injury, infection, artificial eye)",
 }
+CANCEL_REASONS = {
+    "left": "The patient left before the photos were taken",
+    "mistake": "Registered by mistake",
+    "unit": "The unit could not take the photos",
+}
 RETAKE_KEY = "retake"  # the session's record of the one eye the worker asked to photograph again
 CAMERA_TAKEN = ("The camera is now in use for another patient or eye. Nothing was recorded from this page. "
                 "To photograph this eye, press “Use the camera here”.")
@@ -188,6 +193,28 @@ def skip(visit_uuid: str, eye: str):
         error = "Write why this eye is skipped." if choice == "other" else "Choose why this eye is skipped."
     return render_template("skip.html", visit=visit, eye=eye, eye_name=EYE_NAME[eye], reasons=SKIP_REASONS,
                            choice=choice, other=other, error=error), 422 if error else 200
+
+
+@bp.route("/visits/<visit_uuid>/cancel", methods=["GET", "POST"])
+def cancel(visit_uuid: str):
+    """End a visit that cannot be finished, with a reason: what was photographed is kept and sent."""
+    visit = _visit(visit_uuid)
+    if visit["status"] == "finished":
+        return redirect(url_for("screening.result", visit_uuid=visit_uuid))
+    choice, other, error = request.form.get("reason", ""), request.form.get("other", "").strip(), None
+    if request.method == "POST":
+        reason = CANCEL_REASONS.get(choice) or (other if choice == "other" else "")
+        if reason:
+            unit = get_unit()
+            unit.cancel_capture(visit_uuid)
+            unit.visits.close_visit(visit_uuid, f"Visit cancelled: {reason}")
+            session.pop(RETAKE_KEY, None)
+            name = visit["patient"]["name"] or visit["patient"]["identifier"]
+            flash(f"{name}'s visit was cancelled. Photos already taken are kept and sent.", "info")
+            return redirect(url_for("home.index"))
+        error = "Write why the visit is cancelled." if choice == "other" else "Choose why the visit is cancelled."
+    return render_template("cancel.html", visit=visit, reasons=CANCEL_REASONS, choice=choice, other=other,
+                           error=error), 422 if error else 200
 
 
 @bp.get("/visits/<visit_uuid>")

@@ -142,6 +142,7 @@ class ExportJob:
             except OSError as exc:
                 raise ExportError(f"cannot write to {drive} ({exc.strerror or exc}): is the stick write-protected "
                                   "or mounted read-only?") from None
+            unit.visits.close_abandoned(dt.timedelta(hours=unit.config.abandon_visit_after_h))
             result = export(unit.visits, target, since=since, until=until, device_id=unit.config.device_id,
                             progress=self._progress, refer_within_days=unit.config.clinic.refer_within_days)
         except (ExportError, ValueError, LookupError) as exc:

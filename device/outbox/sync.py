@@ -337,6 +337,8 @@ def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
             return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}}
         with VisitLog(config.data_dir) as visits, _stop_on_signals(stop):
             while True:
+                # a visit nobody will finish goes with what it has, rather than waiting for ever
+                visits.close_abandoned(dt.timedelta(hours=config.abandon_visit_after_h))
                 last = sync_once(visits, client, device_id=config.device_id, stop=stop,
                                  max_retry_after_s=max_retry_after_s)
                 totals["runs"] += 1

@@ -135,7 +135,14 @@ def m004_follow_up(db: sqlite_utils.Database) -> None:
     )""")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits, m004_follow_up)
+def m005_closed_visits(db: sqlite_utils.Database) -> None:
+    """Why a visit was closed without the worker finishing it: cancelled with a reason, or abandoned
+    (left unfinished past the configured age). Such a visit is finished with what it has, and synced."""
+    db.execute("ALTER TABLE visits ADD COLUMN closed_reason TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits, m004_follow_up,
+                                     m005_closed_visits)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

@@ -456,17 +456,49 @@ class VisitLog:
     def finalize_visit(self, visit_uuid: str) -> list[int]:
         """Finish the visit and queue one outbox item per eye with a result, in one transaction; idempotent."""
         with self._write() as db:
-            visit = self._visit_row(visit_uuid)
-            if visit["status"] != "finished":
-                now = self._now()
-                for eye, state in self._eyes(visit_uuid).items():
-                    if state["skipped"] is None and state["result"] is not None:
-                        db.execute(
-                            """INSERT OR IGNORE INTO outbox (visit_uuid, eye, kind, capture_id, result_id, created_at)
-                               VALUES (?, ?, ?, ?, ?, ?)""",
-                            (visit_uuid, eye, OUTBOX_KIND, state["capture"]["id"], state["result"]["id"], now))
-                db.execute("UPDATE visits SET status = 'finished', finished_at = ? WHERE uuid = ?", (now, visit_uuid))
-            return [r["id"] for r in self._rows("SELECT id FROM outbox WHERE visit_uuid = ? ORDER BY id", (visit_uuid,))]
+            return self._finalize(db, visit_uuid)
+
+    def _finalize(self, db: sqlite_utils.Database, visit_uuid: str) -> list[int]:
+        """finalize_visit's work, inside the caller's transaction."""
+        visit = self._visit_row(visit_uuid)
+        if visit["status"] != "finished":
+            now = self._now()
+            for eye, state in self._eyes(visit_uuid).items():
+                if state["skipped"] is None and state["result"] is not None:
+                    db.execute(
+                        """INSERT OR IGNORE INTO outbox (visit_uuid, eye, kind, capture_id, result_id, created_at)
+                           VALUES (?, ?, ?, ?, ?, ?)""",
+                        (visit_uuid, eye, OUTBOX_KIND, state["capture"]["id"], state["result"]["id"], now))
+            db.execute("UPDATE visits SET status = 'finished', finished_at = ? WHERE uuid = ?", (now, visit_uuid))
+        return [r["id"] for r in self._rows("SELECT id FROM outbox WHERE visit_uuid = ? ORDER BY id", (visit_uuid,))]
+
+    def close_visit(self, visit_uuid: str, reason: str) -> list[int]:
+        """Finish a visit the worker cannot finish (the patient left, a registration made by mistake) or that was
+        abandoned: an eye with neither a result nor a skip is skipped with `reason`, and what was photographed is
+        queued to send like any other visit. Returns the outbox items, as `finalize_visit` does."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise ValueError("closing a visit needs a reason (e.g. 'patient left before the photos')")
+        with self._write() as db:
+            if self._visit_row(visit_uuid)["status"] == "finished":
+                raise ValueError(f"visit {visit_uuid} is already finished")
+            for eye, state in self._eyes(visit_uuid).items():
+                if state["skipped"] is None and state["result"] is None:
+                    db.execute("INSERT INTO skipped_eyes (visit_uuid, eye, reason, skipped_at) VALUES (?, ?, ?, ?)",
+                               (visit_uuid, eye, reason, self._now()))
+            db.execute("UPDATE visits SET closed_reason = ? WHERE uuid = ?", (reason, visit_uuid))
+            return self._finalize(db, visit_uuid)
+
+    def close_abandoned(self, older_than: dt.timedelta) -> list[str]:
+        """Close every visit left unfinished (open, or interrupted by a power cut) for longer than `older_than`,
+        so that it stops waiting and what it has reaches the PACS. Returns their UUIDs."""
+        cutoff = _iso(self._clock() - older_than)
+        hours = older_than.total_seconds() / 3600
+        stale = [r["uuid"] for r in self._rows(
+            "SELECT uuid FROM visits WHERE status IN ('open', 'interrupted') AND started_at <= ? ORDER BY started_at", (cutoff,))]
+        for visit_uuid in stale:
+            self.close_visit(visit_uuid, f"Abandoned: not finished within {hours:g} hours")
+        return stale
 
     def _eyes(self, visit_uuid: str) -> dict[str, dict]:
         """Per eye: its latest capture, that capture's result, the skip reason and how many photos were taken."""
