@@ -18,7 +18,22 @@ from device.visits.datadir import DataDir
 
 def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) -> Flask:
     """The kiosk app for `unit`. Without `secret_key` a fresh one is made, so a restart signs everyone out."""
-    from device.kiosk import admin, auth, errors, followup, home, images, operations, patient_edits, patients, screening, security, settings, usb_export
+    from device.kiosk import (
+        admin,
+        auth,
+        errors,
+        followup,
+        home,
+        images,
+        operations,
+        patient_edits,
+        patients,
+        screening,
+        security,
+        sending,
+        settings,
+        usb_export,
+    )
 
     app = Flask(__name__)
     app.config.update(
@@ -38,7 +53,7 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
     app.jinja_env.filters["gib"] = lambda n: f"{n / 2**30:.1f} GB"
     security.init_app(app)
     errors.init_app(app)
-    for bp in (auth.bp, home.bp, patients.bp, patient_edits.bp, followup.bp, screening.bp, images.bp, admin.bp, operations.bp,
+    for bp in (auth.bp, home.bp, patients.bp, patient_edits.bp, followup.bp, screening.bp, images.bp, admin.bp, sending.bp, operations.bp,
                settings.bp, usb_export.bp):
         app.register_blueprint(bp)
     return app

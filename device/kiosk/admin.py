@@ -83,27 +83,3 @@ def remove(username: str):
     log.info("kiosk: %s removed user %s", session["user"], username)
     flash(f"{username} was removed.", "info")
     return redirect(url_for("admin.index"))
-
-
-@bp.get("/sync")
-@admin_required
-def sync_queue():
-    """Results the central server refused for good: each with the server's reason, and a way to send it again
-    once the reason is fixed (a wrong patient record on the PACS, a server setting)."""
-    visits = get_unit().visits
-    held = [item | {"attempts_log": visits.outbox_attempts(item["id"])[-3:]} for item in visits.outbox_items("quarantined")]
-    return render_template("sync.html", held=held, outbox=visits.outbox_counts(),
-                           waiting=visits.outbox_items("pending"))
-
-
-@bp.post("/sync/<int:item_id>/retry")
-@admin_required
-def sync_retry(item_id: int):
-    try:
-        get_unit().visits.outbox_requeue(item_id)
-    except (ValueError, LookupError) as exc:
-        flash(f"Not queued again: {exc}.", "warning")
-        return redirect(url_for("admin.sync_queue"))
-    log.info("kiosk: %s queued outbox item %d again", session["user"], item_id)
-    flash("Queued again: it goes with the next sync.", "info")
-    return redirect(url_for("admin.sync_queue"))

@@ -654,6 +654,24 @@ class VisitLog:
         result["screening"] = json.loads(result.pop("result_json"))
         return {"item": item, "visit": visit, "patient": patient, "capture": capture, "result": result}
 
+    def outbox_listed(self, status: str) -> list[dict]:
+        """The items with this status as the sending page lists them: the patient's name and clinic number and the
+        visit's day (a worker knows a patient, not a visit UUID), oldest first."""
+        return self._rows(
+            """SELECT o.id, o.eye, o.attempts, o.last_error, o.next_attempt_at, o.visit_uuid, v.started_at,
+                      p.identifier, p.name
+               FROM outbox o JOIN visits v ON v.uuid = o.visit_uuid JOIN patients p ON p.id = v.patient_id
+               WHERE o.status = ? ORDER BY o.id""", (status,))
+
+    def outbox_last_attempt(self) -> dict | None:
+        """The latest attempt to send anything: when, and what came of it."""
+        return self._one("SELECT at, outcome, error, response FROM outbox_attempts ORDER BY id DESC LIMIT 1")
+
+    def outbox_due_now(self) -> int:
+        """Make every waiting item due at once (the worker pressed "Send now"); returns how many wait."""
+        with self._write() as db:
+            return db.execute("UPDATE outbox SET next_attempt_at = NULL WHERE status = 'pending'").rowcount
+
     def outbox_mark_sent(self, item_id: int, response: str | None = None) -> None:
         with self._write() as db:
             self._outbox_item(item_id)

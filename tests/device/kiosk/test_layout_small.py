@@ -8,8 +8,7 @@ import re
 import pytest
 
 from tests.device.kiosk.test_kiosk import PIN
-from tests.device.kiosk.test_kiosk_browser import (NEVER, SMALL, kiosk, page, register_and_start,  # noqa: F401 (fixtures)
-                                                   sign_in_as_amina)
+from tests.device.kiosk.test_kiosk_browser import NEVER, SMALL, kiosk, page, register_and_start, sign_in_as_amina  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
 
