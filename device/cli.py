@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,31 +23,31 @@ def cmd_screen(args) -> int:
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
         return 2
     pipeline = _pipeline(args)
-    visits = visit_uuid = cfg = progression = history = None
+    cfg = Config.load(args.config, data_dir=args.data_dir)  # the bound on a photo's size; where the visit log is
+    visits = visit_uuid = progression = history = None
     if args.record:
         from device.screening.progression import ProgressionAssessor
         from device.visits.recording import eye_history, record_eye
         from device.visits.visitlog import VisitLog
 
         progression = ProgressionAssessor.from_artifacts()
-
-        cfg = Config.load(args.config, data_dir=args.data_dir)
         visits = VisitLog(cfg.data_dir)
         if visits.get_patient(args.patient) is None:
             visits.add_patient(args.patient)
         history = eye_history(visits, args.patient, args.eye)  # finished visits: this run's own stays out of it
     rows, failed = [], 0
     for image in args.images:
-        row, rgb, result = screen_file(pipeline, Path(image), history=history, progression=progression)
+        row, photo, result = screen_file(pipeline, Path(image), history=history, progression=progression,
+                                         max_pixels=cfg.max_photo_pixels)
         if not row["ok"] or not row["gradable"]:
             failed += 1
         if visits is not None and result is not None:
-            assert cfg is not None and rgb is not None  # cfg is loaded with the visit log; a result comes with its photo
+            assert photo is not None  # a result comes with its photo
             if visit_uuid is None:
                 visit_uuid = visits.start_visit(args.patient, operator="cli", device_id=cfg.device_id)
-            original = Path(image).read_bytes()
             row["visit"] = visit_uuid
-            row.update(record_eye(visits, visit_uuid, args.eye, rgb, result, original=original, source="file"))
+            # the photo as read once and screened (never the file again): its own JPEG where that shows it exactly
+            row.update(record_eye(visits, visit_uuid, args.eye, photo.rgb, result, original=photo.original, source="file"))
         rows.append(row)
         print(json.dumps(row), flush=True)
     if visits is not None:
@@ -132,16 +133,7 @@ def cmd_doctor(args) -> int:
 
     cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
     rep = doctor.report(cfg)
-    if args.json:
-        print(json.dumps(rep, indent=1))
-    else:
-        for name, check in rep.items():
-            if name == "ok":
-                continue
-            mark = "ok " if check.get("ok") else "!! "
-            detail = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
-            print(f"{mark}{name:10s} {detail}")
-        print("all checks passed" if rep["ok"] else "some checks failed (marked !!)")
+    print(json.dumps(rep, indent=1) if args.json else doctor.as_text(rep))
     return 0 if rep["ok"] else 1
 
 
@@ -214,6 +206,11 @@ def cmd_sync(args) -> int:
         print(f"glaucoscreen sync: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report))
+    if report["attempted"] and not report["sent"]:
+        # a script or timer must see that results are stuck: nothing went, though something was due
+        print(f"glaucoscreen sync: nothing could be sent ({report['attempted']} tried); the last error is in the "
+              "sending page and the log", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -277,19 +274,45 @@ def cmd_build_engines(args) -> int:
     return 0
 
 
+DATA_DIR_HELP = "the unit's data folder: visit log, images, accounts (default: from the configuration)"
+
+
+def options_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`glaucoscreen --data-dir D user list` and `glaucoscreen user list --data-dir D` mean the same: an IT person
+    types an option where they think of it. Every subcommand, at every level, takes --data-dir and the unit's
+    --config, and a subcommand's own copy never overwrites a value given earlier on the line (SUPPRESS).
+    `train` and `compare` keep their own --config (a training config), which the unit's does not reach."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            present = {option for a in sub._actions for option in a.option_strings}
+            if "--data-dir" not in present:
+                sub.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
+            if "--config" not in present:
+                sub.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                                 help="the unit's TOML configuration (default /etc/glaucoscreen/glaucoscreen.toml)")
+            for a in sub._actions:
+                if a.dest == "data_dir" or (a.dest == "config" and "--config" not in present):
+                    a.default = argparse.SUPPRESS
+            options_anywhere(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glaucoscreen", description="GlaucoScreen Edge: glaucoma screening unit")
     p.add_argument("--config", type=Path, default=None, help="TOML config file (default /etc/glaucoscreen/glaucoscreen.toml)")
+    p.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("screen", help="screen fundus photos and print one JSON object per photo")
-    s.add_argument("images", nargs="+")
-    s.add_argument("--json-out", type=Path)
-    s.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    s.add_argument("images", nargs="+", help="fundus photos (JPEG or PNG files)")
+    s.add_argument("--json-out", type=Path, help="also write the results as one JSON list to this file")
+    s.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                   help="the segmentation engine: auto picks INT8 where the accuracy gate allows and it is faster here")
     s.add_argument("--record", action="store_true", help="also store each screening as a visit in the visit log")
-    s.add_argument("--patient")
-    s.add_argument("--eye", choices=["right", "left"])
-    s.add_argument("--data-dir", type=Path)
+    s.add_argument("--patient", help="with --record: the patient's clinic number (registered if new)")
+    s.add_argument("--eye", choices=["right", "left"], help="with --record: which eye the photo is of")
+    s.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     s.set_defaults(func=cmd_screen)
 
     e = sub.add_parser("evaluate", help="measure the screening on a folder of annotated photos")
@@ -304,12 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show every photo as another camera would (the camera section of a training config, "
                         "e.g. models/configs/classifier_cameras.json): figures of a simulation, labelled so")
     e.add_argument("--camera-seed", type=int, default=0, help="seed of the simulated camera's draws (default 0)")
-    e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    e.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                   help="the segmentation engine measured (auto: what the unit would run here)")
     e.set_defaults(func=cmd_evaluate)
 
     f = sub.add_parser("fit-referral", help="fit the vCDR regression and referral threshold on the val split")
-    f.add_argument("--data", action="append", required=True)
-    f.add_argument("--specificity", type=float, default=0.9)
+    f.add_argument("--data", action="append", required=True, help="a dataset folder with labels.csv (repeat for several)")
+    f.add_argument("--specificity", type=float, default=0.9, help="the specificity on val the threshold is set for")
     f.add_argument("--opinions", default="vcdr,segmentation,disc_classifier",
                    help="the opinions the probability averages, comma-separated (vcdr, segmentation, disc_classifier)")
     f.add_argument("--other-cameras", action="append", default=[], metavar="DATA",
@@ -320,35 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     fp = sub.add_parser("fit-progression", help="fit the progression fusion on GRAPE's val patients; measure on test")
     fp.add_argument("--grape", type=Path, required=True, help="GRAPE folder (eyes.csv, visits.csv, rois/)")
-    fp.add_argument("--specificity", type=float, default=0.8)
-    fp.add_argument("--json-out", type=Path)
+    fp.add_argument("--specificity", type=float, default=0.8, help="the specificity on val the progression call is set for")
+    fp.add_argument("--json-out", type=Path, help="also write the figures to this JSON file")
     fp.set_defaults(func=cmd_fit_progression)
 
     t = sub.add_parser("train", help="train a network from a JSON config (needs the 'train' extra: torch)")
     t.add_argument("--config", type=Path, required=True, help="e.g. models/configs/compare.json")
     t.add_argument("--data", type=Path, help="folder holding the dataset folders (default: ../shared/data)")
     t.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="go on from the run folder's last checkpoint")
     t.set_defaults(func=cmd_train)
 
     cm = sub.add_parser("compare", help="train STL, MTL and MTL-IO on one split and print the comparison table")
-    cm.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "configs" / "compare.json")
-    cm.add_argument("--data", type=Path)
-    cm.add_argument("--out", type=Path)
-    cm.add_argument("--jobs", type=int, default=1)
+    cm.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "configs" / "compare.json",
+                    help="the comparison's training config (JSON; default models/configs/compare.json)")
+    cm.add_argument("--data", type=Path, help="folder holding the dataset folders (default: ../shared/data)")
+    cm.add_argument("--out", type=Path, help="folder for the three runs and the table")
+    cm.add_argument("--jobs", type=int, default=1, help="runs trained at once (each takes the cores it is given)")
     cm.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("doctor", help="check the unit's hardware, models and storage")
-    d.add_argument("--json", action="store_true")
-    d.add_argument("--simulate", action="store_true")
-    d.add_argument("--data-dir", type=Path)
+    d.add_argument("--json", action="store_true", help="print the checks as JSON instead of text")
+    d.add_argument("--simulate", action="store_true", help="check the simulated optic module, camera and GPIO")
+    d.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     d.set_defaults(func=cmd_doctor)
 
     c = sub.add_parser("capture", help="run one capture on the optic module and write the photo and a report")
-    c.add_argument("--simulate", action="store_true")
-    c.add_argument("--eye", choices=["right", "left"], required=True)
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--timeout", type=float, default=30.0)
+    c.add_argument("--simulate", action="store_true", help="use the simulated optic module, camera and GPIO")
+    c.add_argument("--eye", choices=["right", "left"], required=True, help="the eye in front of the module")
+    c.add_argument("--out", type=Path, required=True, help="folder for the photo and its JSON report")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a gradable photo")
     c.add_argument("--seed", type=int, default=0, help="simulated eye and start pose")
     c.add_argument("--hard-start", action="store_true", help="simulation: start off-centre and under-lit")
     c.set_defaults(func=cmd_capture)
@@ -356,52 +381,54 @@ def build_parser() -> argparse.ArgumentParser:
     y = sub.add_parser("sync", help="send finished visits to the central PACS (DICOMweb STOW-RS)")
     y.add_argument("--once", action="store_true", help="one pass over the outbox, then exit (the systemd timer's way)")
     y.add_argument("--target", help="DICOMweb URL for this run instead of [sync] url")
-    y.add_argument("--data-dir", type=Path)
+    y.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     y.set_defaults(func=cmd_sync)
 
     x = sub.add_parser("export", help="write visits as DICOM files + CSV to a folder (a USB stick)")
-    x.add_argument("out", type=Path)
+    x.add_argument("out", type=Path, help="the folder to write to (the USB stick's mount point or a folder on it)")
     x.add_argument("--visit", help="one visit's UUID")
     x.add_argument("--since", help="first day, YYYY-MM-DD")
     x.add_argument("--until", help="last day, YYYY-MM-DD")
-    x.add_argument("--data-dir", type=Path)
+    x.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     x.set_defaults(func=cmd_export)
 
     q = sub.add_parser("quantize", help="build the calibrated INT8 QDQ model from the FP32 one")
     q.add_argument("--data", action="append", required=True, help="dataset folders holding the calibration photos")
-    q.add_argument("--model", default="segmentation")
-    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--model", default="segmentation", help="the shipped model to quantize, by its manifest name")
+    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how activation ranges are calibrated")
     q.set_defaults(func=cmd_quantize)
 
     g = sub.add_parser("gate", help="FP32 vs INT8 on held-out photos; decides which precision the unit uses")
-    g.add_argument("--data", action="append", required=True)
-    g.add_argument("--model", default="segmentation")
-    g.add_argument("--split", default="val")
+    g.add_argument("--data", action="append", required=True, help="a dataset folder with labels.csv (repeat for several)")
+    g.add_argument("--model", default="segmentation", help="the shipped model whose INT8 build is judged")
+    g.add_argument("--split", default="val", help="the photos judged on (the project's val split by default)")
     g.set_defaults(func=cmd_gate)
 
     e2 = sub.add_parser("build-engines", help="build the TensorRT engines on a Jetson (cached by model, TensorRT, GPU, precision)")
-    e2.add_argument("--data-dir", type=Path)
+    e2.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     e2.set_defaults(func=cmd_build_engines)
 
     b = sub.add_parser("bench", help="latency of each engine and the whole screening, FP32 vs INT8, vs the paper's U-Net")
-    b.add_argument("--runs", type=int, default=30)
+    b.add_argument("--runs", type=int, default=30, help="timed runs per figure (after warm-up)")
     b.add_argument("--photo", default="synthetic", help="a photo file, or 'synthetic' for a 2048x1536 synthetic photo")
-    b.add_argument("--threads", type=int)
+    b.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: the board's setting)")
     b.add_argument("--no-reference", action="store_true", help="skip the reference U-Net (needs torch)")
-    b.add_argument("--json-out", type=Path)
+    b.add_argument("--json-out", type=Path, help="also write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("run", help="start the unit: capture loop and kiosk")
     r.add_argument("--simulate", action="store_true", help="simulated optic module, camera and GPIO")
-    r.add_argument("--port", type=int)
-    r.add_argument("--host")
-    r.add_argument("--data-dir", type=Path)
+    r.add_argument("--port", type=int, help="the kiosk's port (default: [kiosk] port, 8080)")
+    r.add_argument("--host", help="the address the kiosk listens on (default: [kiosk] host, 127.0.0.1)")
+    r.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     r.set_defaults(func=cmd_run)
     for name, _module, text in LAB_TRIALS:
         sub.add_parser(name, help=text + f" (`glaucoscreen {name} --help` for its options)", add_help=False)
     from device.accounts import add_user_parser
 
     add_user_parser(sub)
+    options_anywhere(p)
     return p
 
 
@@ -431,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `glaucoscreen doctor | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ ADJUSTABLE_CAPTURE = ("consecutive_gradable", "target_brightness", "max_led_leve
 MAX_CONSECUTIVE_GRADABLE = 30       # about a second of frames: more only makes the worker hold still longer
 TARGET_BRIGHTNESS_RANGE = (0.1, 0.7)
 MIN_LED_LEVEL = 0.05                # below this the ring gives too little light to grade any eye
+# max_photo_pixels: from a small camera's 1 MP to what Pillow still reads a header of (its own bound is ~179 MP)
+PHOTO_PIXELS_RANGE = (1_000_000, 150_000_000)
 
 
 def default_data_dir() -> Path:
@@ -55,6 +57,9 @@ class KioskConfig:
     port: int = 8080
     session_timeout_min: int = 15
     threads: int = 6
+    # Host names the kiosk answers to; any other Host header gets 400 (DNS rebinding). Empty: 127.0.0.1,
+    # localhost and `host` (the unit's own host name too when `host` is every interface, 0.0.0.0).
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +103,8 @@ class Config:
     precision: str = "auto"           # auto | fp32 | int8
     # A visit left unfinished this long is closed as abandoned and sent with what it has
     abandon_visit_after_h: float = 12.0
+    # Photos with more pixels are refused from their header, before decoding (models.runtime.images.MAX_PIXELS)
+    max_photo_pixels: int = 50_000_000
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     quality: QualitySettings = field(default_factory=QualitySettings)
@@ -124,6 +131,10 @@ class Config:
             if value is not None:
                 setattr(cfg, key, value)
         cfg.data_dir = Path(cfg.data_dir).expanduser()
+        low, high = PHOTO_PIXELS_RANGE
+        if not low <= cfg.max_photo_pixels <= high:
+            raise ValueError(f"{path}: max_photo_pixels must lie between {low:,} and {high:,} (a 12 MP phone photo is "
+                             f"12,000,000), not {cfg.max_photo_pixels:,}")
         if not 0.5 <= cfg.abandon_visit_after_h <= 24 * 30:
             raise ValueError(f"{path}: abandon_visit_after_h must be from 0.5 hours to 30 days, not {cfg.abandon_visit_after_h}")
         if not 1 <= cfg.clinic.refer_within_days <= 365:
@@ -318,5 +329,9 @@ def _apply(obj, data: dict, where: str) -> None:
             _apply(current, value, f"{where} [{key}]")
         elif isinstance(current, Path):
             setattr(obj, key, Path(value))
+        elif isinstance(current, list):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{where}: {key} must be a list of names, such as [\"kiosk.clinic.example\"]")
+            setattr(obj, key, list(value))
         else:
             setattr(obj, key, type(current)(value))

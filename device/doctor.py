@@ -153,3 +153,31 @@ def report(cfg: Config) -> dict:
     }
     checks["ok"] = all(c.get("ok") for c in checks.values() if isinstance(c, dict))
     return checks
+
+
+def as_text(report: dict) -> str:
+    """The checks as an IT person reads them on a terminal: one heading per check, marked ok or FAILED,
+    and its facts below it, nested facts indented (`glaucoscreen doctor --json` gives the same as JSON)."""
+    lines = []
+
+    def facts(value: dict, indent: int) -> None:
+        for key, item in value.items():
+            if key == "ok":
+                continue
+            label = " " * indent + key.replace("_", " ")
+            if isinstance(item, dict):
+                mark = "" if "ok" not in item else (" (ok)" if item["ok"] else " (FAILED)")
+                lines.append(f"{label}:{mark}")
+                facts(item, indent + 2)
+            elif isinstance(item, list):
+                lines.append(f"{label}: {', '.join(str(i) for i in item) or '-'}")
+            else:
+                lines.append(f"{label}: {item}")
+
+    for name, check in report.items():
+        if name == "ok" or not isinstance(check, dict):
+            continue
+        lines.append(f"{'ok    ' if check.get('ok') else 'FAILED'} {name.replace('_', ' ')}")
+        facts(check, 7)
+    lines.append("All checks passed." if report.get("ok") else "Some checks FAILED: see above.")
+    return "\n".join(lines)

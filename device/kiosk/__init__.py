@@ -44,6 +44,8 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
         SESSION_COOKIE_SAMESITE="Strict",
         MAX_CONTENT_LENGTH=64 * 1024,   # forms only: nothing a worker types comes near this
         SESSION_TIMEOUT_S=60.0 * unit.config.kiosk.session_timeout_min,
+        # only the names it is served as: a page elsewhere that rebinds its own name to 127.0.0.1 is refused
+        ALLOWED_HOSTS=security.allowed_hosts(unit.config.kiosk.host, unit.config.kiosk.allowed_hosts),
     )
     app.extensions["glaucoscreen.unit"] = unit
     app.extensions["glaucoscreen.accounts"] = Accounts(DataDir(unit.config.data_dir).accounts_db)

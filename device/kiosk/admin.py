@@ -52,11 +52,15 @@ def add_user():
 @admin_required
 def new_pin():
     username = request.form.get("username", "")
+    accounts = get_accounts()
     try:
-        get_accounts().set_pin(username, _check_new_pin(request.form))
+        accounts.set_pin(username, _check_new_pin(request.form))
     except (ValueError, LookupError) as exc:
         return _page(error=f"PIN not changed: {exc}.", status=422)
-    flash(f"{username} has a new PIN.", "info")
+    log.info("kiosk: %s gave %s a new PIN; their sessions ended", session["user"], username)
+    if username.lower() == session["user"].lower():  # one's own new PIN: this screen stays signed in, no other does
+        session["key"] = accounts.session_key(session["user"])
+    flash(f"{username} has a new PIN. Anyone signed in as {username} is signed out.", "info")
     return redirect(url_for("admin.index"))
 
 

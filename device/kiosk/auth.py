@@ -30,9 +30,9 @@ def signin():
                      f"Try again in {describe_wait(locked.remaining_s)}, or ask an administrator to unlock the account.")
             status = 429
         else:
-            if ok:
-                user = accounts.get(chosen)
-                sign_in(user["username"], user["admin"])
+            user = accounts.get(chosen) if ok else None
+            if user is not None:  # (None: removed in the moment since; its key is None too, which no request passes)
+                sign_in(user["username"], user["admin"], accounts.session_key(user["username"]) or "")
                 log.info("kiosk sign-in: %s", user["username"])
                 return redirect(safe_next(next_page))
             if not chosen:
@@ -46,6 +46,13 @@ def signin():
 
 @bp.post("/signout")
 def signout():
+    """Signs the account out on every screen: a copy of this session's cookie stops working too."""
+    user = session.get("user", "")
     session.clear()
+    try:
+        get_accounts().end_sessions(user)
+    except LookupError:
+        pass  # removed meanwhile: its sessions ended with it
+    log.info("kiosk sign-out: %s", user)
     flash("You are signed out.", "info")
     return redirect(url_for("auth.signin"))

@@ -3,12 +3,13 @@ never a stack trace. The details go to the unit's log for the IT person."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from device.kiosk.security import CSRFError
-from device.visits.imagestore import CorruptImageError, DiskFullError
+from device.kiosk.security import CSRFError, UnknownHost
+from device.visits.imagestore import CorruptImageError, DiskFullError, is_disk_full
 from device.visits.visitlog import DatabaseCorruptError
 from hardware.camera import CameraError
 from hardware.optic_module import OpticModuleError
@@ -27,11 +28,27 @@ def error_page(title: str, message: str, steps: list[str], status: int, *, retry
                            retry=retry and request.method == "GET"), status
 
 
-def _disk_full(exc: DiskFullError):
-    return error_page("The unit's storage is full", str(exc),
+def storage_full(message: str):
+    return error_page("The unit's storage is full", message,
                       ["Let the unit send its visits: connect it to the network.",
                        "Ask the person who looks after the unit to free space.",
                        "Patients already registered are kept: find them again once space is free."], 507)
+
+
+def _disk_full(exc: DiskFullError):
+    return storage_full(str(exc))
+
+
+def _sqlite(exc: sqlite3.OperationalError):
+    """SQLite stopped by a full disk ("database or disk is full", or "disk I/O error" with no space left)
+    is the storage page; anything else it says is unexpected. Nothing is half-written either way: the
+    step's transaction was rolled back."""
+    data_dir = current_app.extensions["glaucoscreen.unit"].config.data_dir
+    if not is_disk_full(exc, data_dir):
+        return _unexpected(exc)
+    log.error("kiosk request %s %s: storage full (%s)", request.method, request.path, exc)
+    return storage_full("There is no room left on the unit's storage to record this step, so it was not recorded. "
+                        "Everything recorded before is kept and can still be looked at.")
 
 
 def model_trouble(message: str):
@@ -68,6 +85,13 @@ def _csrf(exc: CSRFError):
                       ["Go back, reload the page and try again."], 400)
 
 
+def _unknown_host(exc: UnknownHost):
+    log.warning("kiosk: refused a request for host %r (not in kiosk.allowed_hosts)", request.headers.get("Host", ""))
+    return error_page("Not the kiosk's address", "The kiosk answers only at its own address.",
+                      ["Open the kiosk from the unit's own screen.",
+                       "The person who looks after the unit can add the name to kiosk.allowed_hosts in its configuration."], 400)
+
+
 def _http(exc: HTTPException):
     if exc.code == 404:
         return error_page("Not found", "There is nothing at this address.", [], 404)
@@ -93,5 +117,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(CorruptImageError, _damaged)
     app.register_error_handler(DatabaseCorruptError, _damaged)
     app.register_error_handler(CSRFError, _csrf)
+    app.register_error_handler(sqlite3.OperationalError, _sqlite)
+    app.register_error_handler(UnknownHost, _unknown_host)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(Exception, _unexpected)

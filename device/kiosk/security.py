@@ -1,19 +1,29 @@
-"""Who may see what: sign-in required for every page but the sign-in page, an idle timeout, a CSRF
-token on every form, and response headers that keep patient pages out of caches and frames.
+"""Who may see what: sign-in required for every page but the sign-in page, an idle timeout, sessions
+the server can end, a CSRF token on every form, only the kiosk's own host names, and response headers
+that keep patient pages out of caches and frames.
 
 The kiosk runs on 127.0.0.1, but Chromium on the unit can still be pointed at other sites, and a
 page there could post to the kiosk: hence the CSRF token and SameSite=Strict cookies. Flask-WTF is
-not used; a per-session random token compared in constant time is all it would add here.
+not used; a per-session random token compared in constant time is all it would add here. A page
+there could also use DNS rebinding (its own name made to resolve to 127.0.0.1) to reach the kiosk as
+its own site, with its own cookies: hence the Host header is checked before anything else.
+
+The session cookie is signed, not stored: what ends it on the server is the account's session key
+(see device.accounts), which the cookie carries and every request compares.
 """
 from __future__ import annotations
 
 import functools
 import hmac
+import re
 import secrets
+import socket
 import time
-from typing import Callable
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, flash, jsonify, redirect, request, session, url_for
+from werkzeug.exceptions import BadRequest
 
 from device.kiosk import get_accounts
 
@@ -24,8 +34,18 @@ CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self';
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
+WILDCARD_ADDRESSES = {"", "0.0.0.0", "::"}
+_PORT = re.compile(r"(?::[0-9]{1,5})?")
+
+
 class CSRFError(Exception):
     """A POST without the token of this session: an old page, or a page from somewhere else."""
+
+
+class UnknownHost(BadRequest):
+    """A request for a host name the kiosk is not served as: most likely DNS rebinding by another site."""
+
+    description = "This address is not the kiosk's."
 
 
 _PASSIVE = "kiosk_passive"  # the attribute `passive` sets on a view function
@@ -58,10 +78,11 @@ def csrf_token() -> str:
     return session[CSRF_FIELD]
 
 
-def sign_in(username: str, admin: bool) -> None:
-    """A fresh session (and token) at sign-in, so nothing from before it carries over."""
+def sign_in(username: str, admin: bool, key: str) -> None:
+    """A fresh session (and token) at sign-in, so nothing from before it carries over; `key` is the
+    account's session key: when the account's key changes, the session ends."""
     session.clear()
-    session.update(user=username, admin=admin, seen=time.time())
+    session.update(user=username, admin=admin, key=key, seen=time.time())
     csrf_token()
 
 
@@ -79,14 +100,57 @@ def _signed_in() -> bool:
         session.clear()  # the notice below survives it: it is read on the sign-in page the worker lands on
         flash(f"You were signed out after {round(timeout_s / 60)} minutes without use. Sign in again to go on.", "info")
         return False
-    if get_accounts().get(user) is None:
+    key = get_accounts().session_key(user)
+    if key is None:
         session.clear()
         flash("Your account is no longer on this unit. Ask an administrator.", "warning")
+        return False
+    if not hmac.compare_digest(key.encode(), str(session.get("key", "")).encode()):
+        session.clear()  # signed out on another screen, a new PIN, or locked by wrong PINs
+        flash("You were signed out. Sign in again to go on.", "info")
         return False
     view = current_app.view_functions.get(request.endpoint) if request.endpoint is not None else None
     if not getattr(view, _PASSIVE, False):
         session["seen"] = time.time()
     return True
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header ("localhost:8080", "[::1]:8080"), in lower case without the port; None
+    when the header is not a name and a port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        name, colon, port = host.partition(":")
+        port = colon + port
+    if not name or not _PORT.fullmatch(port):
+        return None
+    return name.rstrip(".")
+
+
+def allowed_hosts(host: str, names: Iterable[str] = ()) -> set[str]:
+    """The host names the kiosk answers to: `names` (the `kiosk.allowed_hosts` setting) when given;
+    otherwise those it is served as: 127.0.0.1, localhost and `host`, the address it is bound to (the
+    unit's own host name as well when that is every interface)."""
+    chosen = {n.strip().lower().strip("[]").rstrip(".") for n in names if n.strip()}
+    if chosen:
+        return chosen
+    chosen = {"127.0.0.1", "localhost", "::1"}
+    host = host.strip().lower().strip("[]")
+    if host in WILDCARD_ADDRESSES:
+        me = socket.gethostname().lower()
+        chosen |= {me, f"{me}.local"}
+    else:
+        chosen.add(host)
+    return chosen
+
+
+def _check_host():
+    if host_name(request.headers.get("Host", "")) not in current_app.config["ALLOWED_HOSTS"]:
+        raise UnknownHost()
 
 
 def _guard():
@@ -116,14 +180,36 @@ def _headers(response):
     return response
 
 
+def _same_site_path(target: str) -> bool:
+    if not target.startswith("/") or "\\" in target:
+        return False
+    if target != target.strip() or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in target):
+        return False  # a browser drops tabs and newlines ("/\t/evil" is "//evil"); a header cannot hold them
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return False
+    # the path as the browser resolves its dot segments: "/.//evil" is "//evil" too
+    segments: list[str] = []
+    for segment in parts.path.split("/")[1:]:
+        dots = segment.lower().replace("%2e", ".")
+        if dots == "..":
+            segments = segments[:-1]
+        elif dots != ".":
+            segments.append(segment)
+    return not ("/" + "/".join(segments)).startswith("//")
+
+
 def safe_next(target: str | None) -> str:
-    """Only a path on this kiosk, so a crafted sign-in link cannot send the worker elsewhere."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Only a path on this kiosk, so a crafted sign-in link cannot send the worker elsewhere: nothing with
+    a scheme, a host, a backslash or a control character, nor one that a browser reads as "//host"."""
+    if isinstance(target, str) and _same_site_path(target):
         return target
     return url_for("home.index")
 
 
 def init_app(app: Flask) -> None:
+    app.config.setdefault("ALLOWED_HOSTS", {"127.0.0.1", "localhost", "::1"})
+    app.before_request(_check_host)
     app.before_request(_guard)
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

@@ -332,7 +332,7 @@ def _baseline_jpeg(data: bytes) -> tuple[bytes, _Jpeg]:
     header = _read_jpeg_header(data)
     if header.baseline:
         return data, header
-    data = encode_jpeg(decode_rgb(data), quality=95)
+    data = encode_jpeg(decode_rgb(data, max_pixels=None), quality=95)  # stored: bounded when it came in
     return data, _read_jpeg_header(data)
 
 

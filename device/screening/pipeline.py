@@ -29,6 +29,7 @@ from device.screening.referral import RESCREEN, ReferralPolicy, sigmoid
 from device.screening.result import DiscSegmentation, ScreeningResult
 from models.runtime import preprocess, registry
 from models.runtime.engine import Engine
+from models.runtime.images import MAX_PIXELS, ImageError, Photo, read_photo
 
 SCREENING_POLICY = registry.ARTIFACTS / "screening.json"
 MIN_DISC_FRACTION = 0.0004  # disc area / input area below which pass 1 "found" only a speck
@@ -198,20 +199,22 @@ def macula_on_the_wrong_side(disc: tuple[float, float, float], fovea: tuple[floa
 
 def screen_file(pipeline: ScreeningPipeline, path: Path, *, history: EyeHistory | None = None,
                 progression: ProgressionAssessor | None = None,
-                look: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict, np.ndarray | None, ScreeningResult | None]:
-    """Screen one photo file into the JSON the CLI prints; never raises for a bad file. `look` changes
-    the decoded photo first (the lab shows it through a simulated other camera)."""
-    from models.runtime.images import ImageError, read_rgb
-
+                look: Callable[[np.ndarray], np.ndarray] | None = None,
+                max_pixels: int = MAX_PIXELS) -> tuple[dict, Photo | None, ScreeningResult | None]:
+    """Screen one photo file into the JSON the CLI prints; never raises for a bad file. The photo comes back
+    as read (its `original`: the file's JPEG, where a visit may store that as it is). `look` changes the
+    decoded photo first (the lab shows it through a simulated other camera). A photo of more than
+    `max_pixels` is refused from its header."""
     row: dict = {"image": str(path)}
     try:
-        rgb = read_rgb(path)
+        photo = read_photo(path, max_pixels=max_pixels)
     except ImageError as exc:
         row.update(ok=False, error=str(exc), gradable=False, referral=None)
         return row, None, None
     if look is not None:
-        rgb = look(rgb)
+        photo = Photo(look(photo.rgb))  # no longer the file's pixels: stored, it is encoded afresh
+    rgb = photo.rgb
     result = pipeline.screen(rgb, history=history, progression=progression)
     row.update(ok=True, width=rgb.shape[1], height=rgb.shape[0])
     row.update(result.to_dict())
-    return row, rgb, result
+    return row, photo, result

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,30 @@ class DiskFullError(RuntimeError):
         super().__init__(
             f"Not enough free disk space for {what}: {_mib(free)} free on {where}, {_mib(needed)} needed. "
             "Let the unit sync its visits, then free space (or raise the storage) before screening more patients.")
+
+
+# Less free than this and a "disk I/O error" from SQLite is the disk being full (it says no more than that)
+FULL_BELOW_BYTES = 2**20
+
+
+def is_disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether `exc` is SQLite stopped for want of space on the file system holding `where`: "database or
+    disk is full" (SQLITE_FULL; also what `PRAGMA max_page_count` gives), or a "disk I/O error" while that
+    file system has (almost) nothing free, which is how a full disk stops a connection from making the
+    write-ahead log's index or from writing the log itself."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; on 3.10 only the message tells
+    full = (code & 0xFF) == sqlite3.SQLITE_FULL if code is not None else "database or disk is full" in str(exc)
+    io_error = (code & 0xFF) == sqlite3.SQLITE_IOERR if code is not None else "disk I/O error" in str(exc)
+    if full:
+        return True
+    if not io_error:
+        return False
+    try:
+        return shutil.disk_usage(where).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 class CorruptImageError(RuntimeError):

@@ -7,20 +7,21 @@ import numpy as np
 from device.screening.progression import EyeHistory
 from device.screening.result import ScreeningResult
 from device.visits.visitlog import VisitLog, encode_masks
-from models.runtime.images import decode_rgb, encode_jpeg
+from models.runtime.images import archived_jpeg, decode_rgb, encode_jpeg
 
 
 def photo_bytes(rgb: np.ndarray, original: bytes | None = None) -> bytes:
-    """The photo as archived: the camera's own JPEG when we have it, untouched, else a fine JPEG."""
-    if original is not None and original[:2] == b"\xff\xd8":
-        return original
-    return encode_jpeg(rgb, quality=95)
+    """The photo as archived: the camera's own JPEG, untouched, when it shows exactly `rgb` (8-bit greyscale
+    or colour, upright, the same size), else `rgb` as a fine JPEG. So what is stored is what was screened,
+    and a CMYK or EXIF-turned JPEG, whose pixels a PACS would read otherwise, never reaches the visit log."""
+    return archived_jpeg(rgb, original)
 
 
 def eye_history(visits: VisitLog, patient: str, eye: str) -> EyeHistory:
     """What the screening compares this eye with, read before the photo is screened: its finished visits
-    only, so the visit being recorded (still open) is never compared with itself."""
-    return EyeHistory(visits.eye_history(patient, eye), lambda sha: decode_rgb(visits.images.get(sha)))
+    only, so the visit being recorded (still open) is never compared with itself. A stored photo passed the
+    size bound when it came in, so it is read back without one."""
+    return EyeHistory(visits.eye_history(patient, eye), lambda sha: decode_rgb(visits.images.get(sha), max_pixels=None))
 
 
 def record_eye(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,

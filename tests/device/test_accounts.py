@@ -12,6 +12,7 @@ import pytest
 from device.accounts import (
     FIRST_LOCK_S,
     MAX_FAILURES,
+    MIGRATIONS,
     AccountLocked,
     Accounts,
     accounts_path,
@@ -19,6 +20,7 @@ from device.accounts import (
     user_add_command,
     user_list_command,
     user_remove_command,
+    user_unlock_command,
 )
 
 PIN = "73914562"
@@ -135,7 +137,7 @@ def test_user_rules_list_remove_and_new_pin(accounts):
     assert accounts.count() == 1 and not accounts.verify("joseph", "4321")
     with pytest.raises(LookupError):
         accounts.remove("joseph")
-    assert accounts.schema_version == 1
+    assert accounts.schema_version == len(MIGRATIONS)
 
 
 def _cli(tmp_path, *argv):
@@ -164,3 +166,77 @@ def test_user_commands(tmp_path, capsys):
     assert user_remove_command(_cli(tmp_path, "remove", "joseph")) == 0
     assert user_remove_command(_cli(tmp_path, "remove", "joseph")) == 1
     assert [u["username"] for u in accounts.list()] == ["amina"]
+
+
+def test_the_session_key_changes_at_sign_out_new_pin_lock_and_removal(accounts):
+    """Every kiosk session carries its account's key; each of these gives the account a new one, so every
+    session (and every copy of its cookie) ends. A correct PIN or an unlock leaves the key as it is."""
+    accounts.add("amina", PIN)
+    accounts.add("joseph", "1234")
+    seen = {accounts.session_key("amina"), accounts.session_key("joseph")}
+    assert len(seen) == 2 and all(len(k) == 32 for k in seen)
+
+    def changed(before: str) -> str:
+        after = accounts.session_key("amina")
+        assert after != before and after not in seen
+        seen.add(after)
+        return after
+
+    key = accounts.session_key("amina")
+    assert accounts.verify("amina", PIN) and accounts.session_key("AMINA") == key
+    accounts.end_sessions("amina")
+    key = changed(key)
+    accounts.set_pin("amina", "5555")
+    key = changed(key)
+    for _ in range(MAX_FAILURES - 1):
+        accounts.verify("amina", "0000")
+    assert accounts.session_key("amina") == key, "a wrong PIN alone ends nothing"
+    with pytest.raises(AccountLocked):
+        accounts.verify("amina", "0000")
+    key = changed(key)
+    accounts.unlock("amina")
+    assert accounts.session_key("amina") == key
+    accounts.remove("amina")
+    assert accounts.session_key("amina") is None
+    accounts.add("amina", PIN)
+    changed(key)
+    with pytest.raises(LookupError):
+        accounts.end_sessions("nobody")
+
+
+def test_accounts_of_an_older_unit_each_get_their_own_session_key(tmp_path):
+    """An accounts file of schema 1 (before session keys) is brought up to date on opening: every account
+    keeps its PIN and gets a key of its own."""
+    from device.accounts import _hash_pin
+
+    path = tmp_path / "accounts.db"
+    with sqlite3.connect(path) as db:
+        MIGRATIONS[0](db)
+        db.execute("PRAGMA user_version = 1")
+        for name in ("amina", "joseph"):
+            salt = name.encode().ljust(16, b"-")
+            db.execute("INSERT INTO users (username, pin_hash, salt, created_at) VALUES (?, ?, ?, '2025-01-01T00:00:00+00:00')",
+                       (name, _hash_pin(PIN, salt), salt))
+    accounts = Accounts(path)
+    assert accounts.schema_version == len(MIGRATIONS) == 2
+    keys = {accounts.session_key("amina"), accounts.session_key("joseph")}
+    assert len(keys) == 2 and "" not in keys
+    assert accounts.verify("joseph", PIN) and accounts.verify("amina", PIN)
+
+
+def test_user_unlock_command(tmp_path, capsys):
+    """An IT person unlocks an account on the unit's terminal (the lock is in wall time, as the command reads it)."""
+    accounts = Accounts(accounts_path(tmp_path))
+    accounts.add("amina", PIN)
+    for _ in range(MAX_FAILURES - 1):
+        accounts.verify("amina", "0000")
+    with pytest.raises(AccountLocked):
+        accounts.verify("amina", "0000")
+    assert user_unlock_command(_cli(tmp_path, "unlock", "amina")) == 0
+    out = capsys.readouterr().out
+    assert "unlocked amina" in out and "it was locked for" in out and "seconds more" in out and PIN not in out
+    assert accounts.verify("amina", PIN)
+    assert user_unlock_command(_cli(tmp_path, "unlock", "amina")) == 0
+    assert "it was not locked" in capsys.readouterr().out
+    assert user_unlock_command(_cli(tmp_path, "unlock", "nobody")) == 1
+    assert "no user called 'nobody'" in capsys.readouterr().err

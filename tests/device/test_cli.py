@@ -128,3 +128,21 @@ def test_doctor_reports_models_with_their_hashes(tmp_path):
 def test_build_engines_says_why_it_cannot_run_without_tensorrt(tmp_path):
     out = run_cli("build-engines", "--data-dir", tmp_path)
     assert out.returncode == 1 and "TensorRT is not installed" in out.stderr
+
+
+def test_user_unlock_on_the_command_line(tmp_path, capsys):
+    """An account locked by wrong PINs (or by a page trying them) is unlocked by an IT person at the terminal."""
+    from device.accounts import MAX_FAILURES, AccountLocked, Accounts, accounts_path
+
+    accounts = Accounts(accounts_path(tmp_path))
+    accounts.add("joseph", "1357")
+    for _ in range(MAX_FAILURES - 1):
+        accounts.verify("joseph", "0000")
+    with pytest.raises(AccountLocked):
+        accounts.verify("joseph", "0000")
+    assert main(["--config", str(tmp_path / "absent.toml"), "user", "--data-dir", str(tmp_path), "unlock", "joseph"]) == 0
+    assert "unlocked joseph" in capsys.readouterr().out
+    assert accounts.verify("joseph", "1357")
+    assert main(["--config", str(tmp_path / "absent.toml"), "user", "--data-dir", str(tmp_path), "unlock", "kofi"]) == 1
+    out = run_cli("user", "--help")
+    assert "unlock" in out.stdout

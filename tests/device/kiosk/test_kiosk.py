@@ -467,3 +467,157 @@ def test_a_done_eye_is_armed_again_only_by_retake(client, unit):
     r = client.post(page + "/retake", data={"csrf_token": csrf})
     assert r.headers["Location"].endswith("/eye/right")
     assert "Right eye" in client.get(page).text and unit.capture.state()["armed_eye"] == "right"
+
+
+# -- sessions the server ends (issue 17, item 9) ---------------------------------------------------
+COOKIE = "glaucoscreen_session"
+
+
+def copy_of_session(app, client):
+    """Another browser holding a copy of `client`'s session cookie, as someone who copied it would."""
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, client.get_cookie(COOKIE).value)
+    assert thief.get("/").status_code == 200, "the copy works while the session does"
+    return thief
+
+
+def refused(client) -> bool:
+    r = client.get("/patients/CL-7")
+    return r.status_code == 302 and r.headers["Location"].startswith("/signin") and "Grace" not in r.text
+
+
+def test_a_copied_cookie_stops_working_at_sign_out(unit, visit):
+    app = create_app(unit, secret_key=b"k" * 32, testing=True)
+    worker = app.test_client()
+    sign_in(worker, "joseph", "1357")
+    thief = copy_of_session(app, worker)
+    worker.post("/signout", data={"csrf_token": csrf_of(worker.get("/").text)})
+    assert refused(thief)
+    assert "signed out" in thief.get("/signin").text
+    sign_in(worker, "joseph", "1357")
+    assert worker.get("/patients/CL-7").status_code == 200, "signing in again makes a new session that works"
+    assert refused(thief)
+
+
+def test_a_new_pin_ends_every_session_of_the_account_but_the_admins_own(unit, visit):
+    app = create_app(unit, secret_key=b"k" * 32, testing=True)
+    Accounts(accounts_path(unit.config.data_dir)).add("pin-change", "1111")
+    worker, admin = app.test_client(), app.test_client()
+    sign_in(worker, "pin-change", "1111")
+    thief = copy_of_session(app, worker)
+    sign_in(admin)
+    admin_thief = copy_of_session(app, admin)
+    token = csrf_of(admin.get("/admin/").text)
+    r = admin.post("/admin/pin", data={"username": "pin-change", "pin": "2222", "pin_again": "2222", "csrf_token": token})
+    assert r.status_code == 302
+    assert refused(worker) and refused(thief)
+    r = admin.post("/admin/pin", data={"username": "amina", "pin": PIN, "pin_again": PIN, "csrf_token": token})
+    assert r.status_code == 302
+    assert admin.get("/admin/").status_code == 200, "the admin who changed their own PIN stays signed in on this screen"
+    assert refused(admin_thief), "but a copy of their cookie does not"
+
+
+def test_a_lock_ends_every_session_of_the_account(unit, visit):
+    app = create_app(unit, secret_key=b"k" * 32, testing=True)
+    Accounts(accounts_path(unit.config.data_dir)).add("to-lock", "1111")
+    worker = app.test_client()
+    sign_in(worker, "to-lock", "1111")
+    thief = copy_of_session(app, worker)
+    guesser = app.test_client()
+    for _ in range(MAX_FAILURES):
+        r = sign_in(guesser, "to-lock", "0000")
+    assert r.status_code == 429
+    assert refused(worker) and refused(thief)
+
+
+def test_removing_an_account_ends_its_sessions_even_if_the_name_comes_back(unit, visit):
+    app = create_app(unit, secret_key=b"k" * 32, testing=True)
+    accounts = Accounts(accounts_path(unit.config.data_dir))
+    accounts.add("to-remove", "1111")
+    worker, admin = app.test_client(), app.test_client()
+    sign_in(worker, "to-remove", "1111")
+    thief = copy_of_session(app, worker)
+    sign_in(admin)
+    r = admin.post("/admin/users/to-remove/remove", data={"csrf_token": csrf_of(admin.get("/admin/").text)})
+    assert r.status_code == 302
+    assert refused(thief)
+    accounts.add("to-remove", "1111")  # someone else given the same name: the old cookie is still not theirs
+    assert refused(worker)
+
+
+# -- where sign-in may send the worker (issue 17, item 10) --------------------------------------------
+@pytest.mark.parametrize("target", [
+    "//evil.example/x", "/\t/evil.example", "/\n/evil.example", "/\r\n/evil.example", "\t//evil.example", " //evil.example",
+    "/\\evil.example", "\\\\evil.example", "https://evil.example/", "http:/evil.example", "javascript:alert(1)",
+    "/.//evil.example", "/a/..//evil.example", "/%2e//evil.example", "/\x00/evil.example", "/\x7f/evil.example",
+    "evil.example", "", "/\u0085/evil.example",
+])
+def test_signin_never_sends_the_worker_off_the_kiosk(client, target):
+    token = csrf_of(client.get("/signin").text)
+    r = client.post("/signin", data={"user": "amina", "pin": PIN, "next": target, "csrf_token": token})
+    assert r.status_code == 302, r.text
+    assert r.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("query", ["next=/%09/evil", "next=/%0a/evil", "next=/%0d%0a/evil", "next=%2F%2Fevil"])
+def test_signin_from_a_crafted_link_stays_on_the_kiosk(client, query):
+    token = csrf_of(client.get("/signin?" + query).text)
+    r = client.post("/signin?" + query, data={"user": "amina", "pin": PIN, "csrf_token": token})
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+
+
+def test_signin_still_returns_to_any_kiosk_page(client):
+    for target in ["/patients/CL-7", "/patients?q=Grace%20A", "/visits/abc/eye/right", "/patients/Nguy%E1%BB%85n"]:
+        token = csrf_of(client.get("/signin").text)
+        r = client.post("/signin", data={"user": "amina", "pin": PIN, "next": target, "csrf_token": token})
+        assert r.headers["Location"] == target
+
+
+# -- only the kiosk's own host names (issue 17, item 11) ----------------------------------------------
+def test_a_page_that_rebinds_its_name_to_the_kiosk_reaches_nothing(unit):
+    """DNS rebinding: a page at evil.example makes its name resolve to 127.0.0.1; its requests then carry
+    Host: evil.example. None reaches the sign-in form, and none counts as a wrong PIN."""
+    app = create_app(unit, secret_key=b"k" * 32, testing=True)
+    attacker = app.test_client()
+    for host in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil.example", "", "[::2]:8080"]:
+        page = attacker.get("/signin", headers={"Host": host})
+        assert page.status_code == 400 and "Who are you?" not in page.text and "csrf_token" not in page.text, host
+        assert "Not the kiosk" in page.text
+    for _ in range(MAX_FAILURES + 1):
+        r = attacker.post("/signin", data={"user": "joseph", "pin": "0000"}, headers={"Host": "evil.example:8080"})
+        assert r.status_code == 400
+    assert Accounts(accounts_path(unit.config.data_dir)).get("joseph")["locked_for_s"] == 0
+    assert attacker.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+    for host in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "localhost", "127.0.0.1", "[::1]:8080"]:
+        assert attacker.get("/signin", headers={"Host": host}).status_code == 200, host
+
+
+def test_the_allowed_host_names_are_a_setting(unit, tmp_path):
+    from device.kiosk.security import allowed_hosts
+
+    toml = tmp_path / "glaucoscreen.toml"
+    toml.write_text('[kiosk]\nhost = "0.0.0.0"\nallowed_hosts = ["glaucoscreen-7.clinic.example", "10.0.7.21"]\n')
+    assert Config.load(toml).kiosk.allowed_hosts == ["glaucoscreen-7.clinic.example", "10.0.7.21"]
+    toml.write_text('[kiosk]\nallowed_hosts = "glaucoscreen-7.clinic.example"\n')
+    with pytest.raises(ValueError, match="allowed_hosts must be a list of names"):
+        Config.load(toml)
+
+    assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert allowed_hosts("10.0.7.21") == {"127.0.0.1", "localhost", "::1", "10.0.7.21"}
+    everywhere = allowed_hosts("0.0.0.0")
+    assert "0.0.0.0" not in everywhere and {"127.0.0.1", "localhost"} <= everywhere and len(everywhere) == 5
+    assert allowed_hosts("127.0.0.1", ["Kiosk.Clinic.Example", " "]) == {"kiosk.clinic.example"}
+
+    config = unit.config
+    before = (config.kiosk.host, list(config.kiosk.allowed_hosts))
+    try:
+        config.kiosk.allowed_hosts = ["kiosk.clinic.example"]
+        client = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+        assert client.get("/signin", headers={"Host": "kiosk.clinic.example:8080"}).status_code == 200
+        assert client.get("/signin", headers={"Host": "localhost"}).status_code == 400
+        config.kiosk.allowed_hosts, config.kiosk.host = [], "192.0.2.7"
+        client = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+        assert client.get("/signin", headers={"Host": "192.0.2.7:8080"}).status_code == 200
+        assert client.get("/signin", headers={"Host": "192.0.2.8:8080"}).status_code == 400
+    finally:
+        config.kiosk.host, config.kiosk.allowed_hosts = before
