@@ -1,11 +1,17 @@
-"""FP32 ONNX -> calibrated INT8 QDQ ONNX, in the one form both runtimes accept.
+"""FP32 ONNX -> calibrated INT8 QDQ ONNX, one build per runtime from the same calibration inputs.
 
 TensorRT builds its INT8 engine from explicit Q/DQ nodes (its implicit calibrators are deprecated
 since 10.1 and gone in 11), and it accepts only symmetric quantization (zero points 0), per-channel
-weights from opset 13 and float biases. ONNX Runtime runs the same file on the Pi's CPU. So:
-symmetric activations and weights, per-channel weights, no bias quantization, and the sigmoid heads
-(the last convolution before each output) left in float, because mask edges are where INT8 error
-shows first.
+weights from opset 13 and float biases. So the `tensorrt` build has symmetric activations and
+weights, per-channel weights, no bias quantization, and the sigmoid heads (the last convolution
+before each output) left in float, because mask edges are where INT8 error shows first.
+
+ONNX Runtime runs that file too, but slowly: a symmetric int8 activation cannot stand for a ReLU6's
+output (its range includes negatives), so ONNX Runtime cannot fold the ReLU6 into the quantized
+convolution before it, and every such convolution ran in float between a dequantize and a quantize
+step. The `cpu` build differs in one thing, uint8 activations with zero points (asymmetric), the form
+ONNX Runtime recommends for x86 and ARM: the whole network then runs as quantized convolutions, about
+twice as fast. TensorRT refuses it.
 """
 from __future__ import annotations
 
@@ -45,9 +51,15 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     return keep
 
 
+TARGETS = ("tensorrt", "cpu")
+
+
 def quantize(fp32_path: Path, int8_path: Path, calibration: Iterable[np.ndarray], *, input_name: str = "image",
-             method: str = "minmax", exclude: list[str] | None = None) -> dict:
-    """Write the INT8 QDQ model; returns what was kept in float and how it was calibrated."""
+             method: str = "minmax", exclude: list[str] | None = None, target: str = "tensorrt") -> dict:
+    """Write the INT8 QDQ model for `target` (TARGETS); returns what was kept in float and how it was calibrated."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    symmetric = target == "tensorrt"
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,14 +74,16 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: Iterable[np.ndarray]
         quantize_static(
             str(prepped), str(int8_path), ArrayReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded, calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False,
                            **({"CalibPercentile": 99.99} if method == "percentile" else {})},
         )
     finally:
         prepped.unlink(missing_ok=True)
-    return {"excluded_nodes": excluded, "method": method, "format": "QDQ S8S8 symmetric, per-channel weights, float bias"}
+    form = ("QDQ S8S8 symmetric, per-channel weights, float bias" if symmetric
+            else "QDQ U8S8: uint8 activations with zero points, symmetric per-channel int8 weights, float bias")
+    return {"excluded_nodes": excluded, "method": method, "format": form, "target": target}
 
 
 def check_tensorrt_compatible(path: Path) -> list[str]:

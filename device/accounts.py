@@ -56,7 +56,8 @@ _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 # scrypt cost: ~16 MiB and ~50 ms per PIN on a Pi 5; a sign-in waits that long once, a guesser per guess
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _BUSY_TIMEOUT_S = 10.0
-_HELD = ("failures", "locks", "locked_until", "last_sign_in", "session_key")  # what a full disk may hold in memory
+_HELD = ("failures", "locks", "locked_until", "last_sign_in", "session_key", "language")  # what a full disk may hold in memory
+_LANGUAGE = re.compile(r"[a-z]{2,3}")  # an ISO 639 code, as the kiosk names its languages
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,13 @@ def check_username(username: str) -> str:
     return username.strip()
 
 
+def check_language(language: str) -> str:
+    """A language code ('hi', 'sw') or '' for none chosen yet; otherwise a ValueError."""
+    if not isinstance(language, str) or not (language == "" or _LANGUAGE.fullmatch(language)):
+        raise ValueError(f"a language is a two- or three-letter code such as 'hi' or 'sw', not {language!r}")
+    return language
+
+
 def _hash_pin(pin: str, salt: bytes) -> bytes:
     return hashlib.scrypt(pin.encode(), salt=salt, dklen=32, maxmem=64 * 2**20, **_SCRYPT)
 
@@ -121,7 +129,12 @@ def _add_session_key_v2(db: sqlite3.Connection) -> None:
         db.execute("UPDATE users SET session_key = ? WHERE username = ?", (_new_session_key(), name))
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_session_key_v2]   # version N = first N applied
+def _add_language_v3(db: sqlite3.Connection) -> None:
+    """The language the kiosk speaks to the account in ('' until the admin sets it or the worker first signs in)."""
+    db.execute("ALTER TABLE users ADD COLUMN language TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_session_key_v2, _add_language_v3]   # version N = first N applied
 
 
 class Accounts:
@@ -225,15 +238,15 @@ class Accounts:
         with self._connect() as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
 
-    def add(self, username: str, pin: str, admin: bool = False) -> None:
-        username, pin = check_username(username), check_pin(pin)
+    def add(self, username: str, pin: str, admin: bool = False, language: str = "") -> None:
+        username, pin, language = check_username(username), check_pin(pin), check_language(language)
         salt = secrets.token_bytes(16)
         row = (username, _hash_pin(pin, salt), salt, int(bool(admin)), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               _new_session_key())
+               _new_session_key(), language)
         with self._connect() as db:
             try:
-                db.execute("INSERT INTO users (username, pin_hash, salt, admin, created_at, session_key) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", row)
+                db.execute("INSERT INTO users (username, pin_hash, salt, admin, created_at, session_key, language) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
                 raise ValueError(f"there is already a user called {username!r}") from None
         self._forget_held(username)
@@ -289,6 +302,16 @@ class Accounts:
                 raise LookupError(f"there is no user called {username!r}")
             self._save(db, row["username"], {"failures": 0, "locks": 0, "locked_until": 0.0})
 
+    def set_language(self, username: str, language: str) -> None:
+        """The language the kiosk speaks to the account in. On a full disk it is held in memory until the
+        account's next write, like a sign-in count: a worker's first sign-in must not fail for it."""
+        language = check_language(language)
+        with self._transaction() as db:
+            row = self._row(db, username)
+            if row is None:
+                raise LookupError(f"there is no user called {username!r}")
+            self._save(db, row["username"], {"language": language})
+
     def end_sessions(self, username: str) -> None:
         """Sign the account out everywhere: every session cookie it was given stops working."""
         with self._transaction() as db:
@@ -313,14 +336,14 @@ class Accounts:
     def _users(self, where: str, params: tuple = ()) -> builtins.list[dict]:  # `list` here is the method above
         now = self._clock()
         with self._connect() as db:
-            rows = db.execute(f"SELECT username, admin, created_at, last_sign_in, failures, locked_until FROM users {where}",
-                              params).fetchall()
+            rows = db.execute("SELECT username, admin, created_at, last_sign_in, failures, locked_until, language "
+                              f"FROM users {where}", params).fetchall()
         users = []
-        for u, a, c, s, f, until in rows:
+        for u, a, c, s, f, until, lang in rows:
             held = self._held_values(u)
             s, f, until = held.get("last_sign_in", s), held.get("failures", f), held.get("locked_until", until)
             users.append({"username": u, "admin": bool(a), "created_at": c, "last_sign_in": s, "failures": f,
-                          "locked_for_s": max(0.0, until - now)})
+                          "locked_for_s": max(0.0, until - now), "language": held.get("language", lang)})
         return users
 
     def remove(self, username: str) -> None:
@@ -375,8 +398,9 @@ def user_add_command(args, *, stdin: TextIO | None = None, stdout: TextIO | None
     """`glaucoscreen user add NAME [--admin] [--pin-stdin]`: the PIN is asked twice, unseen, or read from stdin."""
     try:
         check_username(args.name)
+        language = check_language(getattr(args, "language", "") or "")
         pin = _read_pin(args, stdin or sys.stdin, ask)
-        _open(args).add(args.name, pin, admin=args.admin)
+        _open(args).add(args.name, pin, admin=args.admin, language=language)
     except ValueError as exc:
         print(f"glaucoscreen user add: {exc}", file=sys.stderr)
         return 2
@@ -449,6 +473,8 @@ def add_user_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("name", help="the health worker's user name, as the sign-in page lists it")
     a.add_argument("--admin", action="store_true", help="may add and remove users at the kiosk")
     a.add_argument("--pin-stdin", action="store_true", help="read the PIN from the first line of standard input")
+    a.add_argument("--language", default="", metavar="CODE",
+                   help="the kiosk's language for them: en, hi, sw, es or fr (default: the one they first sign in with)")
     a.set_defaults(func=user_add_command)
     us.add_parser("list", help="list the health workers").set_defaults(func=user_list_command)
     r = us.add_parser("remove", help="remove a health worker (their sessions at the kiosk end)")

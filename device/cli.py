@@ -10,10 +10,19 @@ from pathlib import Path
 from device.config import Config
 
 
-def _pipeline(args):
+def _pipeline(args, models=None):
+    """The screening with the shipped models (the lab's measures), or with `models`' active ones (a ModelStore)."""
     from device.screening.pipeline import ScreeningPipeline
 
-    return ScreeningPipeline.from_artifacts(precision=getattr(args, "precision", None) or "auto")
+    return ScreeningPipeline.from_artifacts(precision=getattr(args, "precision", None) or "auto",
+                                            artifacts=None if models is None else models.active_dir())
+
+
+def _installed_models(cfg: Config):
+    from device.visits.datadir import DataDir
+    from models.runtime.installed import ModelStore
+
+    return ModelStore(DataDir(cfg.data_dir).models)
 
 
 def cmd_screen(args) -> int:
@@ -22,15 +31,17 @@ def cmd_screen(args) -> int:
     if args.record and not (args.patient and args.eye):
         print("glaucoscreen screen: --record needs --patient ID and --eye right|left", file=sys.stderr)
         return 2
-    pipeline = _pipeline(args)
     cfg = Config.load(args.config, data_dir=args.data_dir)  # the bound on a photo's size; where the visit log is
+    models = _installed_models(cfg)  # the unit's active models, as the kiosk screens with them
+    pipeline = _pipeline(args, models)
+    pipeline.model_versions["models_release"] = models.active_version()
     visits = visit_uuid = progression = history = None
     if args.record:
         from device.screening.progression import ProgressionAssessor
         from device.visits.recording import eye_history, record_eye
         from device.visits.visitlog import VisitLog
 
-        progression = ProgressionAssessor.from_artifacts()
+        progression = ProgressionAssessor.from_artifacts(artifacts=models.active_dir())
         visits = VisitLog(cfg.data_dir)
         if visits.get_patient(args.patient) is None:
             visits.add_patient(args.patient)
@@ -93,11 +104,16 @@ def cmd_fit_progression(args) -> int:
     from device.screening.pipeline import ScreeningPipeline
     from device.screening.progression import ProgressionAssessor
 
+    grape = Path(args.grape)
+    if not (grape / "eyes.csv").is_file() or not (grape / "visits.csv").is_file():
+        print(f"glaucoscreen fit-progression: {grape} is not a GRAPE folder (it needs eyes.csv, visits.csv and rois/)",
+              file=sys.stderr)
+        return 2
     report = fit_progression.fit(ScreeningPipeline.from_artifacts(precision="fp32"), ProgressionAssessor.from_artifacts(),
-                                 Path(args.grape), args.specificity)
+                                 grape, args.specificity, out=args.policy_out, simulated_eyes=args.simulated_eyes)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "eyes"}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("eyes", "rows")}, indent=1))
     return 0
 
 
@@ -148,12 +164,25 @@ def cmd_run(args) -> int:
     return unit.serve(cfg)
 
 
+def cmd_reading_centre(args) -> int:
+    from device import reading_centre
+    from device.outbox.sync import SyncConfigError
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    try:
+        return reading_centre.serve(cfg, host=args.host or "127.0.0.1", port=args.port or reading_centre.DEFAULT_PORT)
+    except SyncConfigError as exc:
+        print(f"glaucoscreen reading-centre: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_bench(args) -> int:
     from device.lab import bench
 
     report = bench.run(runs=args.runs, photo=args.photo, threads=args.threads, json_out=args.json_out,
-                       reference=not args.no_reference)
+                       reference=not args.no_reference, profile=args.profile, measure_memory=not args.no_memory)
     print(json.dumps(report, indent=1))
+    print("\n" + bench.summary(report), file=sys.stderr)  # for people; the JSON on stdout is for programs
     return 0
 
 
@@ -217,6 +246,7 @@ def cmd_sync(args) -> int:
 def cmd_export(args) -> int:
     import datetime as dt
 
+    from device.outbox import health
     from device.outbox.usb import ExportError, export
     from device.visits.visitlog import VisitLog
 
@@ -227,7 +257,8 @@ def cmd_export(args) -> int:
     with VisitLog(cfg.data_dir) as visits:
         try:
             report = export(visits, args.out, visit_uuid=args.visit, since=day(args.since), until=day(args.until),
-                            device_id=cfg.device_id, refer_within_days=cfg.clinic.refer_within_days)
+                            device_id=cfg.device_id, refer_within_days=cfg.clinic.refer_within_days,
+                            health=health.report(cfg, visits))
         except (ExportError, ValueError, LookupError) as exc:
             print(f"glaucoscreen export: {exc}", file=sys.stderr)
             return 1
@@ -238,7 +269,7 @@ def cmd_export(args) -> int:
 def cmd_quantize(args) -> int:
     from calibration.quantize import quantize_model
 
-    print(json.dumps(quantize_model(args.model, [Path(d) for d in args.data], args.method), indent=1))
+    print(json.dumps(quantize_model(args.model, [Path(d) for d in args.data], args.method, target=args.target), indent=1))
     return 0
 
 
@@ -251,27 +282,89 @@ def cmd_gate(args) -> int:
 
 
 def cmd_build_engines(args) -> int:
-    """Build (or find cached) TensorRT engines for every shipped model and precision, on the Jetson."""
+    """Build (or find cached) TensorRT engines for every shipped model and precision, on the Jetson. One that
+    fails does not stop the others (the unit runs without it and says so); the exit status is 1 if any did.
+    The installer runs this before it starts the kiosk; a kiosk starting meanwhile waits on the same lock."""
     from device.visits.datadir import DataDir
     from models.runtime import registry
-    from models.runtime.engine import EngineError
-    from models.runtime.tensorrt import TensorRTEngine
+    from models.runtime import tensorrt as trt_runtime
+    from models.runtime.engine import EngineError, close_engine
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
-    built = {}
     try:
-        for name, entry in registry.manifest().items():
-            if not isinstance(entry, dict) or "file" not in entry:
-                continue
-            for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
-                engine = registry.load_engine(name, precision, backend="tensorrt", engine_cache=DataDir(cfg.data_dir).engines)
-                assert isinstance(engine, TensorRTEngine)  # backend="tensorrt" gives nothing else
-                built[f"{name}.{precision}"] = str(engine.engine_file)
+        trt_runtime.check_installed()
+        artifacts = registry.installed_artifacts(DataDir(cfg.data_dir).models)  # the active models, as the kiosk loads them
+        entries = registry.manifest(artifacts)
     except EngineError as exc:
         print(f"glaucoscreen build-engines: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(built, indent=1))
+    built, failed = {}, {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        for precision in ["fp32"] + (["int8"] if "int8" in entry else []):
+            try:
+                engine = registry.load_engine(name, precision, artifacts, backend="tensorrt",
+                                              engine_cache=DataDir(cfg.data_dir).engines)
+            except EngineError as exc:
+                failed[f"{name}.{precision}"] = str(exc)
+                print(f"glaucoscreen build-engines: {name} ({precision}): {exc}", file=sys.stderr)
+                continue
+            built[f"{name}.{precision}"] = str(getattr(engine, "engine_file", ""))
+            close_engine(engine)  # one engine's GPU memory at a time
+    print(json.dumps({"built": built, "failed": failed}, indent=1))
+    return 1 if failed else 0
+
+
+def cmd_models(args) -> int:
+    """`models pack|install|rollback|list`: signed model updates (device.screening.model_update)."""
+    from device.screening import model_update
+    from models.runtime.bundle import BundleError
+    from models.runtime.engine import EngineError
+
+    where = f"glaucoscreen models {args.models_command}"
+    try:
+        if args.models_command == "pack":
+            print(json.dumps(model_update.pack(args.out, args.key, source=args.source, version=args.version,
+                                               check_photos=args.check_photos), indent=1))
+            return 0
+        cfg = Config.load(args.config, data_dir=args.data_dir)
+        if args.models_command == "install":
+            print(f"{where}: checking {args.bundle} (signature, hashes, the check photos' screening)...", file=sys.stderr)
+            report = model_update.install(cfg, args.bundle, allow_downgrade=args.allow_downgrade)
+            print(json.dumps(report, indent=1))
+            print(f"{where}: version {report['installed']} is active (was {report['previous']}); a running kiosk "
+                  "loads it before its next screening", file=sys.stderr)
+        elif args.models_command == "rollback":
+            report = model_update.rollback(cfg)
+            print(json.dumps(report, indent=1))
+            print(f"{where}: version {report['version']} is active again (was {report['previous']})", file=sys.stderr)
+        else:
+            versions = model_update.listing(cfg)
+            print(json.dumps(versions, indent=1) if args.json else _versions_text(versions))
+    except (model_update.UpdateRefused, BundleError, EngineError) as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _versions_text(versions: list[dict]) -> str:
+    lines = []
+    for v in versions:
+        mark = "*" if v["active"] else " "
+        origin = "shipped with the software" if v["shipped"] else f"signed by {v.get('signed_by')}, installed {v.get('installed_at')}"
+        state = "" if v.get("verified") else "  FILES DO NOT MATCH THEIR HASHES"
+        lines.append(f"{mark} {v['version']:<10} {origin}{state}")
+    return "\n".join(lines + ["(* active)"])
+
+
+def cmd_health(args) -> int:
+    from device.outbox import health
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    report = health.report(cfg)
+    print(json.dumps(report, indent=1, default=str) if args.json else health.as_text(report))
+    return 0 if report["models"].get("ok") else 1
 
 
 DATA_DIR_HELP = "the unit's data folder: visit log, images, accounts (default: from the configuration)"
@@ -342,10 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit on the reference FP32 outputs (default) so the policy holds for either build")
     f.set_defaults(func=cmd_fit_referral)
 
-    fp = sub.add_parser("fit-progression", help="fit the progression fusion on GRAPE's val patients; measure on test")
+    fp = sub.add_parser("fit-progression", help="measure GRAPE's eyes in registered frames, fit the progression decision, "
+                        "measure it on test patients and by 5-fold cross-validation")
     fp.add_argument("--grape", type=Path, required=True, help="GRAPE folder (eyes.csv, visits.csv, rois/)")
     fp.add_argument("--specificity", type=float, default=0.8, help="the specificity on val the progression call is set for")
     fp.add_argument("--json-out", type=Path, help="also write the figures to this JSON file")
+    fp.add_argument("--policy-out", type=Path, default=None,
+                    help="where the fitted policy goes (default: the shipped models/artifacts/progression.json)")
+    fp.add_argument("--simulated-eyes", type=int, default=8,
+                    help="simulated eyes photographed repeatedly for the vCDR's repeatability (0: none)")
     fp.set_defaults(func=cmd_fit_progression)
 
     t = sub.add_parser("train", help="train a network from a JSON config (needs the 'train' extra: torch)")
@@ -397,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="segmentation", help="the shipped model to quantize, by its manifest name")
     q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="how activation ranges are calibrated")
+    q.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
+                   help="tensorrt: the symmetric build both runtimes accept (int8); cpu: ONNX Runtime's faster build (int8_cpu)")
     q.set_defaults(func=cmd_quantize)
 
     g = sub.add_parser("gate", help="FP32 vs INT8 on held-out photos; decides which precision the unit uses")
@@ -415,7 +515,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: the board's setting)")
     b.add_argument("--no-reference", action="store_true", help="skip the reference U-Net (needs torch)")
     b.add_argument("--json-out", type=Path, help="also write the figures to this JSON file")
+    b.add_argument("--profile", action="store_true",
+                   help="also time each step of one screening (decode, gate, each pass, clean, measure, classifier, fusion, unwarp)")
+    b.add_argument("--no-memory", action="store_true",
+                   help="skip the peak memory of `screen` on a 12 MP photo and of the simulated unit through a visit")
     b.set_defaults(func=cmd_bench)
+
+    m = sub.add_parser("models", help="signed model updates: pack a release, install it, roll back, list the versions")
+    ms = m.add_subparsers(dest="models_command", required=True)
+    mp = ms.add_parser("pack", help="pack models into a bundle signed with an Ed25519 key, with check photos")
+    mp.add_argument("--out", type=Path, required=True, help="the bundle file to write (e.g. glaucoscreen-models-1.2.0.tar)")
+    mp.add_argument("--key", type=Path, required=True,
+                    help="the release's Ed25519 private key, PEM (openssl genpkey -algorithm ed25519 -out KEY.pem)")
+    mp.add_argument("--from", dest="source", type=Path, help="the models folder (default: the shipped models/artifacts)")
+    mp.add_argument("--version", help="the release version, numbers with dots (default: the software's version)")
+    mp.add_argument("--check-photos", type=int, default=4, help="synthetic check photos screened on the unit before it switches")
+    mp.set_defaults(func=cmd_models)
+    mi = ms.add_parser("install", help="check a bundle (signature, hashes, accuracy gate, smoke screening), then switch to it")
+    mi.add_argument("bundle", type=Path, help="the bundle file (from a USB stick, or downloaded)")
+    mi.add_argument("--allow-downgrade", action="store_true", help="install even a version older than the active one")
+    mi.set_defaults(func=cmd_models)
+    ms.add_parser("rollback", help="go back to the models active before the current ones").set_defaults(func=cmd_models)
+    ml = ms.add_parser("list", help="the installed versions (the shipped models first), the active one marked")
+    ml.add_argument("--json", action="store_true", help="as JSON, with every file's sha256")
+    ml.set_defaults(func=cmd_models)
+
+    h = sub.add_parser("health", help="the unit's health report: versions, disk, queue, last errors, uptime")
+    h.add_argument("--json", action="store_true", help="as JSON (what each sync sends to [sync] health_url)")
+    h.set_defaults(func=cmd_health)
 
     r = sub.add_parser("run", help="start the unit: capture loop and kiosk")
     r.add_argument("--simulate", action="store_true", help="simulated optic module, camera and GPIO")
@@ -423,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--host", help="the address the kiosk listens on (default: [kiosk] host, 127.0.0.1)")
     r.add_argument("--data-dir", type=Path, help="the unit's data folder: visit log, images, accounts (default: from the configuration)")
     r.set_defaults(func=cmd_run)
+
+    rc = sub.add_parser("reading-centre", help="serve the reading centre's review app over the PACS that [sync] names")
+    rc.add_argument("--port", type=int, help="the port (default 8090)")
+    rc.add_argument("--host", help="the address it listens on (default 127.0.0.1)")
+    rc.set_defaults(func=cmd_reading_centre)
     for name, _module, text in LAB_TRIALS:
         sub.add_parser(name, help=text + f" (`glaucoscreen {name} --help` for its options)", add_help=False)
     from device.accounts import add_user_parser
@@ -437,7 +569,7 @@ LAB_TRIALS = (
     ("capture-trials", "capture_trials", "seeded hard starts on the simulated optic module: share captured within 20 s"),
     ("bench-kiosk", "bench_kiosk", "a health worker's straight visit in headless Chromium: seconds per step"),
     ("bench-quality", "bench_quality", "the quality gate on annotated and other-camera photos: who is called ungradable"),
-    ("sync-trials", "sync_trials", "seeded sync fault trials against a real PACS: nothing lost, nothing twice"),
+    ("trials", "trials", "`trials visits|sync --trials N`: power cuts of the visit log, sync faults against a real PACS"),
 )
 
 

@@ -92,6 +92,17 @@ class SyncConfig:
     deadline_s: float = 300.0         # for one whole request: a PACS that trickles its answer
     interval_s: float = 300.0
     max_retry_after_s: float = 3600.0  # the longest a PACS's Retry-After may hold an item back
+    fhir_url: str = ""                # the EHR's FHIR base URL: each eye also goes there as a FHIR bundle; empty: not sent
+    fhir_token_file: str = ""         # bearer token for the EHR, read from this file
+    health_url: str = ""              # where each sync run POSTs the unit's health report (JSON); empty: not sent
+
+
+@dataclass
+class ModelsConfig:
+    """Model updates: who may release them, and where a unit looks for new ones."""
+
+    trusted_keys: list[str] = field(default_factory=list)  # PEM Ed25519 public keys whose bundles this unit installs
+    release_url: str = ""             # a JSON index {"version": ..., "url": ...} of the newest bundle; empty: none fetched
 
 
 @dataclass
@@ -110,6 +121,7 @@ class Config:
     quality: QualitySettings = field(default_factory=QualitySettings)
     sync: SyncConfig = field(default_factory=SyncConfig)
     clinic: ClinicConfig = field(default_factory=ClinicConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     # Not a setting: the adjustable values as the configuration file (or the constructor) gave them, before
     # the settings page's overrides. The light-safety cap and "back to the file's values" come from here.
     _file_values: dict = field(default_factory=dict, init=False, repr=False, compare=False)

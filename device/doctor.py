@@ -32,17 +32,40 @@ def board(cfg: Config) -> dict:
 
 
 def camera(cfg: Config) -> dict:
+    """The board's camera backend, and the OpenCV build in use (which one, and whether it has GStreamer).
+
+    On a Jetson the CSI camera needs GStreamer: through its Python binding, or through an OpenCV built
+    with it. With neither, the check fails with what to do, as the camera itself would refuse to start.
+    """
+    from hardware.camera import opencv_build
+
+    opencv = opencv_build()
     if cfg.simulate:
-        return {"ok": True, "backend": "simulated"}
+        return {"ok": True, "backend": "simulated", "opencv": opencv}
     from hardware import boards
 
     profile = boards.profile(cfg.board)
     backend = profile.camera_backend
-    found: dict[str, Any] = {"backend": backend}
+    found: dict[str, Any] = {"backend": backend, "opencv": opencv}
     if backend == "picamera2":
         found["module"] = _import_state("picamera2")
     devices = sorted(str(p) for p in Path("/dev").glob("video*"))
     found["devices"] = devices
+    if backend == "gstreamer":
+        from hardware.argus import capture_paths, full_sensor_mode, sensor_modes
+
+        paths = capture_paths(opencv=opencv)
+        found["gstreamer_python"] = paths["gstreamer_python"]
+        found["transport"] = paths["transport"]
+        if paths["transport"] is None:
+            found.update(ok=False, error=f"the Argus camera is refused: {paths['error']}")
+            return found
+        found["live_controls"] = paths["transport"] == "gst"  # else each exposure change restarts the camera
+        try:
+            mode = full_sensor_mode(sensor_modes("/dev/video0"))
+            found["sensor_mode"] = f"{mode.width}x{mode.height} at {mode.fps:g} frames/s"
+        except (OSError, ValueError) as exc:
+            found["sensor_mode"] = f"not read from /dev/video0 ({exc})"
     found["ok"] = bool(devices) or found.get("module", {}).get("ok", False)
     if not found["ok"]:
         found["error"] = "no camera device found (is the optic module's cable seated?)"
@@ -63,7 +86,24 @@ def gpio(cfg: Config) -> dict:
         out["ok"] = out["driver"]["ok"]
     else:
         out["ok"] = out["gpiozero"]["ok"]
+    if not cfg.simulate and profile.ring_pwm is not None:
+        out["white_ring_pwm"] = _ring_pwm(profile)
+        out["ok"] = out["ok"] and out["white_ring_pwm"]["ok"]
     return out
+
+
+def _ring_pwm(profile) -> dict:
+    """Whether the kernel PWM channel that dims the white ring is there (else the ring is on software PWM)."""
+    from hardware import pwm
+
+    want = profile.ring_pwm
+    found = {"device": want.device, "channel": want.channel}
+    try:
+        chip = pwm.find_pwm_chip(want.device, pwm.PWM_SYSFS)
+    except pwm.PWMUnavailable as exc:
+        return {"ok": False, **found, "error": (f"{exc}; the white ring would run on {profile.pin_factory}'s software "
+                                                 f"PWM, in whole-percent steps. Fix: {want.enable}")}
+    return {"ok": True, **found, "chip": str(chip)}
 
 
 def serial_port(cfg: Config) -> dict:
@@ -101,10 +141,12 @@ def inference(cfg: Config) -> dict:
     return out
 
 
-def models() -> dict:
+def models(cfg: Config | None = None) -> dict:
+    """Every model file of the active models (the installed version in use, else the shipped ones) against its hash."""
     from models.runtime import registry
 
-    entries = registry.manifest()
+    artifacts = registry.ARTIFACTS if cfg is None else registry.installed_artifacts(DataDir(cfg.data_dir).models)
+    entries = registry.manifest(artifacts)
     found = {}
     ok = True
     for name, entry in entries.items():
@@ -113,13 +155,13 @@ def models() -> dict:
         for precision in ["fp32"] + [p for p in ("int8",) if p in entry]:
             key = name if precision == "fp32" else f"{name}.{precision}"
             try:
-                path, e = registry.model_file(name, precision)
+                path, e = registry.model_file(name, precision, artifacts)
                 found[key] = {"ok": True, "file": path.name, "sha256": e["sha256"], "version": e.get("version"),
                               "bytes": path.stat().st_size}
             except Exception as exc:  # noqa: BLE001 - every model is checked, each failure reported
                 ok = False
                 found[key] = {"ok": False, "error": str(exc)}
-    policy = registry.ARTIFACTS / "screening.json"
+    policy = artifacts / "screening.json"
     found["referral_policy"] = {"ok": policy.exists(), "file": policy.name}
     return {"ok": ok and bool(found), **found}
 
@@ -148,7 +190,7 @@ def report(cfg: Config) -> dict:
         "gpio": _check(lambda: gpio(cfg)),
         "serial": _check(lambda: serial_port(cfg)),
         "inference": _check(lambda: inference(cfg)),
-        "models": _check(models),
+        "models": _check(lambda: models(cfg)),
         "data_dir": _check(lambda: data_dir(cfg)),
     }
     checks["ok"] = all(c.get("ok") for c in checks.values() if isinstance(c, dict))

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from device import sdnotify
 from device.capture.loop import CapturedPhoto, CaptureLoop
@@ -25,7 +25,9 @@ from device.visits.datadir import DataDir
 from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from hardware.rig import Rig, open_rig
+from models.runtime import tensorrt as trt_runtime
 from models.runtime.engine import EngineError
+from models.runtime.installed import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,80 @@ class StaleCapture(Exception):
     """A page asked for a photo under a capture token that no longer owns the camera."""
 
 
-class Unit:
+@dataclass
+class LoadedModels:
+    """The networks of one model version, loaded together from one folder."""
+
+    pipeline: ScreeningPipeline | None
+    progression: ProgressionAssessor | None
+    error: str | None = None  # why the screening pipeline is not loaded: nothing can be screened
+    errors: dict[str, str] = field(default_factory=dict)  # a network left out, and why: the rest screens without it
+    source: tuple | None = None  # ModelStore.active() as they were loaded: folder, version, switch
+
+
+def load_models(config: Config) -> LoadedModels:
+    """The active models (the installed version the data folder's pointer names, else the shipped ones), each
+    network on its own: one that does not load (a TensorRT build that failed on this GPU) leaves the others
+    working, and `errors` says which and why. Every network and policy comes from the same folder."""
+    files = DataDir(config.data_dir)
+    store = ModelStore(files.models)
+    try:
+        source = store.active()
+        folder, release, _ = source
+    except EngineError as exc:
+        log.error("screening models not loaded: %s", exc)
+        return LoadedModels(None, None, str(exc))
+    engines = files.engines
+    pipeline: ScreeningPipeline | None = None
+    progression: ProgressionAssessor | None = None
     model_error: str | None = None
+    model_errors: dict[str, str] = {}
+    try:
+        try:
+            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
+                                                        engine_cache=engines, artifacts=folder)
+        except EngineError as exc:
+            # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
+            log.error("screening models not loaded: %s", exc)
+            model_error = str(exc)
+        else:
+            model_errors.update(pipeline.not_loaded)
+            pipeline.model_versions["models_release"] = release  # which release, as `glaucoscreen models list` names it
+        try:
+            progression = ProgressionAssessor.from_artifacts(engine_cache=engines, without_engine_if_refused=True,
+                                                             artifacts=folder)
+        except EngineError as exc:
+            log.error("progression not loaded; screening without comparing with earlier visits: %s", exc)
+            model_errors["progression"] = f"{str(exc).rstrip('.')}. Screening runs without comparing with earlier visits."
+        else:
+            if progression.engine_error is not None:
+                log.error("progression network not loaded; change is judged on the cup-to-disc ratio alone: %s",
+                          progression.engine_error)
+                model_errors["progression"] = (f"{progression.engine_error.rstrip('.')}. Change since earlier visits "
+                                               "is judged on the cup-to-disc ratio alone.")
+    except BaseException:
+        for part in (pipeline, progression):
+            if part is not None:
+                part.close()
+        raise
+    return LoadedModels(pipeline, progression, model_error, model_errors, source)
+
+
+def _active_models(config: Config, errors: dict[str, str] | None = None) -> tuple | None:
+    """ModelStore.active() for this unit: which models it should be running (None: the pointer cannot be read;
+    why goes into `errors`, where given)."""
+    try:
+        return ModelStore(DataDir(config.data_dir).models).active()
+    except EngineError as exc:
+        if errors is not None:
+            errors["update"] = f"{exc}. The unit goes on screening with the models it had loaded."
+        return None
+
+
+class Unit:
+    model_error: str | None = None  # why the screening pipeline is not loaded: nothing can be screened
+    models_from: tuple | None = None  # ModelStore.active() for the loaded models: folder, version, switch
+    _refused_models: tuple | None = None  # newly active models that did not load: not tried again at every screening
 
     def __init__(self, config: Config, *, rig: Rig, pipeline: ScreeningPipeline | None, visits: VisitLog,
                  progression: ProgressionAssessor | None = None):
@@ -46,7 +120,9 @@ class Unit:
         self.simulated = rig.simulated
         self.pipeline = pipeline
         self.progression = progression
+        self.model_errors: dict[str, str] = {}  # a network left out, and why: the rest screens without it
         self.visits = visits
+        self.models_from = _active_models(config)  # a pipeline given here is taken to be the active models'
         self._screen_lock = threading.Lock()  # one screening at a time: the engines are not re-entrant on small boards
         self._binding_lock = threading.Lock()
         self._binding: tuple[str, str, str] | None = None  # (capture token, visit, eye) the camera is armed for
@@ -57,28 +133,57 @@ class Unit:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Config) -> "Unit":
-        """The unit on the board's hardware, or in simulation when `config.simulate` is set."""
+        """The unit on the board's hardware, or in simulation when `config.simulate` is set, with the active
+        models (`load_models`)."""
         rig = open_rig(**config.rig_options())
+        opened: VisitLog | None = None
         try:
-            visits = VisitLog(config.data_dir)
+            visits = opened = VisitLog(config.data_dir)
+            models = load_models(config)
         except BaseException:
+            if opened is not None:
+                opened.close()
             rig.close()
             raise
-        model_error: str | None
-        try:
-            pipeline = ScreeningPipeline.from_artifacts(precision=config.precision, gate=QualityGate(config.quality),
-                                                        engine_cache=DataDir(config.data_dir).engines)
-            progression = ProgressionAssessor.from_artifacts(engine_cache=DataDir(config.data_dir).engines)
-        except EngineError as exc:
-            # Start anyway: the kiosk tells the worker what is wrong, and visits can still be looked up.
-            log.error("screening models not loaded: %s", exc)
-            pipeline, progression = None, None
-            model_error = str(exc)
-        else:
-            model_error = None
-        unit = cls(config, rig=rig, pipeline=pipeline, visits=visits, progression=progression)
-        unit.model_error = model_error
+        unit = cls(config, rig=rig, pipeline=models.pipeline, visits=visits, progression=models.progression)
+        unit._take(models)
         return unit
+
+    # -- models ---------------------------------------------------------------------------------
+    def _take(self, models: "LoadedModels") -> None:
+        self.pipeline, self.progression = models.pipeline, models.progression
+        self.model_error, self.model_errors = models.error, models.errors
+        self.models_from = models.source
+
+    def _pick_up_new_models(self) -> None:
+        """Called under the screening lock: when another version became active since the models were loaded (an
+        install or rollback from the kiosk, the command or the sync service, which are other processes), load
+        it before the next screening, so every result names the models that made it. New models that do not
+        load leave the old ones screening, and the Models page says why."""
+        source = _active_models(self.config, self.model_errors if self.pipeline is not None else None)
+        if source is None and self.pipeline is not None:
+            return
+        if source == self.models_from or (source is not None and source == self._refused_models):
+            return
+        models = load_models(self.config)
+        if models.pipeline is None and self.pipeline is not None:
+            self._refused_models = source
+            self.model_errors["update"] = (f"the newly active models could not be loaded ({models.error}); the unit goes on "
+                                           "screening with the ones it had")
+            return
+        old = (self.pipeline, self.progression)
+        self._take(models)
+        self._refused_models = None
+        for part in old:
+            if part is not None:
+                part.close()
+        log.info("models of %s loaded: %s", source, self.pipeline.model_versions if self.pipeline else self.model_error)
+
+    def reload_models(self) -> None:
+        """Load the active models now if they changed (after an install on the kiosk's Models page), rather than
+        at the next screening."""
+        with self._screen_lock:
+            self._pick_up_new_models()
 
     # -- what the kiosk uses --------------------------------------------------------------------
     def begin_capture(self, visit_uuid: str, eye: str) -> str:
@@ -115,9 +220,10 @@ class Unit:
                 self._binding = None
 
     def screen_and_record(self, visit_uuid: str, eye: str, photo: CapturedPhoto) -> dict:
-        if self.pipeline is None:
-            raise EngineError(self.model_error or "the screening models are not loaded")
         with self._screen_lock:
+            self._pick_up_new_models()
+            if self.pipeline is None:
+                raise EngineError(self.model_error or "the screening models are not loaded")
             history = None
             if self.progression is not None:
                 history = eye_history(self.visits, self.visits.get_visit(visit_uuid)["patient"]["identifier"], eye)
@@ -144,7 +250,8 @@ class Unit:
                        **(self.camera.info() if hasattr(self.camera, "info") else {}), "frame_rate": self.frames.rate()},
             "illumination": self.illumination.state() if self.illumination is not None else {"ok": False},
             "models": ({"ok": True, **self.pipeline.model_versions} if self.pipeline is not None
-                       else {"ok": False, "error": self.model_error}),
+                       else {"ok": False, "error": self.model_error}) | (
+                           {"not_loaded": dict(self.model_errors)} if self.model_errors else {}),
             "disk_free_bytes": shutil.disk_usage(self.config.data_dir).free,
             "outbox": self.visits.outbox_counts(),
         }
@@ -196,6 +303,10 @@ class Unit:
 
     def start(self) -> None:
         self.visits.recover()
+        try:
+            ModelStore(DataDir(self.config.data_dir).models).recover_if_idle()  # what a power cut in an install left
+        except (OSError, EngineError) as exc:
+            log.error("leftovers of an interrupted model install not cleared: %s", exc)
         closed = self.visits.close_abandoned(dt.timedelta(hours=self.config.abandon_visit_after_h))
         if closed:
             log.info("closed %d visit(s) left unfinished for over %g h; they are sent with what they have",
@@ -204,6 +315,11 @@ class Unit:
 
     def close(self) -> None:
         self.capture.stop()
+        with self._screen_lock:  # no screening in flight when the engines' memory goes
+            for part in (self.pipeline, self.progression):
+                close = getattr(part, "close", None)
+                if close is not None:
+                    close()
         self.visits.close()
         self.rig.close()
 
@@ -229,6 +345,9 @@ def serve(config: Config) -> int:
     from device.kiosk import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # a first start after an update builds TensorRT engines before READY: minutes on a Jetson, more than
+    # TimeoutStartSec; systemd is asked for more time while each is built (or another builder is awaited)
+    trt_runtime.set_long_wait(sdnotify.extending_timeout)
     unit = Unit.from_config(config)
     unit.start()
     if config.simulate:

@@ -32,6 +32,16 @@ class PinMap:
 
 
 @dataclass(frozen=True)
+class PWMOutput:
+    """A hardware PWM channel that reaches a header pin: the kernel's PWM controller (its platform device,
+    as /sys/class/pwm/pwmchipN/device names it) and the channel's number on that controller."""
+
+    device: str
+    channel: int
+    enable: str = ""  # what routes the channel to the pin (a config.txt line)
+
+
+@dataclass(frozen=True)
 class BoardProfile:
     name: str
     description: str
@@ -40,6 +50,9 @@ class BoardProfile:
     serial_port: str | None       # the optic module controller's UART; None where there is none
     pin_factory: str | None       # gpiozero pin factory name ("jetson-gpio": ours); None where there is none
     note: str = ""                # what a person setting the board up must know
+    # the kernel PWM channel that dims the white ring, where the pin factory's own PWM is too coarse
+    # (hardware/pwm.py); None: the pin factory's PWM drives it
+    ring_pwm: PWMOutput | None = None
 
     def __post_init__(self) -> None:
         if self.camera_backend not in CAMERA_BACKENDS:
@@ -52,6 +65,19 @@ CAMERA_BACKENDS = ("picamera2", "gstreamer", "opencv")
 # GPIO18 is a hardware-PWM-capable pin for the LED ring.
 _PI_PINS = PinMap(numbering="BCM", white_ring=18, infrared=23, status=24, buzzer=25, capture_button=17)
 
+# The Pi 5's hardware PWM on the header: RP1's PWM0 controller (platform device 1f00098000.pwm) has four
+# channels, which reach GPIO12, GPIO13, GPIO18 and GPIO19 (RP1 datasheet: PWM0_CHAN0..3, alternate
+# functions a0 on GPIO12/13, a3 on GPIO18/19). Its pwmchip number changes between kernels (pwmchip2 on
+# 6.6, pwmchip0 on 6.12), so hardware/pwm.py finds the chip by this device name, not by number.
+RP1_PWM0 = "1f00098000.pwm"
+_PI5_PWM_OVERLAY = "dtoverlay=pwm-2chan in /boot/firmware/config.txt (GPIO18 and GPIO19), then reboot"
+PI5_HARDWARE_PWM: dict[int, PWMOutput] = {
+    12: PWMOutput(RP1_PWM0, 0),  # (not wired on this unit; routed by a pwm overlay's pin/func parameters)
+    13: PWMOutput(RP1_PWM0, 1),
+    18: PWMOutput(RP1_PWM0, 2, _PI5_PWM_OVERLAY),
+    19: PWMOutput(RP1_PWM0, 3, _PI5_PWM_OVERLAY),
+}
+
 PI5 = BoardProfile(
     name="pi5",
     description="Raspberry Pi 5 with a CSI camera (libcamera)",
@@ -59,17 +85,22 @@ PI5 = BoardProfile(
     camera_backend="picamera2",
     serial_port="/dev/ttyAMA0",
     pin_factory="lgpio",
-    note="enable the header UART with dtparam=uart0=on in config.txt; picamera2 comes from Raspberry Pi OS's apt packages",
+    note=("enable the header UART with dtparam=uart0=on and the ring's hardware PWM with dtoverlay=pwm-2chan in "
+          "/boot/firmware/config.txt (without it the ring falls back to lgpio's software PWM, in whole-percent "
+          "steps); picamera2 comes from Raspberry Pi OS's apt packages"),
+    ring_pwm=PI5_HARDWARE_PWM[_PI_PINS.white_ring],
 )
 
 # Jetson Orin Nano developer kit: physical header positions (Jetson.GPIO BOARD mode). Pin 33 is
-# GPIO13 / PWM5 (32c0000.pwm), enabled as PWM with jetson-io; pins 8/10 carry the UART.
+# GPIO13 / PWM5 (32c0000.pwm), enabled as PWM with jetson-io. Pins 8/10 carry the header's UART1,
+# which L4T names /dev/ttyTHS0 on an Orin (JetPack 5 and 6); /dev/ttyTHS1 was the name of pins 8/10
+# on the original Jetson Nano, and on an Orin it is not the header's UART.
 JETSON_ORIN_NANO = BoardProfile(
     name="jetson-orin-nano",
     description="NVIDIA Jetson Orin Nano developer kit with a CSI camera (Argus)",
     pins=PinMap(numbering="BOARD", white_ring=33, infrared=29, status=31, buzzer=32, capture_button=7),
     camera_backend="gstreamer",
-    serial_port="/dev/ttyTHS1",
+    serial_port="/dev/ttyTHS0",
     pin_factory="jetson-gpio",
     note=("gpiozero ships no Jetson pin factory (its own ones identify a Raspberry Pi), so the lights go "
           "through hardware/jetson_gpio.py over NVIDIA's Jetson.GPIO (JetPack's python3-jetson-gpio; the "

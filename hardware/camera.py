@@ -1,4 +1,4 @@
-"""Camera sources: the board's camera (picamera2, GStreamer on a Jetson, OpenCV/UVC) or recorded photos.
+"""Camera sources: the board's camera (picamera2, Argus on a Jetson: hardware/argus.py, OpenCV/UVC) or recorded photos.
 
 Every source gives the same thing: HxWx3 uint8 RGB preview frames from `read()`, a full-resolution
 `capture_still()`, manual exposure, and a CameraError with a sentence a health worker or the IT
@@ -7,15 +7,19 @@ a camera starts, so the unit runs (and its tests run) on boards that lack the ot
 """
 from __future__ import annotations
 
+import logging
+import re
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from hardware.boards import PROFILES, BoardProfile
 from models.runtime.images import ImageError, read_rgb
+
+log = logging.getLogger(__name__)
 
 PREVIEW_SIZE = (480, 640)  # (height, width): what the quality gate and the kiosk's preview need
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -57,6 +61,24 @@ def _check_exposure(exposure_us: int, gain: float) -> tuple[int, float]:
     return int(round(exposure_us)), float(gain)
 
 
+def opencv_build(cv2_module: Any = cv2) -> dict:
+    """Which OpenCV this process uses and whether it can run GStreamer pipelines, from its own build report.
+
+    The pip wheels (opencv-python, -headless) are built without GStreamer; JetPack's system OpenCV is
+    built with it. On a Jetson a wheel in the unit's venv hides the system's one, and the CSI camera
+    then cannot open: `file` says which one was imported, `gstreamer_line` what its build says.
+    """
+    out: dict[str, Any] = {"version": getattr(cv2_module, "__version__", "unknown"),
+                           "file": str(getattr(cv2_module, "__file__", "unknown"))}
+    try:
+        info = cv2_module.getBuildInformation()
+    except Exception as exc:  # noqa: BLE001 - a broken cv2 is reported, not raised
+        return {**out, "gstreamer": False, "gstreamer_line": None, "error": f"{type(exc).__name__}: {exc}"}
+    found = re.search(r"^\s*GStreamer:\s*(.*?)\s*$", info, re.M)
+    line = f"GStreamer: {found.group(1)}" if found else None
+    return {**out, "gstreamer": bool(found and found.group(1).upper().startswith("YES")), "gstreamer_line": line}
+
+
 def _letterbox(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Fit the photo inside (height, width) without distorting it; black around, as a camera shows a fundus."""
     h, w = size
@@ -92,31 +114,60 @@ class Picamera2Camera(Camera):
     """A CSI camera on a Raspberry Pi: a preview stream, and a still mode switched to for each photo.
 
     Exposure is manual (AeEnable False): the capture loop owns brightness through the LED ring, and
-    an auto-exposure fighting it would make the illumination control oscillate.
+    an auto-exposure fighting it would make the illumination control oscillate. Exposure and gain
+    change on the running camera (set_controls): nothing restarts for them.
+
+    A Picamera2 holds the camera from its construction until close(): one left open (a start that
+    failed half-way) keeps every later start out ("Failed to acquire camera: Device or resource
+    busy") until the process ends. So every way out of `start` that does not keep the camera closes it.
+    `picamera2_factory` stands in for picamera2.Picamera2 (tests give a fake).
     """
 
     def __init__(self, camera_num: int = 0, preview_size: tuple[int, int] = PREVIEW_SIZE,
-                 still_size: tuple[int, int] | None = None):
+                 still_size: tuple[int, int] | None = None, picamera2_factory: Callable[[int], Any] | None = None):
         self.camera_num = camera_num
         self.preview_size = preview_size
         self.still_size = still_size
-        self._cam = None
+        self._factory = picamera2_factory
+        self._cam: Any = None
         self._controls: dict = {"AeEnable": False, "ExposureTime": 20000, "AnalogueGain": 1.0}
 
     def start(self) -> None:
+        if self._cam is not None:
+            return
+        factory = self._factory
+        if factory is None:
+            try:
+                from picamera2 import Picamera2
+            except (ImportError, ValueError, AttributeError) as exc:
+                if isinstance(exc, ImportError) and exc.name == "picamera2":
+                    raise CameraError("picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2)") from exc
+                cause = f"{type(exc).__name__}: {exc}"
+                # apt's picamera2 brings simplejpeg, compiled against Bookworm's numpy 1.x: under numpy 2 it
+                # fails with "numpy.dtype size changed" (Cython) or "numpy.core.multiarray failed to import".
+                if any(s in str(exc) for s in ("size changed", "NumPy 1.x", "_ARRAY_API", "multiarray failed to import")):
+                    raise CameraError(
+                        f"picamera2 did not load: the system's compiled camera modules were built for numpy 1.x, but "
+                        f"this Python has numpy {np.__version__} (from {Path(np.__file__).parent}); keep numpy below 2 "
+                        f"here (the [pi] extra does: pip install 'numpy<2') ({cause})") from exc
+                raise CameraError(f"picamera2 did not load ({cause})") from exc
+            factory = Picamera2
         try:
-            from picamera2 import Picamera2
-        except ImportError as exc:
-            raise CameraError("picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2)") from exc
+            cam = _open_picamera2(factory, self.camera_num)
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise CameraError(f"the Pi camera {self.camera_num} could not be opened ({exc}); is its ribbon cable seated, "
+                              f"and no other program using it?") from exc
         try:
-            cam = Picamera2(self.camera_num)
             h, w = self.preview_size
             preview = cam.create_preview_configuration(main={"size": (w, h), "format": "RGB888"},
                                                        controls=dict(self._controls))
             cam.configure(preview)
             cam.start()
-        except (RuntimeError, IndexError, OSError) as exc:
-            raise CameraError(f"the Pi camera {self.camera_num} did not start ({exc}); is its ribbon cable seated?") from exc
+        except BaseException as exc:
+            _close_picamera2(cam)  # or the camera stays acquired, and no later start gets it
+            if isinstance(exc, (RuntimeError, IndexError, OSError, ValueError)):
+                raise CameraError(f"the Pi camera {self.camera_num} did not start ({exc}); is its ribbon cable seated?") from exc
+            raise
         self._cam = cam
 
     def read(self) -> np.ndarray:
@@ -155,7 +206,7 @@ class Picamera2Camera(Camera):
             try:
                 cam.stop()
             finally:
-                cam.close()
+                cam.close()  # releases the camera for the next start (and for other programs)
 
     def info(self) -> dict:
         out = {"backend": "picamera2", "camera": self.camera_num, "preview_size": list(self.preview_size),
@@ -168,6 +219,33 @@ class Picamera2Camera(Camera):
         if self._cam is None:
             raise CameraError("the Pi camera is not started")
         return self._cam
+
+
+def _open_picamera2(factory: Any, camera_num: int) -> Any:
+    """A Picamera2 for `camera_num`, closed again if its own construction fails half-way.
+
+    Picamera2's constructor acquires the camera and then goes on configuring; when a later step
+    raises, the half-made object is kept alive by picamera2's camera manager with the camera still
+    acquired, and the caller never got it to close. Made in two steps here, it can be closed (its
+    close() is what its own __del__ would call, and does nothing on a camera never acquired).
+    """
+    if not isinstance(factory, type):
+        return factory(camera_num)
+    cam: Any = object.__new__(factory)
+    try:
+        cam.__init__(camera_num)
+    except BaseException:
+        _close_picamera2(cam)
+        raise
+    return cam
+
+
+def _close_picamera2(cam: Any) -> None:
+    """Close on a failure path: a close that fails too is logged, so that the first failure is the one raised."""
+    try:
+        cam.close()
+    except Exception:  # noqa: BLE001 - the start's own failure is what the caller must see
+        log.exception("the Pi camera could not be closed after a failed start")
 
 
 def _rgb_from_picamera2(frame: np.ndarray) -> np.ndarray:
@@ -260,107 +338,6 @@ class OpenCVCamera(Camera):
         return f"/dev/video{self.source}" if isinstance(self.source, int) else str(self.source)
 
 
-# -- Jetson CSI cameras through GStreamer (Argus) -------------------------------------------------
-def nvargus_pipeline(sensor_id: int = 0, sensor_size: tuple[int, int] = (1080, 1920), framerate: int = 30,
-                     out_size: tuple[int, int] = PREVIEW_SIZE, exposure_us: int | None = None,
-                     gain: float | None = None) -> str:
-    """A GStreamer pipeline from a Jetson CSI camera to BGR frames for cv2.VideoCapture.
-
-    nvarguscamerasrc takes exposure in nanoseconds and gain as a multiplier, each as a "low high"
-    range; a range of one value fixes it, which is how manual exposure is expressed.
-    """
-    src = [f"nvarguscamerasrc sensor-id={int(sensor_id)}"]
-    if exposure_us is not None:
-        ns = int(exposure_us) * 1000
-        src.append(f'exposuretimerange="{ns} {ns}"')
-    if gain is not None:
-        src.append(f'gainrange="{gain:g} {gain:g}"')
-        src.append('ispdigitalgainrange="1 1"')
-    sh, sw = sensor_size
-    oh, ow = out_size
-    return (f"{' '.join(src)} ! video/x-raw(memory:NVMM),width={sw},height={sh},framerate={int(framerate)}/1,format=NV12"
-            f" ! nvvidconv ! video/x-raw,width={ow},height={oh},format=BGRx ! videoconvert ! video/x-raw,format=BGR"
-            f" ! appsink drop=true max-buffers=1")
-
-
-class GStreamerCamera(Camera):
-    """A CSI camera on a Jetson through nvarguscamerasrc and OpenCV's GStreamer backend.
-
-    Argus fixes exposure when the pipeline is built, so a new exposure rebuilds the pipeline (only
-    when it changes), and a still is taken by reopening at the sensor's full size. With a
-    hand-written `pipeline` the caller owns exposure and size: such a camera only streams.
-    """
-
-    def __init__(self, pipeline: str | None = None, *, sensor_id: int = 0, sensor_size: tuple[int, int] = (1080, 1920),
-                 framerate: int = 30, preview_size: tuple[int, int] = PREVIEW_SIZE):
-        self.pipeline = pipeline
-        self.sensor_id = sensor_id
-        self.sensor_size = sensor_size
-        self.framerate = framerate
-        self.preview_size = preview_size
-        self._exposure: tuple[int, float] | None = None
-        self._cap: cv2.VideoCapture | None = None
-
-    def _build(self, out_size: tuple[int, int]) -> str:
-        if self.pipeline is not None:
-            return self.pipeline
-        exposure, gain = self._exposure or (None, None)
-        return nvargus_pipeline(self.sensor_id, self.sensor_size, self.framerate, out_size, exposure, gain)
-
-    def _open(self, out_size: tuple[int, int]) -> cv2.VideoCapture:
-        self.stop()
-        description = self._build(out_size)
-        cap = cv2.VideoCapture(description, cv2.CAP_GSTREAMER)
-        if not cap.isOpened():
-            cap.release()
-            raise CameraError(f"the CSI camera {self.sensor_id} did not start through GStreamer (is the camera "
-                              f"connected, nvargus-daemon running, and OpenCV built with GStreamer?): {description}")
-        self._cap = cap
-        return cap
-
-    def start(self) -> None:
-        self._open(self.preview_size)
-
-    def read(self) -> np.ndarray:
-        if self._cap is None:
-            raise CameraError("the CSI camera is not started")
-        ok, frame = self._cap.read()
-        if not ok or frame is None:
-            raise CameraError(f"the CSI camera {self.sensor_id} stopped sending frames")
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-
-    def set_exposure(self, exposure_us: int, gain: float) -> None:
-        wanted = _check_exposure(exposure_us, gain)
-        if self.pipeline is not None:
-            raise CameraError("exposure is fixed by the hand-written GStreamer pipeline")
-        if wanted == self._exposure:
-            return
-        self._exposure = wanted
-        if self._cap is not None:
-            self._open(self.preview_size)
-
-    def capture_still(self) -> np.ndarray:
-        if self.pipeline is not None:
-            return self.read()
-        cap = self._open(self.sensor_size)
-        try:
-            cap.grab()  # Argus's first buffer after a start can be under-exposed
-            return self.read()
-        finally:
-            self._open(self.preview_size)
-
-    def stop(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
-    def info(self) -> dict:
-        out = {"backend": "gstreamer", "sensor_id": self.sensor_id, "pipeline": self._build(self.preview_size)}
-        if self._exposure is not None:
-            out["exposure_us"], out["gain"] = self._exposure
-        return out
-
-
 # -- recorded photos ------------------------------------------------------------------------------
 class ReplayCamera(Camera):
     """Plays the photos in a folder as a camera would show them, one per frame, round and round.
@@ -425,8 +402,8 @@ class ReplayCamera(Camera):
 def open_camera(source: BoardProfile | str, **options) -> Camera:
     """The camera for a board profile, a board's name, or a backend's name (not yet started).
 
-    Backends: "picamera2", "gstreamer", "opencv" (options `index_or_url`, ...), "replay" (option
-    `folder`), "simulated" (options of SimulatedCamera).
+    Backends: "picamera2", "gstreamer" (Argus on a Jetson: options of hardware.argus.ArgusCamera),
+    "opencv" (options `index_or_url`, ...), "replay" (option `folder`), "simulated" (options of SimulatedCamera).
     """
     if isinstance(source, str) and source in PROFILES:
         source = PROFILES[source]
@@ -434,7 +411,9 @@ def open_camera(source: BoardProfile | str, **options) -> Camera:
     if backend == "picamera2":
         return Picamera2Camera(**options)
     if backend == "gstreamer":
-        return GStreamerCamera(**options)
+        from hardware.argus import ArgusCamera
+
+        return ArgusCamera(**options)
     if backend == "opencv":
         return OpenCVCamera(**options)
     if backend == "replay":

@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpiozero import LED, PWMLED, Button, Buzzer, Device
 from gpiozero.pins import Factory
 
+from hardware import pwm
 from hardware.boards import BoardProfile
+from hardware.pwm import HardwarePWMFactory, HardwarePWMPin, PWMUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,28 @@ class IlluminationError(RuntimeError):
     """The lights cannot be set up; the message says what to fix."""
 
 
-def make_pin_factory(profile: BoardProfile) -> Factory:
+def make_pin_factory(profile: BoardProfile, *, gpio: Factory | None = None,
+                     pwm_root: str | Path | None = None) -> Factory:
+    """The pin factory for the board's lights: the gpiozero factory its profile names (`gpio`, when given,
+    stands for it), with the white ring on the kernel's hardware PWM where the profile says the ring's
+    pin has one (`profile.ring_pwm`, looked up under `pwm_root`, by default /sys/class/pwm).
+
+    Where that PWM is not set up the ring stays on the board factory's own PWM (on a Pi, lgpio's
+    software PWM in whole-percent steps), and the log says what to change."""
+    base = gpio if gpio is not None else _gpio_factory(profile)
+    if profile.ring_pwm is None:
+        return base
+    try:
+        root = pwm_root if pwm_root is not None else pwm.PWM_SYSFS
+        return HardwarePWMFactory(base, {profile.pins.white_ring: profile.ring_pwm}, root=root)
+    except PWMUnavailable as exc:
+        log.warning("the white ring has no hardware PWM (%s): it runs on the %s factory's own PWM, on a Pi in "
+                    "whole-percent steps (a 1.5%% level gives 1%%); to fix it: %s", exc, profile.pin_factory,
+                    profile.ring_pwm.enable or "route the PWM channel to the pin")
+        return base
+
+
+def _gpio_factory(profile: BoardProfile) -> Factory:
     """The gpiozero pin factory the board's profile names (mock pins with PWM for simulation).
 
     Driver modules are imported only here, when the lights start: each refuses to load on the
@@ -54,11 +79,26 @@ def make_pin_factory(profile: BoardProfile) -> Factory:
         if ep.name == name:
             try:
                 return ep.load()()
-            except Exception as exc:  # noqa: BLE001 - a missing driver or no GPIO access
-                raise IlluminationError(
-                    f"the {name} GPIO driver did not start ({type(exc).__name__}: {exc}); is the "
-                    f"{name} package installed and is this user in the gpio group?") from exc
+            except Exception as exc:  # noqa: BLE001 - a missing driver, its files, or no GPIO access
+                raise IlluminationError(_driver_failure(name, exc)) from exc
     raise IlluminationError(f"gpiozero does not know the pin factory {name!r} named by board {profile.name!r}")
+
+
+def _driver_failure(name: str, exc: Exception) -> str:
+    """Why a gpiozero pin factory's driver did not start, as the driver itself said it."""
+    cause = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError) and exc.name is not None:
+        return (f"the {name} GPIO driver did not start: the Python module {exc.name!r} is not installed (on Raspberry "
+                f"Pi OS: sudo apt install python3-{exc.name}, in a venv made with --system-site-packages) ({cause})")
+    if ".lgd-nfy" in f"{getattr(exc, 'filename', '')} {exc}":
+        # `import lgpio` makes notification FIFOs in $LG_WD, else in the working directory (/ under systemd)
+        where = os.environ.get("LG_WD") or os.getcwd()
+        return (f"the {name} GPIO driver did not start: lgpio could not make its notification FIFO (.lgd-nfy*) in "
+                f"{where}; give it a writable directory in LG_WD or as the working directory (the kiosk unit sets "
+                f"WorkingDirectory= and Environment=LG_WD=) ({cause})")
+    if "gpiochip" in str(exc) or isinstance(exc, PermissionError):
+        return f"the {name} GPIO driver could not open the GPIO chip ({cause}); is this user in the gpio group?"
+    return f"the {name} GPIO driver did not start ({cause})"
 
 
 @dataclass(frozen=True)
@@ -105,6 +145,8 @@ class Illumination:
         self.max_level = float(max_level)
         self.max_flash_s = float(max_flash_s)
         factory = pin_factory if pin_factory is not None else make_pin_factory(profile)
+        self._own_factory = factory if pin_factory is None else None  # made here: closed here
+        self._closed = False
         pins = profile.pins
         self._lock = threading.RLock()
         self._flash: Flash | None = None
@@ -120,18 +162,21 @@ class Illumination:
         except BaseException:
             for device in opened:
                 device.close()
+            if self._own_factory is not None:
+                self._own_factory.close()
             raise
         self._devices = opened
 
     # -- white light ----------------------------------------------------------------------------
     def set_white(self, level: float) -> float:
-        """Set the ring's brightness (0..1), clamped to the safe maximum; returns what was applied."""
+        """Set the ring's brightness (0..1), clamped to the safe maximum; returns what the ring's pin applied
+        (less than asked where its PWM is coarser than the request)."""
         applied = self._clamp(level)
         with self._lock:
             self._cancel_flash_timer()
             self._flash = None
             self.white.value = applied
-        return applied
+            return float(self.white.value)
 
     def flash(self, level: float, duration_s: float) -> Flash:
         """Light the ring at `level` for at most `max_flash_s`, then return to the previous level.
@@ -198,10 +243,13 @@ class Illumination:
 
     def state(self) -> dict:
         with self._lock:
+            if self._closed:
+                return {"ok": False, "board": self.profile.name, "closed": True}
             return {
                 "ok": True,
                 "board": self.profile.name,
-                "white": round(float(self.white.value), 4),
+                "white": round(float(self.white.value), 6),
+                "white_pwm": "hardware" if isinstance(self.white.pin, HardwarePWMPin) else "pin factory",
                 "flash": self._flash is not None,
                 "infrared": bool(self.infrared.value),
                 "status": bool(self.status.value),
@@ -212,10 +260,16 @@ class Illumination:
             }
 
     def close(self) -> None:
-        """Lights off, then release the pins."""
+        """Lights off, then release the pins (and close the pin factory, if it was made here). Once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.off()
         for device in reversed(self._devices):
             device.close()
+        if self._own_factory is not None:
+            self._own_factory.close()
 
     def __enter__(self) -> "Illumination":
         return self

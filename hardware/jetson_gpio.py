@@ -11,12 +11,23 @@ profile numbers them. Only the developer kit's header is described (`ORIN_NANO_H
 positions Jetson.GPIO drives, and the three with a hardware PWM controller behind them (which
 must also be switched to PWM with /opt/nvidia/jetson-io/jetson-io.py). Jetson.GPIO is imported
 when a factory is made, never at import time: it refuses to load anywhere but on a Jetson.
+
+The factory owns the GPIO chips' file descriptors (`_ChipFds`). Jetson.GPIO 2.1, the character-device
+version JetPack 6 ships, opens a chip once and shares that fd among all of the chip's channels (on the
+Orin Nano every header GPIO is on one chip), yet its clean-up of any single channel closes the shared
+fd and forgets it while the other channels still hold it: the next channel's clean-up closes the same
+number again (by then perhaps another file of the process: the optic module's serial port, a
+database), and their edge events are requested from a closed fd. So before any library call that may
+clean a channel up, the channel is made to hold no chip fd; the chips stay open while pins are in use
+and are closed once each, when the factory closes. Closing pins and the factory is idempotent.
 """
 from __future__ import annotations
 
 import importlib
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import MethodType
 from typing import Any
 from weakref import WeakMethod, ref
@@ -93,13 +104,81 @@ def import_jetson_gpio():
             "user must be in the gpio group") from exc
 
 
+class _ChipFds:
+    """The GPIO chip fds Jetson.GPIO opened for this factory's channels, closed here once each.
+
+    Reads and edits the library's own bookkeeping (`Jetson.GPIO.gpio._channel_data[channel].chip_fd`,
+    `_chip_fd`, `gpio_cdev.close_chip`), which only the character-device versions (2.1 and later) have.
+    Older versions open no chip (they used sysfs) and share nothing: there this does nothing.
+    """
+
+    def __init__(self, gpio: Any) -> None:
+        impl = getattr(gpio, "gpio", None)  # the module behind the Jetson.GPIO package
+        needed = ("_channel_data", "_chip_fd", "gpio_cdev")
+        self._impl = impl if impl is not None and all(hasattr(impl, n) for n in needed) else None
+        self._owned: dict[int, str] = {}  # chip fd -> chip name
+        self._lock = threading.RLock()
+
+    def _info(self, channel: int):
+        if self._impl is None:
+            return None
+        return self._impl._channel_data.get(channel)
+
+    def adopt(self, channel: int) -> None:
+        """Note the chip fd a freshly set-up channel holds: closing it is ours."""
+        info = self._info(channel)
+        fd = getattr(info, "chip_fd", None)
+        if fd:
+            self._owned.setdefault(fd, info.gpio_chip)
+
+    @contextmanager
+    def releasing(self, channel: int) -> Iterator[None]:
+        """Around a library call that may clean `channel` up: the channel holds no chip fd for the call to
+        close (the chip stays open, and in the library's table, for its other channels and the next set-up)."""
+        with self._lock:
+            info = self._info(channel)
+            fd = getattr(info, "chip_fd", None)
+            if fd:
+                self._owned.setdefault(fd, info.gpio_chip)
+                info.chip_fd = None
+            try:
+                yield
+            except BaseException:
+                if fd and info.chip_fd is None and self._impl is not None and self._impl._chip_fd.get(info.gpio_chip) == fd:
+                    info.chip_fd = fd  # the call failed: the channel keeps the (still open) chip it had
+                raise
+            finally:
+                self.adopt(channel)
+
+    def detach_all(self) -> None:
+        """No channel holds an fd of ours any more (before the library's clean-up of every channel)."""
+        with self._lock:
+            if self._impl is None:
+                return
+            for info in self._impl._channel_data.values():
+                if getattr(info, "chip_fd", None) in self._owned:
+                    info.chip_fd = None
+
+    def close(self) -> None:
+        """Close each chip once, and take it out of the library's table so a later set-up opens it afresh."""
+        with self._lock:
+            if self._impl is None:
+                return
+            self.detach_all()
+            owned, self._owned = self._owned, {}
+            for fd, chip in owned.items():
+                if self._impl._chip_fd.get(chip) == fd:
+                    del self._impl._chip_fd[chip]
+                self._impl.gpio_cdev.close_chip(fd)
+
+
 class JetsonGPIOFactory(Factory):
     """gpiozero pins on a Jetson's 40-pin header, by physical position, driven through Jetson.GPIO.
 
     `gpio` is the Jetson.GPIO module to drive (by default imported now); it is put in BOARD mode.
     """
 
-    def __init__(self, gpio=None):
+    def __init__(self, gpio: Any = None) -> None:
         super().__init__()
         self.gpio = gpio if gpio is not None else import_jetson_gpio()
         self.gpio.setwarnings(False)
@@ -107,6 +186,8 @@ class JetsonGPIOFactory(Factory):
         self.pins: dict[PinInfo, JetsonGPIOPin] = {}
         self._info = orin_nano_board_info()
         self._lock = threading.Lock()
+        self._chips = _ChipFds(self.gpio)
+        self._closed = False
 
     def pin(self, name):
         for _header, info in self.board_info.find_pin(name):
@@ -118,10 +199,32 @@ class JetsonGPIOFactory(Factory):
         raise PinInvalidPin(f"{name!r} is not a pin of the Jetson's {HEADER} header (use its position, 1..40)")
 
     def close(self) -> None:
-        for pin in list(self.pins.values()):
+        """Release every pin, then close each GPIO chip once. A second call does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pins = list(self.pins.values())
+            self.pins.clear()
+        for pin in pins:
             pin.close()
-        self.pins.clear()
-        self.gpio.cleanup()
+        self._chips.detach_all()
+        if self.gpio.getmode() is not None:
+            self.gpio.cleanup()  # anything still set up; no channel holds a chip fd for it to close
+        self._chips.close()
+
+    # -- the library's calls that may clean a channel up (and with it, close the chip's fd) --------
+    def _setup(self, channel: int, direction, **kwargs) -> None:
+        with self._chips.releasing(channel):  # setup() of a set-up channel cleans it up first
+            self.gpio.setup(channel, direction, **kwargs)
+
+    def _cleanup(self, channel: int) -> None:
+        with self._chips.releasing(channel):
+            self.gpio.cleanup(channel)
+
+    def _pwm(self, channel: int, frequency_hz: float):
+        with self._chips.releasing(channel):  # PWM() cleans up a channel set up as a GPIO
+            return self.gpio.PWM(channel, frequency_hz)
 
     def _get_board_info(self) -> BoardInfo:
         return self._info
@@ -163,17 +266,18 @@ class JetsonGPIOPin(Pin):
         return self._info
 
     def close(self) -> None:
+        """Stop PWM and edge events and give the channel back; closing again does nothing."""
         self.frequency = None
         self.when_changed = None
         if self._function is not None:
-            self._gpio.cleanup(self._channel)
             self._function = None
+            self._factory._cleanup(self._channel)
 
     # -- direction ------------------------------------------------------------------------------
     def output_with_state(self, state) -> None:
         self._stop_pwm()
         g = self._gpio
-        g.setup(self._channel, g.OUT, initial=g.HIGH if state else g.LOW)
+        self._factory._setup(self._channel, g.OUT, initial=g.HIGH if state else g.LOW)
         self._function = "output"
 
     def input_with_pull(self, pull) -> None:
@@ -188,17 +292,22 @@ class JetsonGPIOPin(Pin):
             self._stop_pwm()
             self._setup_input(self._pull)
         elif value == "output":
+            if self._function == "output" and self._pwm is None:
+                return  # already one: a second setup() would only clean the channel up and set it up again
             self._stop_pwm()
-            self._gpio.setup(self._channel, self._gpio.OUT)
+            self._factory._setup(self._channel, self._gpio.OUT)
             self._function = "output"
         else:
             raise PinInvalidFunction(f"invalid function {value!r} for pin {self!r}: input or output")
 
     def _setup_input(self, pull: str) -> None:
+        """Make the channel an input; `pull` is only noted. Jetson.GPIO never applies a pull (the pinmux and
+        the module's own resistors decide it) and warns when given one, so it is not passed on, and a pin
+        that is already an input is not set up again just for its pull."""
         if pull not in _PULLS:
             raise PinInvalidPull(f"invalid pull {pull!r} for pin {self!r}")
-        g = self._gpio
-        g.setup(self._channel, g.IN, pull_up_down=getattr(g, _PULLS[pull]))
+        if self._function != "input":
+            self._factory._setup(self._channel, self._gpio.IN)
         self._function, self._pull = "input", pull
 
     # -- level ----------------------------------------------------------------------------------
@@ -247,7 +356,7 @@ class JetsonGPIOPin(Pin):
             pwm_pins = ", ".join(str(n) for n, (_, pwm) in ORIN_NANO_HEADER.items() if pwm)
             raise PinPWMUnsupported(f"pin {self!r} has no PWM controller on this Jetson; use one of {pwm_pins}")
         try:
-            pwm = self._gpio.PWM(self._channel, value)  # Jetson.GPIO frees the pin's GPIO set-up for the PWM
+            pwm = self._factory._pwm(self._channel, value)  # Jetson.GPIO frees the pin's GPIO set-up for the PWM
         except (ValueError, RuntimeError) as exc:
             raise PinPWMUnsupported(f"PWM did not start on pin {self!r} ({exc}); is it set to PWM in "
                                     "jetson-io.py?") from exc
@@ -257,9 +366,10 @@ class JetsonGPIOPin(Pin):
     def _stop_pwm(self) -> None:
         if self._pwm is None:
             return
-        self._pwm.stop()
-        self._gpio.cleanup(self._channel)  # hand the pin back from the PWM controller
-        self._pwm, self._frequency, self._duty, self._function = None, None, 0.0, None
+        pwm, self._pwm = self._pwm, None
+        self._frequency, self._duty, self._function = None, 0.0, None
+        pwm.stop()
+        self._factory._cleanup(self._channel)  # hand the pin back from the PWM controller
 
     # -- edges ----------------------------------------------------------------------------------
     def _get_bounce(self) -> float | None:

@@ -9,17 +9,81 @@ what the real one refuses: any call before `setmode`, a channel that is not a GP
 with no PWM controller behind it, a second PWM object on a channel, a duty cycle outside 0..100,
 edge detection on a channel that is not an input.
 
+It also keeps the GPIO chip's file descriptor as Jetson.GPIO 2.1 (the character-device versions that
+JetPack 6 ships) does, in the same places (`Jetson.GPIO.gpio._chip_fd`, each channel's
+`ChannelInfo.chip_fd`, closed with `gpio_cdev.close_chip`): the chip is opened once, on the first
+`setup` of any of its channels, and that one fd is shared by all of them; but the library's clean-up of
+a single channel (`cleanup(channel)`, a second `setup` of a set-up channel, `PWM` on a channel set up
+as a GPIO) closes the shared fd and forgets it while the chip's other channels still hold it. Their
+clean-ups then close the same number again, and their edge events are requested on a closed fd
+(`add_event_detect` fails with EBADF, as the library's ioctl does). Every chip opened and every close is
+counted (`chip_fds_opened`, `chip_fd_closes`, `stray_chip_closes`), so a test can see that each chip
+is closed exactly once. All of the Orin Nano's header GPIOs are on one chip, "tegra234-gpio".
+
 The outside world is what tests change: `drive(channel, level)` is a button or a wire pulling an
 input; inputs nothing drives sit at the level the carrier's own resistors give them
 (`pulled_up`), because Jetson.GPIO leaves pulls to the pinmux rather than to `setup`.
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import warnings
 
 from hardware.jetson_gpio import ORIN_NANO_HEADER
+
+ORIN_NANO_CHIP = "tegra234-gpio"  # the GPIO controller behind every header GPIO of the Orin Nano developer kit
+
+
+class SimulatedChannelInfo:
+    """The library's record of one channel (Jetson.GPIO.gpio_pin_data.ChannelInfo): its chip and the chip fd it holds."""
+
+    def __init__(self, channel: int, gpio_chip: str):
+        self.channel = channel
+        self.gpio_chip = gpio_chip
+        self.chip_fd: int | None = None
+
+
+class SimulatedGPIOCdev:
+    """Stands for Jetson.GPIO.gpio_cdev: opens GPIO chips and closes them, and counts both.
+
+    Chip fds are numbers that are never handed out twice, so a close can be told apart from a second
+    close of the same chip. `close_chip` swallows a close of an fd that is not open, as the library's does
+    (it ignores EBADF); such closes are counted in `stray_closes`, because on a real board the number may
+    by then belong to another file of the process.
+    """
+
+    def __init__(self) -> None:
+        self._next_fd = 100
+        self.opened: list[int] = []
+        self.closes: list[int] = []
+        self.stray_closes: list[int] = []
+        self.open_fds: set[int] = set()
+
+    def chip_open_by_label(self, label: str) -> int:
+        fd, self._next_fd = self._next_fd, self._next_fd + 1
+        self.opened.append(fd)
+        self.open_fds.add(fd)
+        return fd
+
+    def close_chip(self, chip_fd: int | None) -> None:
+        if chip_fd is None:
+            return
+        self.closes.append(chip_fd)
+        if chip_fd in self.open_fds:
+            self.open_fds.discard(chip_fd)
+        else:
+            self.stray_closes.append(chip_fd)
+
+
+class SimulatedGPIOModule:
+    """Stands for Jetson.GPIO.gpio, the module behind the package: the chip bookkeeping it keeps."""
+
+    def __init__(self) -> None:
+        self._channel_data: dict[int, SimulatedChannelInfo] = {}  # bound by setmode, as the library does
+        self._chip_fd: dict[str, int] = {}                        # chip name -> the fd its channels share
+        self.gpio_cdev = SimulatedGPIOCdev()
 
 
 class SimulatedJetsonGPIO:
@@ -44,6 +108,8 @@ class SimulatedJetsonGPIO:
         self.pwms_made: list[SimulatedPWM] = []  # every PWM object, in order, also after cleanup
         self._events: dict[int, dict] = {}
         self.PWM = _pwm_class(self)
+        self.gpio = SimulatedGPIOModule()  # what `Jetson.GPIO.gpio` is on a board
+        self._board_channels = {ch: SimulatedChannelInfo(ch, ORIN_NANO_CHIP) for ch in ORIN_NANO_HEADER}
 
     # -- the library's API ----------------------------------------------------------------------
     def setwarnings(self, state: bool) -> None:
@@ -58,6 +124,7 @@ class SimulatedJetsonGPIO:
             if mode != self.BOARD:
                 raise NotImplementedError("this stand-in numbers channels by header position (BOARD) only")
             self._mode = mode
+            self.gpio._channel_data = self._board_channels
 
     def getmode(self) -> str | None:
         return self._mode
@@ -78,6 +145,9 @@ class SimulatedJetsonGPIO:
                 self._check(ch)
                 if self._config.get(ch) == self.HARD_PWM:
                     raise ValueError(f"Channel {ch} is in use as a PWM; stop it and cleanup() it first")
+                if ch in self._config:  # set up before: the library cleans the channel up first
+                    self._cleanup_one(ch)
+                self._open_chip(ch)
                 self._config[ch] = direction
                 if direction == self.OUT:
                     self._out[ch] = self.HIGH if initial else self.LOW
@@ -114,12 +184,8 @@ class SimulatedJetsonGPIO:
             chans = list(self._config) if channel is None else list(_iterable(channel))
             for ch in chans:
                 self._check(ch)
-                pwm = self._pwm.pop(ch, None)
-                if pwm is not None:
-                    pwm.stop()
-                self._events.pop(ch, None)
-                self._config.pop(ch, None)
-                self._out.pop(ch, None)
+                if ch in self._config:
+                    self._cleanup_one(ch)
             if channel is None:
                 self._mode = None
 
@@ -136,6 +202,11 @@ class SimulatedJetsonGPIO:
                 raise TypeError("bouncetime must be an integer of milliseconds, 0 or more")
             if channel in self._events:
                 raise RuntimeError("Conflicting edge already enabled for this GPIO channel")
+            chip_fd = self.gpio._channel_data[channel].chip_fd  # the event line is requested from the chip
+            if chip_fd is None:
+                raise TypeError("argument must be an int, or have a fileno() method.")
+            if chip_fd not in self.gpio.gpio_cdev.open_fds:
+                raise OSError(errno.EBADF, "Opening input line event handle: Bad file descriptor")
             self._events[channel] = {"edge": edge, "callbacks": [callback] if callback else [],
                                      "bounce_s": (bouncetime or 0) / 1000.0, "last": None}
 
@@ -183,7 +254,47 @@ class SimulatedJetsonGPIO:
     def configured(self) -> dict[int, str]:
         return {ch: self._FUNCTIONS[self._config[ch]] for ch in sorted(self._config)}
 
+    @property
+    def chip_fds_opened(self) -> list[int]:
+        """Every GPIO chip fd the library opened, in order."""
+        return list(self.gpio.gpio_cdev.opened)
+
+    @property
+    def chip_fd_closes(self) -> list[int]:
+        """Every chip fd close, in order (a chip closed twice appears twice)."""
+        return list(self.gpio.gpio_cdev.closes)
+
+    @property
+    def stray_chip_closes(self) -> list[int]:
+        """Closes of a chip fd that was no longer open: on a board, of whatever file had the number by then."""
+        return list(self.gpio.gpio_cdev.stray_closes)
+
+    def open_chip_fds(self) -> set[int]:
+        return set(self.gpio.gpio_cdev.open_fds)
+
     # -- inside ---------------------------------------------------------------------------------
+    def _open_chip(self, channel: int) -> None:
+        """As the library's `_do_one_channel`: the chip's shared fd, opened if the chip has none yet."""
+        info = self.gpio._channel_data[channel]
+        info.chip_fd = self.gpio._chip_fd.get(info.gpio_chip)
+        if not info.chip_fd:
+            info.chip_fd = self.gpio.gpio_cdev.chip_open_by_label(info.gpio_chip)
+            self.gpio._chip_fd[info.gpio_chip] = info.chip_fd
+
+    def _cleanup_one(self, channel: int) -> None:
+        """As the library's `_cleanup_one`: the channel's PWM or events, its set-up, and the chip fd it holds."""
+        pwm = self._pwm.pop(channel, None)
+        if pwm is not None:
+            pwm.stop()
+        self._events.pop(channel, None)
+        self._config.pop(channel, None)
+        self._out.pop(channel, None)
+        info = self.gpio._channel_data[channel]
+        if info.chip_fd:  # the chip's fd, shared with its other channels: closed here all the same
+            self.gpio.gpio_cdev.close_chip(info.chip_fd)
+            info.chip_fd = None
+            self.gpio._chip_fd.pop(info.gpio_chip, None)
+
     def _check(self, channel) -> None:
         if self._mode is None:
             raise RuntimeError("Please set pin numbering mode using GPIO.setmode(GPIO.BOARD), GPIO.setmode(GPIO.BCM), "

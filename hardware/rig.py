@@ -73,7 +73,7 @@ def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float) -> Rig
     stack = ExitStack()
     try:
         lights = Illumination(profile, max_level=max_led_level, max_flash_s=max_flash_s)
-        stack.callback(lights.off)
+        stack.callback(lights.close)  # dark, then the pins given back: the Pi's PWM unexported, the Jetson's chip closed
         module = OpticModule(profile.serial_port) if profile.serial_port else None
         if module is not None:
             stack.callback(module.close)

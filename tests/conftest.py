@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.loopback import loopback_binds_only
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_listen_on_loopback_only():
+    """A test that binds a socket to anything but 127.0.0.1 fails there (tests/loopback.py)."""
+    with loopback_binds_only():
+        yield
 
 
 def shared_data_dir() -> Path:

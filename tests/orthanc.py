@@ -1,7 +1,10 @@
 """A real Orthanc PACS (with its DICOMweb plugin) for the tests, and a proxy that misbehaves on cue.
 
-Orthanc runs on loopback with free ports, its own temporary storage and a generated config with
-HTTP authentication on, as a clinic's server would. The suite starts it once (`orthanc_server`,
+Orthanc runs with a free port, its own temporary storage and a generated config with HTTP
+authentication on, as a clinic's server would. Orthanc cannot be told which address to listen on
+(its HTTP server takes every interface), so it refuses every client but this machine
+(`RemoteAccessAllowed` false), and its DICOM server, which no test uses, is off unless one asks for
+it (`dicom=True`); tests/test_loopback_only.py checks both. The suite starts it once (`orthanc_server`,
 session scope); `orthanc` hands each test an empty one. Orthanc comes from the Debian packages
 `orthanc` and `orthanc-dicomweb` (`./install.sh --dev` installs them); without it the fixture fails
 rather than skips, since the sync path would otherwise go untested.
@@ -41,11 +44,14 @@ def free_port() -> int:
 class OrthancServer:
     """One Orthanc process with its storage folder; stop and restart keep the stored studies."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, dicom: bool = False):
         self.workdir = workdir
-        self.http_port, self.dicom_port = free_port(), free_port()
-        while self.dicom_port == self.http_port:
+        self.http_port = free_port()
+        self.dicom_port = None  # the DICOM server is off: nothing listens for DICOM
+        if dicom:
             self.dicom_port = free_port()
+            while self.dicom_port == self.http_port:
+                self.dicom_port = free_port()
         self.username, self.password = USERNAME, PASSWORD
         self.rest = f"http://127.0.0.1:{self.http_port}"
         self.url = f"{self.rest}/dicom-web"
@@ -56,8 +62,8 @@ class OrthancServer:
             "StorageDirectory": str(workdir / "storage"),
             "IndexDirectory": str(workdir / "storage"),
             "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": "GSTEST",
+            "DicomServerEnabled": dicom,
+            **({"DicomPort": self.dicom_port, "DicomAet": "GSTEST"} if dicom else {}),
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {USERNAME: PASSWORD},
@@ -72,6 +78,15 @@ class OrthancServer:
     @property
     def auth(self) -> tuple[str, str]:
         return self.username, self.password
+
+    @property
+    def config(self) -> dict:
+        """The configuration this Orthanc runs with, as written."""
+        return json.loads(self._config.read_text())
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
 
     def start(self, timeout: float = 30.0) -> None:
         self._log = open(self.workdir / "orthanc.log", "ab")

@@ -12,7 +12,7 @@ from device.cli import LAB_TRIALS, main
 
 REPO = Path(__file__).resolve().parent.parent
 IMPORT = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.M)
-ROOMS = {"capture", "screening", "visits", "outbox", "kiosk", "lab"}
+ROOMS = {"capture", "screening", "visits", "outbox", "kiosk", "reading_centre", "lab"}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -32,6 +32,7 @@ from device.capture.focus import FocusController
 from device.capture.light import LightController
 from device.config import CaptureConfig
 from device.screening.quality import QualityGate, QualityReport
+from device.screening.wording import N_
 from models.runtime.images import encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,12 @@ class CaptureLoop:
         self.optic_module = optic_module
         fps = getattr(camera, "fps", None)
         longest = int(0.9e6 / fps) if fps else 30000  # an exposure cannot outlast the frame period
-        self.light = LightController(settings.target_brightness, settings.max_led_level,
-                                            exposure_range=(100, longest))
+        if getattr(camera, "live_controls", True):
+            self.light = LightController(settings.target_brightness, settings.max_led_level,
+                                         exposure_range=(100, longest))
+        else:  # each exposure or gain change would restart the camera: the LED ring alone steers
+            self.light = LightController(settings.target_brightness, settings.max_led_level,
+                                         exposure_range=(longest, longest), max_gain=1.0)
         self.focus = FocusController(optic_module, quality=gate.settings)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -85,7 +90,7 @@ class CaptureLoop:
         self._button = threading.Event()
         self._jpeg: bytes | None = None
         self._jpeg_at = 0.0
-        self._state: dict = {"running": False, "armed_eye": None, "gradable": False, "instruction": "Starting the camera",
+        self._state: dict = {"running": False, "armed_eye": None, "gradable": False, "instruction": N_("Starting the camera"),
                              "reasons": [], "streak": 0, "light": 0.0,
                              "exposure_us": self.light.exposure_us, "gain": 1.0, "focus": None,
                              "focus_search": self.focus.state, "captured": False, "error": None}
@@ -228,6 +233,8 @@ class CaptureLoop:
     # -- loop side ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            # the camera starts at the controller's exposure: a camera that restarts for a change has none to make
+            self.camera.set_exposure(self.light.exposure_us, self.light.gain)
             self.camera.start()
             self._set_light(force=True)
             with self._lock:
@@ -274,7 +281,7 @@ class CaptureLoop:
             if jpeg is not None:
                 self._jpeg = jpeg
             streak = self._state["streak"] + 1 if report.gradable else 0
-            instruction = report.reasons[0].message if report.reasons else "Hold still - taking the photo"
+            instruction = report.reasons[0].message if report.reasons else N_("Hold still - taking the photo")
             self._state.update(gradable=report.gradable, reasons=[r.code for r in report.reasons], streak=streak,
                                instruction=instruction, light=round(level, 3), exposure_us=exposure,
                                gain=round(self.light.gain, 2), focus_search=self.focus.state,
@@ -300,7 +307,7 @@ class CaptureLoop:
 
     def _capture(self, eye: str, token: str | None, manual: bool) -> None:
         with self._lock:
-            self._state["instruction"] = "Taking the photo - hold still"
+            self._state["instruction"] = N_("Taking the photo - hold still")
         stills = []
         for _ in range(max(1, self.settings.burst)):
             if self.illumination is not None:
@@ -326,7 +333,7 @@ class CaptureLoop:
             self._captured = CapturedPhoto(eye, best, quality, trace, token=token or "")
             self._armed = None
             self._button.clear()
-            self._state.update(captured=True, armed_eye=None, streak=0, instruction="Photo taken")
+            self._state.update(captured=True, armed_eye=None, streak=0, instruction=N_("Photo taken"))
 
     def _set_light(self, force: bool = False) -> None:
         """Send the light controller's exposure, gain and LED level, only where they changed: on a

@@ -7,7 +7,6 @@ with nothing fetched from the internet.
 """
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 
 from flask import Flask, current_app
@@ -25,6 +24,7 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
         followup,
         home,
         images,
+        languages,
         operations,
         patient_edits,
         patients,
@@ -34,6 +34,7 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
         settings,
         usb_export,
     )
+    from device.kiosk.wording import said
 
     app = Flask(__name__)
     app.config.update(
@@ -49,10 +50,8 @@ def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) 
     )
     app.extensions["glaucoscreen.unit"] = unit
     app.extensions["glaucoscreen.accounts"] = Accounts(DataDir(unit.config.data_dir).accounts_db)
-    app.jinja_env.filters["local_time"] = local_time
-    app.jinja_env.filters["local_date"] = local_date
-    app.jinja_env.filters["percent"] = percent
-    app.jinja_env.filters["gib"] = lambda n: f"{n / 2**30:.1f} GB"
+    languages.init_app(app)  # first: the language a page is in is chosen before anything answers
+    app.jinja_env.filters["said"] = said
     security.init_app(app)
     errors.init_app(app)
     for bp in (auth.bp, home.bp, patients.bp, patient_edits.bp, followup.bp, screening.bp, images.bp, admin.bp, sending.bp, operations.bp,
@@ -68,21 +67,3 @@ def get_unit():
 def get_accounts() -> Accounts:
     return current_app.extensions["glaucoscreen.accounts"]
 
-
-def _local(stamp: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(stamp).astimezone() if stamp else None
-
-
-def local_time(stamp: str | None) -> str:
-    """A stored UTC timestamp as the clinic's clock shows it (24-hour, as most clinics write it)."""
-    t = _local(stamp)
-    return t.strftime("%H:%M") if t else ""
-
-
-def local_date(stamp: str | None) -> str:
-    t = _local(stamp)
-    return f"{t.day} {t:%b %Y}" if t else ""
-
-
-def percent(p: float | None) -> str:
-    return "" if p is None else f"{p:.0%}"

@@ -1,24 +1,41 @@
-"""The administrator's page: health-worker accounts (add, new PIN, unlock, remove) and the unit's state."""
+"""The administrator's page: health-worker accounts (add, new PIN, language, unlock, remove) and the unit's state."""
 from __future__ import annotations
 
 import logging
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 
 from device.accounts import check_pin, check_username
 from device.kiosk import get_accounts, get_unit
 from device.kiosk.home import device_problems, unit_status
+from device.kiosk.languages import LANGUAGES, current_language, known, use_language
 from device.kiosk.security import admin_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 log = logging.getLogger(__name__)
 
 
+def _check_name(name: str) -> str:
+    try:
+        return check_username(name)
+    except ValueError:  # said again here in the administrator's language
+        raise ValueError(gettext("a name is 1 to 32 letters, digits, dots, dashes or underscores, starting with a letter "
+                                 "or digit")) from None
+
+
 def _check_new_pin(form) -> str:
-    pin = check_pin(form.get("pin", ""))
+    try:
+        pin = check_pin(form.get("pin", ""))
+    except ValueError:
+        raise ValueError(gettext("a PIN is 4 to 8 digits (numbers only)")) from None
     if form.get("pin_again", "") != pin:
-        raise ValueError("the two PINs differ")
+        raise ValueError(gettext("the two PINs differ"))
     return pin
+
+
+def _no_such_user(username: str) -> str:
+    return gettext("there is no health worker called %(name)s", name=username)
 
 
 def _page(values: dict | None = None, error: str | None = None, status: int = 200):
@@ -37,14 +54,19 @@ def index():
 @bp.post("/users")
 @admin_required
 def add_user():
-    values = {"username": request.form.get("username", "").strip(), "admin": request.form.get("admin") == "yes"}
+    values = {"username": request.form.get("username", "").strip(), "admin": request.form.get("admin") == "yes",
+              "language": known(request.form.get("language")) or current_language()}
     try:
-        name = check_username(values["username"])
-        get_accounts().add(name, _check_new_pin(request.form), admin=values["admin"])
+        name = _check_name(values["username"])
+        pin = _check_new_pin(request.form)
+        accounts = get_accounts()
+        if accounts.get(name) is not None:
+            raise ValueError(gettext("there is already a health worker called %(name)s", name=name))
+        accounts.add(name, pin, admin=values["admin"], language=values["language"])
     except ValueError as exc:
-        return _page(values, f"Not added: {exc}.", 422)
+        return _page(values, gettext("Not added: %(reason)s.", reason=exc), 422)
     log.info("kiosk: %s added user %s", session["user"], name)
-    flash(f"{name} can sign in now.", "info")
+    flash(gettext("%(name)s can sign in now.", name=name), "info")
     return redirect(url_for("admin.index"))
 
 
@@ -55,12 +77,34 @@ def new_pin():
     accounts = get_accounts()
     try:
         accounts.set_pin(username, _check_new_pin(request.form))
-    except (ValueError, LookupError) as exc:
-        return _page(error=f"PIN not changed: {exc}.", status=422)
+    except ValueError as exc:
+        return _page(error=gettext("PIN not changed: %(reason)s.", reason=exc), status=422)
+    except LookupError:
+        return _page(error=gettext("PIN not changed: %(reason)s.", reason=_no_such_user(username)), status=422)
     log.info("kiosk: %s gave %s a new PIN; their sessions ended", session["user"], username)
     if username.lower() == session["user"].lower():  # one's own new PIN: this screen stays signed in, no other does
         session["key"] = accounts.session_key(session["user"])
-    flash(f"{username} has a new PIN. Anyone signed in as {username} is signed out.", "info")
+    flash(gettext("%(name)s has a new PIN. Anyone signed in as %(name)s is signed out.", name=username), "info")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/language")
+@admin_required
+def set_language():
+    """The language the kiosk speaks to a health worker in, from their next sign-in (now, for one's own)."""
+    username = request.form.get("username", "")
+    language = known(request.form.get("language"))
+    if language is None:
+        return _page(error=gettext("Language not changed: choose one of the languages listed."), status=422)
+    try:
+        get_accounts().set_language(username, language)
+    except LookupError:
+        return _page(error=gettext("Language not changed: %(reason)s.", reason=_no_such_user(username)), status=404)
+    log.info("kiosk: %s set %s's language to %s", session["user"], username, language)
+    if username.lower() == session["user"].lower():
+        use_language(language)
+    flash(gettext("%(name)s's kiosk is in %(language)s from their next sign-in.", name=username, language=LANGUAGES[language]),
+          "info")
     return redirect(url_for("admin.index"))
 
 
@@ -69,9 +113,9 @@ def new_pin():
 def unlock(username: str):
     try:
         get_accounts().unlock(username)
-    except LookupError as exc:
-        return _page(error=f"Not unlocked: {exc}.", status=404)
-    flash(f"{username} can try their PIN again.", "info")
+    except LookupError:
+        return _page(error=gettext("Not unlocked: %(reason)s.", reason=_no_such_user(username)), status=404)
+    flash(gettext("%(name)s can try their PIN again.", name=username), "info")
     return redirect(url_for("admin.index"))
 
 
@@ -79,11 +123,11 @@ def unlock(username: str):
 @admin_required
 def remove(username: str):
     if username.lower() == session["user"].lower():
-        return _page(error="You cannot remove your own account while signed in with it.", status=422)
+        return _page(error=gettext("You cannot remove your own account while signed in with it."), status=422)
     try:
         get_accounts().remove(username)
-    except LookupError as exc:
-        return _page(error=f"Not removed: {exc}.", status=404)
+    except LookupError:
+        return _page(error=gettext("Not removed: %(reason)s.", reason=_no_such_user(username)), status=404)
     log.info("kiosk: %s removed user %s", session["user"], username)
-    flash(f"{username} was removed.", "info")
+    flash(gettext("%(name)s was removed.", name=username), "info")
     return redirect(url_for("admin.index"))

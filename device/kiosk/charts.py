@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from device.kiosk.languages import day, decimal
+
 WIDTH, HEIGHT = 360, 170
 LEFT, RIGHT, TOP, BOTTOM = 44, 16, 12, 30
 INSET = 12   # the first and last visit sit this far inside the axes, clear of the labels
@@ -33,7 +35,7 @@ def vcdr_chart(history: list[dict]) -> dict | None:
         return round(TOP + inner_h * (1.0 - min(max(v, 0.0), 1.0)), 1)
 
     points = [{"x": x(t), "y": y(r["vcdr"]), "vcdr": r["vcdr"], "referral": r["referral"],
-               "date": f"{_when(r['time']).day} {_when(r['time']):%b %Y}"} for t, r in zip(times, rows)]
+               "date": day(_when(r["time"]).date())} for t, r in zip(times, rows)]
     if len(points) == 1:
         xlabels = [{"x": points[0]["x"], "label": points[0]["date"], "anchor": "middle"}]
     else:  # the first and last dates, kept inside the chart
@@ -43,7 +45,7 @@ def vcdr_chart(history: list[dict]) -> dict | None:
         "width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "bottom": HEIGHT - BOTTOM,
         "points": points,
         "line": " ".join(f"{p['x']},{p['y']}" for p in points),
-        "grid": [{"y": y(g), "label": f"{g:.1f}"} for g in GRID],
+        "grid": [{"y": y(g), "label": decimal(g, "0.0")} for g in GRID],
         "xlabels": xlabels,
         "latest": rows[-1]["vcdr"],
         "change": rows[-1]["vcdr"] - rows[0]["vcdr"] if len(rows) > 1 else None,

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 
 from flask import Flask, current_app, jsonify, render_template, request
+from flask_babel import gettext
 from werkzeug.exceptions import HTTPException
 
 from device.kiosk.security import CSRFError, UnknownHost
@@ -17,7 +18,10 @@ from models.runtime.engine import EngineError
 
 log = logging.getLogger(__name__)
 
-CALL_SUPPORT = "If it happens again, write down the time and call the person who looks after the unit."
+
+
+def call_support() -> str:
+    return gettext("If it happens again, write down the time and call the person who looks after the unit.")
 
 
 def error_page(title: str, message: str, steps: list[str], status: int, *, retry: bool = False):
@@ -29,10 +33,10 @@ def error_page(title: str, message: str, steps: list[str], status: int, *, retry
 
 
 def storage_full(message: str):
-    return error_page("The unit's storage is full", message,
-                      ["Let the unit send its visits: connect it to the network.",
-                       "Ask the person who looks after the unit to free space.",
-                       "Patients already registered are kept: find them again once space is free."], 507)
+    return error_page(gettext("The unit's storage is full"), message,
+                      [gettext("Let the unit send its visits: connect it to the network."),
+                       gettext("Ask the person who looks after the unit to free space."),
+                       gettext("Patients already registered are kept: find them again once space is free.")], 507)
 
 
 def _disk_full(exc: DiskFullError):
@@ -47,26 +51,26 @@ def _sqlite(exc: sqlite3.OperationalError):
     if not is_disk_full(exc, data_dir):
         return _unexpected(exc)
     log.error("kiosk request %s %s: storage full (%s)", request.method, request.path, exc)
-    return storage_full("There is no room left on the unit's storage to record this step, so it was not recorded. "
-                        "Everything recorded before is kept and can still be looked at.")
+    return storage_full(gettext("There is no room left on the unit's storage to record this step, so it was not recorded. "
+                                "Everything recorded before is kept and can still be looked at."))
 
 
 def model_trouble(message: str):
-    return error_page("The screening model is not working", message,
-                      ["Restart the unit (switch it off and on). This visit is kept: find the patient to go on.",
-                       CALL_SUPPORT + " The models may need reinstalling."], 503, retry=True)
+    return error_page(gettext("The screening model is not working"), message,
+                      [gettext("Restart the unit (switch it off and on). This visit is kept: find the patient to go on."),
+                       call_support() + " " + gettext("The models may need reinstalling.")], 503, retry=True)
 
 
 def camera_trouble(message: str):
-    return error_page("The camera is not working", message,
-                      ["Check that the optic module's cable is plugged in firmly.",
-                       "Restart the unit (switch it off and on). This visit is kept: find the patient to go on.",
-                       CALL_SUPPORT], 503, retry=True)
+    return error_page(gettext("The camera is not working"), message,
+                      [gettext("Check that the optic module's cable is plugged in firmly."),
+                       gettext("Restart the unit (switch it off and on). This visit is kept: find the patient to go on."),
+                       call_support()], 503, retry=True)
 
 
 def _engine(exc: EngineError):
     log.error("screening model failed: %s", exc)
-    return model_trouble(f"The photo could not be checked: {exc}.")
+    return model_trouble(gettext("The photo could not be checked: %(error)s.", error=exc))
 
 
 def _camera(exc: Exception):
@@ -76,37 +80,40 @@ def _camera(exc: Exception):
 
 def _damaged(exc: Exception):
     log.error("stored data damaged: %s", exc)
-    return error_page("Stored data is damaged", str(exc),
-                      ["Stop screening on this unit.", "Call the person who looks after the unit: the storage may be failing."], 500)
+    return error_page(gettext("Stored data is damaged"), str(exc),
+                      [gettext("Stop screening on this unit."),
+                       gettext("Call the person who looks after the unit: the storage may be failing.")], 500)
 
 
 def _csrf(exc: CSRFError):
-    return error_page("This page was open too long", "The form could not be sent, to keep patients' data safe.",
-                      ["Go back, reload the page and try again."], 400)
+    return error_page(gettext("This page was open too long"), gettext("The form could not be sent, to keep patients' data safe."),
+                      [gettext("Go back, reload the page and try again.")], 400)
 
 
 def _unknown_host(exc: UnknownHost):
     log.warning("kiosk: refused a request for host %r (not in kiosk.allowed_hosts)", request.headers.get("Host", ""))
-    return error_page("Not the kiosk's address", "The kiosk answers only at its own address.",
-                      ["Open the kiosk from the unit's own screen.",
-                       "The person who looks after the unit can add the name to kiosk.allowed_hosts in its configuration."], 400)
+    return error_page(gettext("Not the kiosk's address"), gettext("The kiosk answers only at its own address."),
+                      [gettext("Open the kiosk from the unit's own screen."),
+                       gettext("The person who looks after the unit can add the name to kiosk.allowed_hosts in its configuration.")], 400)
 
 
 def _http(exc: HTTPException):
     if exc.code == 404:
-        return error_page("Not found", "There is nothing at this address.", [], 404)
+        return error_page(gettext("Not found"), gettext("There is nothing at this address."), [], 404)
     if exc.code == 403:
-        return error_page("Only for an administrator", "Your account cannot open this page.",
-                          ["Ask an administrator of the unit."], 403)
-    return error_page(exc.name, exc.description or "", [], exc.code or 500)
+        return error_page(gettext("Only for an administrator"), gettext("Your account cannot open this page."),
+                          [gettext("Ask an administrator of the unit.")], 403)
+    # HTTP's own name for the answer, which a browser's request rarely meets here (the detail is for the IT person)
+    return error_page(gettext("The unit could not answer this request (%(code)s %(name)s)", code=exc.code, name=exc.name),
+                      exc.description or "", [], exc.code or 500)
 
 
 def _unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return _http(exc)
     log.exception("kiosk request %s %s failed", request.method, request.path)
-    return error_page("Something went wrong", "The unit could not finish this step.",
-                      ["Go back to the home page and try again.", CALL_SUPPORT], 500, retry=True)
+    return error_page(gettext("Something went wrong"), gettext("The unit could not finish this step."),
+                      [gettext("Go back to the home page and try again."), call_support()], 500, retry=True)
 
 
 def init_app(app: Flask) -> None:

@@ -6,15 +6,23 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 
 from device.kiosk import get_unit
+from device.kiosk.languages import day
+from device.kiosk.outcome import EYE_NAME, VERDICT_SAYS
 from device.visits.followup import ATTENDED, OVERDUE, follow_up
 
 bp = Blueprint("followup", __name__)
 
 
 def referred_list(unit, today: dt.date | None = None) -> list[dict]:
-    return follow_up(unit.visits.referred_visits(), unit.config.clinic.refer_within_days, today or dt.date.today())
+    """The referred visits as `follow_up` sees them, each with the reading centre's latest verdict per eye."""
+    rows = follow_up(unit.visits.referred_visits(), unit.config.clinic.refer_within_days, today or dt.date.today())
+    for row in rows:
+        row["verdicts"] = [{"eye": EYE_NAME[eye], "verdict": v["verdict"], "says": VERDICT_SAYS[v["verdict"]],
+                            "note": v["note"]} for eye, v in sorted(unit.visits.latest_verdicts(row["visit_uuid"]).items())]
+    return rows
 
 
 @bp.get("/referred")
@@ -33,7 +41,7 @@ def attended(visit_uuid: str):
         on = dt.date.fromisoformat(text) if text else dt.date.today()
         get_unit().visits.mark_attended(visit_uuid, on=on, by=session["user"])
     except (ValueError, LookupError) as exc:
-        flash(f"Not recorded: {exc}.", "warning")
+        flash(gettext("Not recorded: %(reason)s.", reason=exc), "warning")
     else:
-        flash(f"Recorded: seen at the eye clinic on {on.strftime('%d %B %Y')}.", "info")
+        flash(gettext("Recorded: seen at the eye clinic on %(day)s.", day=day(on, "long")), "info")
     return redirect(url_for("followup.referred", show=request.args.get("show", "waiting")))

@@ -5,10 +5,12 @@ import datetime as dt
 import logging
 
 from flask import Blueprint, jsonify, render_template
+from flask_babel import gettext
 
 from device.kiosk import get_unit
 from device.kiosk.followup import referred_list
-from device.kiosk.outcome import visit_outcome
+from device.kiosk.languages import gib
+from device.kiosk.outcome import EYE_NAME, VERDICT_SAYS, visit_outcome
 from device.visits.followup import ATTENDED, OVERDUE
 
 bp = Blueprint("home", __name__)
@@ -21,17 +23,18 @@ def device_problems(status: dict) -> list[str]:
     """What is wrong with the unit, in words; an empty list when it is ready to screen."""
     problems = []
     camera = status.get("camera", {})
+    # the part in the worker's words; what the part itself says is for the person who looks after the unit
     if not camera.get("ok"):
-        problems.append("Camera: " + (camera.get("error") or "not ready yet"))
+        problems.append(gettext("Camera: %(problem)s", problem=camera.get("error") or gettext("not ready yet")))
     if not status.get("models", {}).get("ok"):
-        problems.append("Screening model: " + (status.get("models", {}).get("error") or "not loaded"))
+        problems.append(gettext("Screening model: %(problem)s", problem=status.get("models", {}).get("error") or gettext("not loaded")))
     if not status.get("illumination", {}).get("ok", True):
-        problems.append("Lights: " + (status["illumination"].get("error") or "not working"))
+        problems.append(gettext("Lights: %(problem)s", problem=status["illumination"].get("error") or gettext("not working")))
     module = status.get("optic_module", {})
     if not module.get("ok"):
-        problems.append("Optic module: " + (module.get("error") or "not answering"))
+        problems.append(gettext("Optic module: %(problem)s", problem=module.get("error") or gettext("not answering")))
     if status.get("disk_free_bytes", LOW_DISK_BYTES) < LOW_DISK_BYTES:
-        problems.append(f"Storage nearly full: {status['disk_free_bytes'] / 2**30:.1f} GB free. Let the unit sync.")
+        problems.append(gettext("Storage nearly full: %(free)s free. Let the unit sync.", free=gib(status["disk_free_bytes"])))
     return problems
 
 
@@ -50,10 +53,12 @@ def index():
     today = [(v, visit_outcome(v)) for v in reversed(visits)]
     status = unit_status()
     referred = referred_list(unit)
+    calling_back = [v | {"says": VERDICT_SAYS[v["verdict"]], "eye_name": EYE_NAME[v["eye"]]}
+                    for v in unit.visits.verdicts_calling_back()]
     return render_template("home.html", today=today, outbox=unit.visits.outbox_counts(),
                            problems=device_problems(status), status=status,
                            waiting=sum(r["state"] != ATTENDED for r in referred),
-                           overdue=sum(r["state"] == OVERDUE for r in referred))
+                           overdue=sum(r["state"] == OVERDUE for r in referred), calling_back=calling_back)
 
 
 @bp.get("/healthz")

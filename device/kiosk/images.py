@@ -59,3 +59,30 @@ def disc_zoom(visit_uuid: str, eye: str):
     if not disc or not result.get("overlay_sha256"):
         abort(404)
     return Response(disc_close_up(visits.images.get(result["overlay_sha256"]), disc), mimetype="image/jpeg")
+
+
+@bp.get("/visits/<visit_uuid>/eye/<eye>/compare/<which>.jpg")
+def compare(visit_uuid: str, eye: str, which: str):
+    """The earlier (`which` = earlier) or today's (current) close-up of a lined-up comparison, in today's frame."""
+    from device.kiosk.comparison import NotComparable, close_up, lined_up
+
+    visits = get_unit().visits
+    if eye not in EYES or which not in ("earlier", "current"):
+        abort(404)
+    try:
+        state = visits.get_visit(visit_uuid)["eyes"][eye]
+        result = state["result"]
+        screening = result["screening"]
+        progression = screening.get("progression") or {}
+        matrix, disc = lined_up(progression), screening.get("disc")
+        if matrix is None or not disc:
+            abort(404)
+        if which == "current":
+            photo, masks, move = state["capture"]["photo_sha256"], result.get("masks_sha256"), None
+        else:
+            before = visits.get_visit(progression["earlier_visit"])["eyes"][eye]
+            photo, masks, move = progression["earlier_photo"], (before["result"] or {}).get("masks_sha256"), matrix
+        jpeg = close_up(visits.images.get(photo), visits.images.get(masks) if masks else None, disc, move)
+    except (LookupError, TypeError, ValueError, FileNotFoundError, NotComparable):
+        abort(404)
+    return Response(jpeg, mimetype="image/jpeg")

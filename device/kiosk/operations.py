@@ -1,5 +1,5 @@
-"""The administrator's view of the unit's insides: which models run and on what, the camera, lights and
-optic module as they are now, and the storage.
+"""The administrator's view of the unit's insides: which models run and on what (and installing new ones, or
+going back), the camera, lights and optic module as they are now, and the storage.
 
 Everything is read from the running unit (the engine it loaded, the capture loop's published state,
 the lights' own state) or from `glaucoscreen doctor`'s checks, so the page shows what the unit is
@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from flask import Blueprint, render_template
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 
 from device import doctor
-from device.kiosk import get_unit
+from device.kiosk import get_unit, languages
 from device.kiosk.home import LOW_DISK_BYTES, unit_status
 from device.kiosk.security import require_admin
+from device.screening import model_update
 from device.visits.datadir import DataDir
 from models.runtime import registry
 from models.runtime.engine import EngineError
@@ -26,6 +29,8 @@ bp = Blueprint("operations", __name__, url_prefix="/admin")
 log = logging.getLogger(__name__)
 
 BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+MAX_BUNDLE_BYTES = 2 * 2**30
+UPLOAD_PREFIX = "upload-"
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA GPU", "TensorrtExecutionProvider": "TensorRT"}
 
 
@@ -34,13 +39,8 @@ bp.before_request(require_admin)
 
 @bp.app_template_filter("size")
 def size(n: int | float | None) -> str:
-    """Bytes as a person reads them (the powers of 1024 that file managers show)."""
-    if n is None:
-        return "unknown"
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
+    """Bytes as a person reads them, in the page's language (`languages.size`)."""
+    return languages.size(n)
 
 
 def _checked(fn, *args) -> dict:
@@ -78,7 +78,8 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
     """One row per model in the manifest, each build (FP32, INT8) with its hash check (`files`, from
     `doctor.models`), and which one runs."""
     try:
-        manifest = registry.manifest()
+        artifacts = registry.installed_artifacts(DataDir(unit.config.data_dir).models)  # the active version's
+        manifest = registry.manifest(artifacts)
     except EngineError as exc:
         return [], str(exc)
     running = {e.name: describe_engine(e) for e in unit.engines()}
@@ -97,8 +98,9 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
                            "bytes": found.get("bytes"),
                            "in_use": bool(loaded and loaded["precision"] == precision)})
         rows.append({"name": name, "version": entry.get("version"), "builds": builds,
-                     "shipped_precision": registry.shipped_precision(name),
-                     "preferred_precision": registry.preferred_precision(name, measure_in=engine_cache),
+                     "not_loaded": getattr(unit, "model_errors", {}).get(name),
+                     "shipped_precision": registry.shipped_precision(name, artifacts),
+                     "preferred_precision": registry.preferred_precision(name, artifacts, measure_in=engine_cache),
                      "loaded": loaded})
     return rows, None
 
@@ -106,14 +108,69 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
 @bp.get("/models")
 def models():
     unit = get_unit()
-    files = _checked(doctor.models)
+    files = _checked(doctor.models, unit.config)
     rows, manifest_error = model_rows(unit, files)
     versions = unit.pipeline.model_versions if unit.pipeline is not None else {}
+    installed = _checked(lambda: {"ok": True, "versions": model_update.listing(unit.config)})
     return render_template("models.html", rows=rows, manifest_error=manifest_error, model_error=unit.model_error,
+                           installed=installed, update_error=getattr(unit, "model_errors", {}).get("update"),
                            inference=_checked(doctor.inference, unit.config), precision_setting=unit.config.precision,
                            referral=versions.get("referral"), policy=files.get("referral_policy", {}),
                            measured_on=unit.pipeline.policy.operating_point.get("cameras") if unit.pipeline is not None else None,
                            decides_on=unit.pipeline.policy.described() if unit.pipeline is not None else None)
+
+
+@bp.url_value_preprocessor
+def _room_for_a_bundle(endpoint: str | None, values: dict | None) -> None:
+    """A model bundle is tens of megabytes; every other form is small (MAX_CONTENT_LENGTH). Raised for an
+    administrator's upload only, before the CSRF check reads the form (this runs before any before_request)."""
+    if endpoint == "operations.install_models" and session.get("admin"):
+        request.max_content_length = MAX_BUNDLE_BYTES
+
+
+@bp.post("/models/install")
+def install_models():
+    """Install an uploaded bundle as `glaucoscreen models install` does, then load it: the next screening
+    already uses it. Refused bundles change nothing, and the page says why."""
+    unit = get_unit()
+    upload = request.files.get("bundle")
+    if upload is None or not upload.filename:
+        flash(gettext("Choose the model bundle file (a .tar from the programme) first."), "warning")
+        return redirect(url_for("operations.models"))
+    folder = DataDir(unit.config.data_dir).models
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(UPLOAD_PREFIX + "*"):  # an upload a power cut interrupted
+        stale.unlink(missing_ok=True)
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=UPLOAD_PREFIX, suffix=".tar")
+    os.close(fd)
+    try:
+        upload.save(temp)
+        report = model_update.install(unit.config, Path(temp))
+    except model_update.UpdateRefused as exc:
+        flash(str(exc).replace(Path(temp).name, upload.filename), "warning")
+        return redirect(url_for("operations.models"))
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    unit.reload_models()
+    log.info("models %s installed from the kiosk by %s (was %s)", report["installed"], session.get("user"), report["previous"])
+    flash(gettext("Models version %(version)s are installed and in use (before: %(before)s).", version=report["installed"],
+                  before=report["previous"]), "info")
+    return redirect(url_for("operations.models"))
+
+
+@bp.post("/models/rollback")
+def rollback_models():
+    unit = get_unit()
+    try:
+        report = model_update.rollback(unit.config)
+    except model_update.UpdateRefused as exc:
+        flash(str(exc), "warning")
+        return redirect(url_for("operations.models"))
+    unit.reload_models()
+    log.info("models rolled back from the kiosk by %s: %s -> %s", session.get("user"), report["previous"], report["version"])
+    flash(gettext("Back to models version %(version)s (before: %(before)s).", version=report["version"], before=report["previous"]),
+          "info")
+    return redirect(url_for("operations.models"))
 
 
 # -- camera, lights, optic module ---------------------------------------------------------------

@@ -2,11 +2,20 @@
 visit, the most urgent of its eyes', because the patient leaves with one instruction."""
 from __future__ import annotations
 
+from flask_babel import gettext, lazy_gettext
+
 from device.screening.referral import ADVICE, HEADLINE, NORMAL, REFER, RESCREEN
 from device.visits.visitlog import EYES
 
-EYE_NAME = {"right": "Right eye", "left": "Left eye"}
+EYE_NAME = {"right": lazy_gettext("Right eye"), "left": lazy_gettext("Left eye")}
 URGENCY = (REFER, RESCREEN, NORMAL)
+# The reading centre's verdict on an eye (device.outbox.verdicts), as the worker reads it after "The eye doctor says:"
+VERDICT_SAYS = {
+    "urgent": lazy_gettext("urgent referral. Send the patient to the eye clinic now."),
+    "refer": lazy_gettext("referral. The patient should see an eye doctor."),
+    "routine": lazy_gettext("no glaucoma signs. Screen again at the usual time."),
+    "retake": lazy_gettext("the photo cannot be graded. Ask the patient to come back for a new photo."),
+}
 
 
 def eye_outcome(eye: str, state: dict) -> dict:
@@ -28,6 +37,8 @@ def eye_outcome(eye: str, state: dict) -> dict:
         "overlay": (result.get("overlay_sha256") if result else None) or (state["capture"] or {}).get("photo_sha256"),
         "close_up": bool(result and result.get("overlay_sha256") and result["screening"].get("disc")),
         "photos": state["captures"],
+        "verdict": state.get("verdict"),
+        "verdict_says": VERDICT_SAYS[state["verdict"]["verdict"]] if state.get("verdict") else None,
     }
 
 
@@ -38,8 +49,9 @@ def visit_outcome(visit: dict) -> dict:
     return {
         "eyes": eyes,
         "referral": referral,
-        "headline": HEADLINE[referral] if referral else "No eye screened",
-        "advice": ADVICE[referral] if referral else "Neither eye could be photographed today.",
+        # in the language of the page being made (a patient's, for the slip)
+        "headline": gettext(HEADLINE[referral]) if referral else gettext("No eye screened"),
+        "advice": gettext(ADVICE[referral]) if referral else gettext("Neither eye could be photographed today."),
         "next_eye": next((e["eye"] for e in eyes if e["status"] == "waiting"), None),
         "finished": visit["status"] == "finished",
     }

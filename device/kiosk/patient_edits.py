@@ -4,9 +4,11 @@ because of the old details are sent again."""
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext, ngettext
 
 from device.kiosk import get_unit
 from device.kiosk.errors import error_page
+from device.kiosk.languages import known
 from device.kiosk.patients import SEXES, check_details
 from device.kiosk.security import admin_required
 
@@ -16,13 +18,15 @@ bp = Blueprint("patient_edits", __name__, url_prefix="/admin/patients")
 def _patient_or_404(identifier: str):
     person = get_unit().visits.get_patient(identifier)
     if person is None:
-        return None, error_page("Patient not found", f"No patient with clinic number {identifier} is registered on this unit.",
-                                ["Check the number, or find the patient by name from the home page."], 404)
+        return None, error_page(gettext("Patient not found"),
+                                gettext("No patient with clinic number %(number)s is registered on this unit.", number=identifier),
+                                [gettext("Check the number, or find the patient by name from the home page.")], 404)
     return person, None
 
 
 def _queued_words(n: int) -> str:
-    return "" if not n else f" {n} eye{'s' if n != 1 else ''} that could not be sent will be sent again."
+    return "" if not n else " " + ngettext("%(num)d eye that could not be sent will be sent again.",
+                                           "%(num)d eyes that could not be sent will be sent again.", n)
 
 
 @bp.route("/edit", methods=["GET", "POST"])
@@ -34,21 +38,25 @@ def edit():
         return missing
     values = {"identifier": person["identifier"], "name": person["name"] or "",
               "year_of_birth": str(person["year_of_birth"] or ""), "sex": person["sex"] or "",
-              "phone": person["phone"] or "", "address": person["address"] or ""}
+              "phone": person["phone"] or "", "address": person["address"] or "", "language": person.get("language") or ""}
     errors = {}
     if request.method == "POST":
         values, errors = check_details(request.form)
+        taken = get_unit().visits.get_patient(values["identifier"]) if not errors else None
+        if taken is not None and taken["id"] != person["id"]:
+            errors["identifier"] = gettext("Clinic number %(number)s belongs to another registration: merge the two instead.",
+                                           number=taken["identifier"])
         if not errors:
             try:
                 done = get_unit().visits.edit_patient(
                     person["identifier"], by=session["user"], new_identifier=values["identifier"], name=values["name"],
                     year_of_birth=int(values["year_of_birth"]), sex=values["sex"], phone=values["phone"],
-                    address=values["address"])
+                    address=values["address"], language=known(request.form.get("language")))  # none sent: as it was
             except ValueError as exc:
                 errors["identifier"] = str(exc)[0].upper() + str(exc)[1:] + "."
             else:
                 if done["changes"]:
-                    flash("Saved." + _queued_words(done["requeued"]), "info")
+                    flash(gettext("Saved.") + _queued_words(done["requeued"]), "info")
                 return redirect(url_for("patients.patient", identifier=values["identifier"]))
     history = get_unit().visits.patient_edits(person["identifier"])
     return render_template("patient_edit.html", patient=person, values=values, errors=errors, sexes=SEXES,
@@ -67,19 +75,23 @@ def merge():
     other = visits.get_patient(duplicate) if duplicate else None
     problem = None
     if other is None:
-        problem = f"No patient with clinic number {duplicate or '(none given)'} is registered on this unit."
+        problem = (gettext("No patient with clinic number %(number)s is registered on this unit.", number=duplicate) if duplicate
+                   else gettext("Give the clinic number of the other registration."))
     elif other["id"] == person["id"]:
-        problem = "That is this registration: give the clinic number of the other one."
+        problem = gettext("That is this registration: give the clinic number of the other one.")
     elif request.form.get("confirm") != "yes":
-        problem = "Tick the box to confirm that both registrations are the same person."
+        problem = gettext("Tick the box to confirm that both registrations are the same person.")
     if problem:
         flash(problem, "warning")
         return redirect(url_for("patient_edits.edit", patient=person["identifier"]))
     assert other is not None
     done = visits.merge_patients(person["identifier"], other["identifier"], by=session["user"])
-    said = f"{other['identifier']} merged into {person['identifier']}: {done['visits_moved']} visit(s) moved."
+    said = ngettext("%(other)s merged into %(kept)s: %(num)d visit moved.", "%(other)s merged into %(kept)s: %(num)d visits moved.",
+                    done["visits_moved"], other=other["identifier"], kept=person["identifier"])
     if done["sent_under_old_identifier"]:
-        said += (f" {done['sent_under_old_identifier']} eye(s) were already sent to the PACS under "
-                 f"{other['identifier']}; ask the PACS administrator to merge them there too.")
+        said += " " + ngettext("%(num)d eye was already sent to the PACS under %(other)s; ask the PACS administrator to merge "
+                               "it there too.",
+                               "%(num)d eyes were already sent to the PACS under %(other)s; ask the PACS administrator to merge "
+                               "them there too.", done["sent_under_old_identifier"], other=other["identifier"])
     flash(said + _queued_words(done["requeued"]), "info")
     return redirect(url_for("patients.patient", identifier=person["identifier"]))

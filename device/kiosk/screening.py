@@ -15,12 +15,16 @@ import time
 
 import segno
 from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 from markupsafe import Markup
 
 from device.kiosk import get_unit
 from device.kiosk.errors import camera_trouble, model_trouble
+from device.kiosk.languages import current_language, in_language
 from device.kiosk.outcome import EYE_NAME, visit_outcome
 from device.kiosk.security import passive
+from device.kiosk.wording import CANCELLED, said
+from device.screening.wording import N_
 from device.unit import StaleCapture
 from device.visits.visitlog import EYES
 
@@ -30,18 +34,19 @@ log = logging.getLogger(__name__)
 PREVIEW_INTERVAL_S = 0.1     # ~10 preview frames a second: smooth enough to aim, light on a Pi's CPU
 PREVIEW_RESEND_S = 1.0       # an unchanged frame is sent again this often, so a closed page is noticed
 STATE_FIELDS = ("running", "armed_eye", "gradable", "instruction", "reasons", "streak", "needed", "captured", "error")
+# recorded in English with the visit (the reading centre reads them), shown in the reader's language
 SKIP_REASONS = {
-    "declined": "The patient did not want this eye photographed",
-    "cannot": "This eye cannot be photographed (injury, infection, artificial eye)",
+    "declined": N_("The patient did not want this eye photographed"),
+    "cannot": N_("This eye cannot be photographed (injury, infection, artificial eye)"),
 }
 CANCEL_REASONS = {
-    "left": "The patient left before the photos were taken",
-    "mistake": "Registered by mistake",
-    "unit": "The unit could not take the photos",
+    "left": N_("The patient left before the photos were taken"),
+    "mistake": N_("Registered by mistake"),
+    "unit": N_("The unit could not take the photos"),
 }
 RETAKE_KEY = "retake"  # the session's record of the one eye the worker asked to photograph again
-CAMERA_TAKEN = ("The camera is now in use for another patient or eye. Nothing was recorded from this page. "
-                "To photograph this eye, press “Use the camera here”.")
+CAMERA_TAKEN = N_("The camera is now in use for another patient or eye. Nothing was recorded from this page. "
+                  "To photograph this eye, press “Use the camera here”.")
 
 
 def _visit(visit_uuid: str) -> dict:
@@ -84,7 +89,7 @@ def capture(visit_uuid: str, eye: str):
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
     status = next(e["status"] for e in visit_outcome(visit)["eyes"] if e["eye"] == eye)
     if status != "waiting" and session.get(RETAKE_KEY) != f"{visit_uuid}:{eye}":
-        flash(f"The {EYE_NAME[eye].lower()} is done. To photograph it again, press “Retake”.", "info")
+        flash(gettext("The %(eye)s is done. To photograph it again, press “Retake”.", eye=EYE_NAME[eye].lower()), "info")
         return _next_step(visit_uuid)
     unit = get_unit()
     error = unit.capture.state()["error"]
@@ -93,10 +98,10 @@ def capture(visit_uuid: str, eye: str):
         return camera_trouble(error)
     models = unit.status().get("models", {})
     if not models.get("ok"):
-        return model_trouble(models.get("error") or "The screening model did not load.")
+        return model_trouble(models.get("error") or gettext("The screening model did not load."))
     token = unit.begin_capture(visit_uuid, eye)
     return render_template("capture.html", visit=visit, outcome=visit_outcome(visit), eye=eye, eye_name=EYE_NAME[eye],
-                           capture_token=token, camera_taken=CAMERA_TAKEN)
+                           capture_token=token, camera_taken=gettext(CAMERA_TAKEN))
 
 
 @bp.post("/visits/<visit_uuid>/eye/<eye>/retake")
@@ -116,6 +121,7 @@ def capture_state():
     unit = get_unit()
     state = unit.capture.state()
     out = {k: state.get(k) for k in STATE_FIELDS}
+    out["instruction"] = said(out["instruction"])  # the loop says it in English; the worker reads it in theirs
     token = request.args.get("token")
     if token is not None:
         out["stale"] = unit.capture_bound_to(token) is None
@@ -151,7 +157,7 @@ def preview():
 def press():
     """The on-screen capture button: it presses only for the page that armed the camera."""
     if not get_unit().capture.press_button(request.form.get("token", "")):
-        return jsonify({"stale": True, "message": CAMERA_TAKEN}), 409
+        return jsonify({"stale": True, "message": gettext(CAMERA_TAKEN)}), 409
     return "", 204
 
 
@@ -167,9 +173,9 @@ def accept(visit_uuid: str, eye: str):
     except StaleCapture:
         log.warning("a stale capture page for visit %s, %s eye, asked for a photo: nothing recorded", visit_uuid, eye)
         return render_template("camera_taken.html", visit=visit, eye=eye, eye_name=EYE_NAME[eye],
-                               message=CAMERA_TAKEN), 409
+                               message=gettext(CAMERA_TAKEN)), 409
     if photo is None or photo.eye != eye:
-        flash("No photo was taken yet. Keep the eye steady, or press “Take photo now”.", "warning")
+        flash(gettext("No photo was taken yet. Keep the eye steady, or press “Take photo now”."), "warning")
         return redirect(url_for("screening.capture", visit_uuid=visit_uuid, eye=eye))
     session.pop(RETAKE_KEY, None)
     unit.screen_and_record(visit_uuid, eye, photo)
@@ -190,7 +196,7 @@ def skip(visit_uuid: str, eye: str):
             unit.visits.skip_eye(visit_uuid, eye, reason)
             session.pop(RETAKE_KEY, None)
             return _next_step(visit_uuid)
-        error = "Write why this eye is skipped." if choice == "other" else "Choose why this eye is skipped."
+        error = gettext("Write why this eye is skipped.") if choice == "other" else gettext("Choose why this eye is skipped.")
     return render_template("skip.html", visit=visit, eye=eye, eye_name=EYE_NAME[eye], reasons=SKIP_REASONS,
                            choice=choice, other=other, error=error), 422 if error else 200
 
@@ -207,12 +213,12 @@ def cancel(visit_uuid: str):
         if reason:
             unit = get_unit()
             unit.cancel_capture(visit_uuid)
-            unit.visits.close_visit(visit_uuid, f"Visit cancelled: {reason}")
+            unit.visits.close_visit(visit_uuid, CANCELLED.format(reason=reason))
             session.pop(RETAKE_KEY, None)
             name = visit["patient"]["name"] or visit["patient"]["identifier"]
-            flash(f"{name}'s visit was cancelled. Photos already taken are kept and sent.", "info")
+            flash(gettext("%(name)s's visit was cancelled. Photos already taken are kept and sent.", name=name), "info")
             return redirect(url_for("home.index"))
-        error = "Write why the visit is cancelled." if choice == "other" else "Choose why the visit is cancelled."
+        error = gettext("Write why the visit is cancelled.") if choice == "other" else gettext("Choose why the visit is cancelled.")
     return render_template("cancel.html", visit=visit, reasons=CANCEL_REASONS, choice=choice, other=other,
                            error=error), 422 if error else 200
 
@@ -227,7 +233,7 @@ def result(visit_uuid: str):
 def finish(visit_uuid: str):
     outcome = visit_outcome(_visit(visit_uuid))
     if outcome["next_eye"]:
-        flash(f"Photograph or skip the {EYE_NAME[outcome['next_eye']].lower()} before finishing.", "warning")
+        flash(gettext("Photograph or skip the %(eye)s before finishing.", eye=EYE_NAME[outcome["next_eye"]].lower()), "warning")
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
     unit = get_unit()
     unit.cancel_capture(visit_uuid)
@@ -237,11 +243,17 @@ def finish(visit_uuid: str):
 
 @bp.get("/visits/<visit_uuid>/slip")
 def slip(visit_uuid: str):
+    """The patient's slip, in the patient's language (the worker's where none was recorded); the kiosk
+    around it, and its buttons, stay in the worker's."""
     visit = _visit(visit_uuid)
     if visit["status"] != "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
     clinic = get_unit().config.clinic
     go_by = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date() + dt.timedelta(days=clinic.refer_within_days)
     qr = segno.make(visit["uuid"], error="m").svg_inline(scale=3, dark="#000", omitsize=False)
-    return render_template("slip.html", visit=visit, outcome=visit_outcome(visit), clinic=clinic, go_by=go_by,
-                           visit_qr=Markup(qr))
+    worker_language = current_language()
+    with in_language(visit["patient"].get("language")) as language:
+        article = render_template("_slip.html", visit=visit, outcome=visit_outcome(visit), clinic=clinic, go_by=go_by,
+                                  visit_qr=Markup(qr), language=language)
+    return render_template("slip.html", visit=visit, slip=Markup(article), slip_language=language,
+                           worker_language=worker_language)

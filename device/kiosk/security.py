@@ -23,9 +23,11 @@ from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, flash, jsonify, redirect, request, session, url_for
+from flask_babel import gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
 from device.kiosk import get_accounts
+from device.kiosk.languages import SESSION_KEY as LANGUAGE_KEY
 
 PUBLIC_ENDPOINTS = {"auth.signin", "static", "home.healthz"}
 CSRF_FIELD = "csrf_token"
@@ -78,10 +80,18 @@ def csrf_token() -> str:
     return session[CSRF_FIELD]
 
 
-def sign_in(username: str, admin: bool, key: str) -> None:
-    """A fresh session (and token) at sign-in, so nothing from before it carries over; `key` is the
-    account's session key: when the account's key changes, the session ends."""
+def clear_session() -> None:
+    """Forget the session but its language: the next worker finds the sign-in page in the clinic's language."""
+    language = session.get(LANGUAGE_KEY)
     session.clear()
+    if language:
+        session[LANGUAGE_KEY] = language
+
+
+def sign_in(username: str, admin: bool, key: str) -> None:
+    """A fresh session (and token) at sign-in, so nothing from before it carries over but its language;
+    `key` is the account's session key: when the account's key changes, the session ends."""
+    clear_session()
     session.update(user=username, admin=admin, key=key, seen=time.time())
     csrf_token()
 
@@ -97,17 +107,19 @@ def _signed_in() -> bool:
         return False
     timeout_s = current_app.config["SESSION_TIMEOUT_S"]
     if time.time() - session.get("seen", 0.0) > timeout_s:
-        session.clear()  # the notice below survives it: it is read on the sign-in page the worker lands on
-        flash(f"You were signed out after {round(timeout_s / 60)} minutes without use. Sign in again to go on.", "info")
+        clear_session()  # the notice below survives it: it is read on the sign-in page the worker lands on
+        flash(ngettext("You were signed out after %(num)d minute without use. Sign in again to go on.",
+                       "You were signed out after %(num)d minutes without use. Sign in again to go on.",
+                       round(timeout_s / 60)), "info")
         return False
     key = get_accounts().session_key(user)
     if key is None:
-        session.clear()
-        flash("Your account is no longer on this unit. Ask an administrator.", "warning")
+        clear_session()
+        flash(gettext("Your account is no longer on this unit. Ask an administrator."), "warning")
         return False
     if not hmac.compare_digest(key.encode(), str(session.get("key", "")).encode()):
-        session.clear()  # signed out on another screen, a new PIN, or locked by wrong PINs
-        flash("You were signed out. Sign in again to go on.", "info")
+        clear_session()  # signed out on another screen, a new PIN, or locked by wrong PINs
+        flash(gettext("You were signed out. Sign in again to go on."), "info")
         return False
     view = current_app.view_functions.get(request.endpoint) if request.endpoint is not None else None
     if not getattr(view, _PASSIVE, False):

@@ -8,11 +8,12 @@ import logging
 import threading
 
 from flask import Blueprint, current_app, flash, redirect, render_template, session, url_for
+from flask_babel import gettext, ngettext
 
 from device.kiosk import get_unit
 from device.kiosk.security import admin_required
 from device.outbox.dicomweb import redact
-from device.outbox.sync import SyncConfigError, client_from_config, sync_once
+from device.outbox.sync import SyncConfigError, client_from_config, ehr_client_from_config, sync_once
 
 bp = Blueprint("sending", __name__, url_prefix="/admin/sync")
 log = logging.getLogger(__name__)
@@ -37,11 +38,15 @@ class SendNow:
         outcome: dict
         try:
             client = client_from_config(unit.config.sync)
+            ehr = None
             try:
+                ehr = ehr_client_from_config(unit.config.sync)  # the EHR's items go with the button too
                 report = sync_once(unit.visits, client, device_id=unit.config.device_id,
-                                   max_retry_after_s=unit.config.sync.max_retry_after_s)
+                                   max_retry_after_s=unit.config.sync.max_retry_after_s, ehr=ehr)
             finally:
                 client.close()
+                if ehr is not None:
+                    ehr.close()
             outcome = {"sent": report.sent, "failed": report.failed, "quarantined": report.quarantined,
                        "stopped": report.stopped}
         except Exception as exc:  # noqa: BLE001 - a send that fails must say why on the page, not kill the kiosk
@@ -71,18 +76,18 @@ def page():
 def send_now():
     unit = get_unit()
     if not unit.config.sync.url.strip():
-        flash("No PACS address is set, so nothing can be sent: results are kept and can be exported to a USB stick.",
+        flash(gettext("No PACS address is set, so nothing can be sent: results are kept and can be exported to a USB stick."),
               "warning")
         return redirect(url_for("sending.page"))
     try:
         client_from_config(unit.config.sync).close()  # settings that cannot work are said now, not in a log
     except SyncConfigError as exc:
-        flash(f"Cannot send: {exc}.", "warning")
+        flash(gettext("Cannot send: %(reason)s.", reason=exc), "warning")
         return redirect(url_for("sending.page"))
     waiting = unit.visits.outbox_due_now()
     _send_now().start(unit)
     log.info("kiosk: %s pressed Send now (%d waiting)", session["user"], waiting)
-    flash(f"Sending {waiting} result{'s' if waiting != 1 else ''} now.", "info")
+    flash(ngettext("Sending %(num)d result now.", "Sending %(num)d results now.", waiting), "info")
     return redirect(url_for("sending.page"))
 
 
@@ -92,8 +97,8 @@ def retry(item_id: int):
     try:
         get_unit().visits.outbox_requeue(item_id)
     except (ValueError, LookupError) as exc:
-        flash(f"Not queued again: {exc}.", "warning")
+        flash(gettext("Not queued again: %(reason)s.", reason=exc), "warning")
         return redirect(url_for("sending.page"))
     log.info("kiosk: %s queued outbox item %d again", session["user"], item_id)
-    flash("Queued again: it goes with the next sync.", "info")
+    flash(gettext("Queued again: it goes with the next sync."), "info")
     return redirect(url_for("sending.page"))

@@ -13,6 +13,8 @@ import logging
 import threading
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 
 from device.config import (
     ADJUSTABLE_CAPTURE,
@@ -32,35 +34,36 @@ bp = Blueprint("settings", __name__, url_prefix="/admin/settings")
 log = logging.getLogger(__name__)
 _saving = threading.Lock()  # two administrators saving at once must not interleave read, check and write
 
-# (label, what it means and the range real photos span): from the comments of QualitySettings
+# (label, what it means and the range real photos span): from the comments of QualitySettings. The figures
+# stay as the fields take them (a dot for decimals), in every language.
 LABELS = {
     "capture": {
-        "consecutive_gradable": ("Good frames in a row before the photo is taken",
-                                 f"More gives steadier photos but a longer wait. 1 to {MAX_CONSECUTIVE_GRADABLE}."),
-        "target_brightness": ("Brightness the light aims for",
-                              f"Mean brightness of the retina, {TARGET_BRIGHTNESS_RANGE[0]:g} to "
-                              f"{TARGET_BRIGHTNESS_RANGE[1]:g}; must stay under the most brightness below."),
-        "max_led_level": ("White light limit",
-                          f"Highest level of the white ring, {MIN_LED_LEVEL:g} up to the safety cap."),
+        "consecutive_gradable": (_l("Good frames in a row before the photo is taken"),
+                                 _l("More gives steadier photos but a longer wait. 1 to %(most)s.", most=MAX_CONSECUTIVE_GRADABLE)),
+        "target_brightness": (_l("Brightness the light aims for"),
+                              _l("Mean brightness of the retina, %(low)s to %(high)s; must stay under the most brightness below.",
+                                 low=f"{TARGET_BRIGHTNESS_RANGE[0]:g}", high=f"{TARGET_BRIGHTNESS_RANGE[1]:g}")),
+        "max_led_level": (_l("White light limit"),
+                          _l("Highest level of the white ring, %(low)s up to the safety cap.", low=f"{MIN_LED_LEVEL:g}")),
     },
     "quality": {
-        "min_field_fraction": ("Least part of the frame the retina fills", "Real photos 0.72 to 0.87; moved away 0.29 or less."),
-        "min_focus": ("Least sharpness", "0 blurred to 1 sharp. Real photos 0.33 or more; slightly blurred 0.30 or less."),
-        "min_exposure": ("Least exposure", "Mean of the brightest colour. Real photos 0.19 or more."),
-        "min_highlight": ("Least highlight", "Brightest 1% of the brightest colour. Real photos 0.55 or more."),
-        "max_brightness": ("Most brightness of the retina", "Real photos 0.58 or less; above it the worker sees \"too bright\"."),
-        "max_clipped_fraction": ("Most of the retina with a colour at full brightness",
-                                 "Some cameras run red to full on up to 0.89; over-exposed photos 0.19 or more."),
-        "max_green_clipped_fraction": ("Most of the retina with green at full brightness",
-                                       "The disc washed out. Real photos 0.003 or less; over-exposed 0.005 or more."),
-        "max_dark_fraction": ("Most of the field in shadow", "Lid, lashes, pupil shadow. Real photos 0.17 or less."),
-        "dark_level": ("Darkness that counts as shadow", "Brightness below which a pixel shows nothing."),
-        "min_uniformity": ("Least evenness of the light", "Darker half of the field against the other. Real photos 0.48 or more."),
-        "max_glare_fraction": ("Most of the field in reflection", "Real photos 0.046 or less; a corneal reflex 0.08 or more."),
-        "glare_level": ("Blue level of a reflection", "The retina's blue stays well below it."),
-        "min_disc_contrast": ("Least contrast of the optic disc", "Real photos 0.27 or more; no disc 0.14 or less."),
-        "max_disc_offset": ("Furthest the disc may lie from the centre", "In field radii, 0 to 1, for disc-centred photos."),
-        "min_red_ratio": ("Least redness (red / green)", "Real photos 1.31 or more; paper and walls about 1. 0.5 to 3."),
+        "min_field_fraction": (_l("Least part of the frame the retina fills"), _l("Real photos 0.72 to 0.87; moved away 0.29 or less.")),
+        "min_focus": (_l("Least sharpness"), _l("0 blurred to 1 sharp. Real photos 0.33 or more; slightly blurred 0.30 or less.")),
+        "min_exposure": (_l("Least exposure"), _l("Mean of the brightest colour. Real photos 0.19 or more.")),
+        "min_highlight": (_l("Least highlight"), _l("Brightest %(share)s of the brightest colour. Real photos 0.55 or more.", share="1%")),
+        "max_brightness": (_l("Most brightness of the retina"), _l("Real photos 0.58 or less; above it the worker sees “too bright”.")),
+        "max_clipped_fraction": (_l("Most of the retina with a colour at full brightness"),
+                                 _l("Some cameras run red to full on up to 0.89; over-exposed photos 0.19 or more.")),
+        "max_green_clipped_fraction": (_l("Most of the retina with green at full brightness"),
+                                       _l("The disc washed out. Real photos 0.003 or less; over-exposed 0.005 or more.")),
+        "max_dark_fraction": (_l("Most of the field in shadow"), _l("Lid, lashes, pupil shadow. Real photos 0.17 or less.")),
+        "dark_level": (_l("Darkness that counts as shadow"), _l("Brightness below which a pixel shows nothing.")),
+        "min_uniformity": (_l("Least evenness of the light"), _l("Darker half of the field against the other. Real photos 0.48 or more.")),
+        "max_glare_fraction": (_l("Most of the field in reflection"), _l("Real photos 0.046 or less; a corneal reflex 0.08 or more.")),
+        "glare_level": (_l("Blue level of a reflection"), _l("The retina's blue stays well below it.")),
+        "min_disc_contrast": (_l("Least contrast of the optic disc"), _l("Real photos 0.27 or more; no disc 0.14 or less.")),
+        "max_disc_offset": (_l("Furthest the disc may lie from the centre"), _l("In field radii, 0 to 1, for disc-centred photos.")),
+        "min_red_ratio": (_l("Least redness (red / green)"), _l("Real photos 1.31 or more; paper and walls about 1. 0.5 to 3.")),
     },
 }
 
@@ -126,10 +129,11 @@ def save():
             write_overrides(cfg.data_dir, changed_from_file(cfg, merged), changed_by=session["user"])
         except OSError as exc:
             log.error("settings not saved: %s", exc)
-            return _page(entered, {"file": f"The settings could not be saved ({exc.strerror or exc}); nothing was changed."}, 507)
+            return _page(entered, {"file": gettext("The settings could not be saved (%(reason)s); nothing was changed.",
+                                                   reason=exc.strerror or exc)}, 507)
         unit.apply_settings(clean)
     log.info("kiosk: %s changed settings: %s", session["user"], clean)
-    flash("Saved. The camera uses the new settings from now on, and after every restart.", "info")
+    flash(gettext("Saved. The camera uses the new settings from now on, and after every restart."), "info")
     return redirect(url_for("settings.index"))
 
 
@@ -142,9 +146,9 @@ def reset():
         try:
             write_overrides(cfg.data_dir, {})
         except OSError as exc:
-            flash(f"The settings could not be reset ({exc.strerror or exc}).", "warning")
+            flash(gettext("The settings could not be reset (%(reason)s).", reason=exc.strerror or exc), "warning")
             return redirect(url_for("settings.index"))
         unit.apply_settings(cfg.file_values())
     log.info("kiosk: %s put the settings back to the configuration file's", session["user"])
-    flash("Back to the values of the unit's configuration file.", "info")
+    flash(gettext("Back to the values of the unit's configuration file."), "info")
     return redirect(url_for("settings.index"))

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext, ngettext
 
 from device.kiosk import get_unit
 from device.kiosk.security import passive, require_admin
+from device.outbox import health
 from device.outbox.usb import ExportError, export
+from device.screening.wording import N_
 
 bp = Blueprint("usb_export", __name__, url_prefix="/admin/export")
 log = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOTS = ("/media", "/run/media")
 ROOTS_ENV = "GLAUCOSCREEN_EXPORT_ROOTS"
 JOB = "glaucoscreen.export_job"
+# what the export's own thread says went wrong: kept in English with the job, shown in the reader's language
+STICK_GONE = N_("{drive} is not there any more: is the USB stick plugged in?")
+STICK_UNWRITABLE = N_("cannot write to {drive} ({reason}): is the stick write-protected or mounted read-only?")
+EXPORT_STOPPED = N_("the export stopped ({reason}); the files already on the stick are whole")
 
 
 @bp.record_once
@@ -62,13 +69,13 @@ def describe_drive(path: Path) -> dict:
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        out["problem"] = f"cannot be read ({exc.strerror})"
+        out["problem"] = gettext("cannot be read (%(reason)s)", reason=exc.strerror)
         return out
     out["free"], out["total"] = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     if st.f_flag & os.ST_RDONLY:
-        out["problem"] = "mounted read-only (is the stick's write-protect switch on?)"
+        out["problem"] = gettext("mounted read-only (is the stick's write-protect switch on?)")
     elif not os.access(path, os.W_OK | os.X_OK):
-        out["problem"] = "the unit is not allowed to write there (the stick was mounted for another user)"
+        out["problem"] = gettext("the unit is not allowed to write there (the stick was mounted for another user)")
     else:
         out["writable"] = True
     return out
@@ -136,22 +143,21 @@ class ExportJob:
         outcome: dict[str, Any]
         try:
             if not drive.is_dir():
-                raise ExportError(f"{drive} is not there any more: is the USB stick plugged in?")
+                raise ExportError(STICK_GONE.format(drive=drive))
             try:
                 target.mkdir(exist_ok=True)
             except OSError as exc:
-                raise ExportError(f"cannot write to {drive} ({exc.strerror or exc}): is the stick write-protected "
-                                  "or mounted read-only?") from None
+                raise ExportError(STICK_UNWRITABLE.format(drive=drive, reason=exc.strerror or exc)) from None
             unit.visits.close_abandoned(dt.timedelta(hours=unit.config.abandon_visit_after_h))
             result = export(unit.visits, target, since=since, until=until, device_id=unit.config.device_id,
-                            progress=self._progress, refer_within_days=unit.config.clinic.refer_within_days)
+                            progress=self._progress, refer_within_days=unit.config.clinic.refer_within_days,
+                            health=health.report(unit.config, unit.visits))
         except (ExportError, ValueError, LookupError) as exc:
             log.warning("export to %s failed: %s", drive, exc)
             outcome = {"status": "failed", "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the page must say it failed, not spin for ever
             log.exception("export to %s failed", drive)
-            outcome = {"status": "failed", "error": f"the export stopped ({type(exc).__name__}: {exc}); "
-                                                    "the files already on the stick are whole"}
+            outcome = {"status": "failed", "error": EXPORT_STOPPED.format(reason=f"{type(exc).__name__}: {exc}")}
         else:
             log.info("exported %d visits (%d eyes) to %s", result["visits"], result["eyes"], target)
             outcome = {"status": "finished", "result": result}
@@ -167,19 +173,21 @@ def _drives() -> list[dict]:
     return find_drives(current_app.config["EXPORT_ROOTS"], current_app.config["EXPORT_MOUNTED_ONLY"])
 
 
-def _day(text: str, what: str) -> dt.date | None:
+def _day(text: str, not_a_date: str) -> dt.date | None:
+    """The day typed, None for none; a ValueError saying `not_a_date` for anything else."""
     text = text.strip()
     if not text:
         return None
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"the {what} date is not a date (year-month-day, such as 2025-03-04)") from None
+        raise ValueError(not_a_date) from None
 
 
 def _page(error: str | None = None, form: dict | None = None, status: int = 200):
     unit = get_unit()
-    return render_template("export.html", drives=_drives(), job=get_job().state(), error=error, form=form or {},
+    job = get_job().state()
+    return render_template("export.html", drives=_drives(), job=job, progress=progress_words(job), error=error, form=form or {},
                            roots=current_app.config["EXPORT_ROOTS"], finished=unit.visits.count_finished(),
                            folder_name=export_folder_name(unit.config.device_id)), status
 
@@ -194,19 +202,21 @@ def start():
     form = {k: request.form.get(k, "") for k in ("drive", "since", "until")}
     chosen = next((d for d in _drives() if d["path"] == form["drive"]), None)
     if chosen is None:
-        return _page("Choose a USB drive from the list. If yours is not there, plug it in, wait a few seconds "
-                     "and look again." if not form["drive"] else
-                     f"{form['drive']} is not there any more: plug the stick in again and look again.", form, 422)
+        return _page(gettext("Choose a USB drive from the list. If yours is not there, plug it in, wait a few seconds "
+                             "and look again.") if not form["drive"] else
+                     gettext("%(drive)s is not there any more: plug the stick in again and look again.", drive=form["drive"]),
+                     form, 422)
     if not chosen["writable"]:
-        return _page(f"{chosen['name']} cannot be written: {chosen['problem']}.", form, 422)
+        return _page(gettext("%(name)s cannot be written: %(problem)s.", name=chosen["name"], problem=chosen["problem"]), form, 422)
     try:
-        since, until = _day(form["since"], "first"), _day(form["until"], "last")
+        since = _day(form["since"], gettext("the first date is not a date (year-month-day, such as 2025-03-04)"))
+        until = _day(form["until"], gettext("the last date is not a date (year-month-day, such as 2025-03-04)"))
         if since and until and since > until:
-            raise ValueError("the first date is after the last date")
+            raise ValueError(gettext("the first date is after the last date"))
     except ValueError as exc:
-        return _page(f"Not exported: {exc}.", form, 422)
+        return _page(gettext("Not exported: %(reason)s.", reason=exc), form, 422)
     if not get_job().start(get_unit(), Path(chosen["path"]), since=since, until=until, by=session["user"]):
-        flash("An export is already running: wait for it to finish.", "warning")
+        flash(gettext("An export is already running: wait for it to finish."), "warning")
     else:
         log.info("kiosk: %s started an export to %s", session["user"], chosen["path"])
     return redirect(url_for("usb_export.index"))
@@ -216,4 +226,14 @@ def start():
 @passive
 def state():
     """For the export page's progress bar; polling it does not count as the administrator being active."""
-    return jsonify(get_job().state())
+    state = get_job().state()
+    state["progress"] = progress_words(state)  # the script shows it as it is: the words are the page's
+    return jsonify(state)
+
+
+def progress_words(state: dict) -> str:
+    done, total = state.get("done") or 0, state.get("total")
+    if total is None:
+        return gettext("%(done)s visits written so far. Do not pull the stick out.", done=done)
+    return ngettext("%(done)s of %(num)d visit written. Do not pull the stick out.",
+                    "%(done)s of %(num)d visits written. Do not pull the stick out.", total, done=done)

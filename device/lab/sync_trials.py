@@ -1,6 +1,6 @@
 """Randomized crash and fault trials of sync against a real Orthanc: every visit must arrive exactly once.
 
-    python -m device.lab.sync_trials --trials 200 [--json-out FILE] [--data DIR] [--seed N]
+    glaucoscreen trials sync --trials 200 [--json-out FILE] [--data DIR] [--seed N]
 
 A clinic's unit loses power, has its sync killed by the OOM killer, and talks to a PACS that goes
 down, answers 500, hangs, or refuses a request. Each trial adds a few visits (the kiosk keeps
@@ -12,9 +12,14 @@ working) and then does one of:
 - down: a run while Orthanc is not running at all; Orthanc is then started again.
 The simulated clock moves two hours per trial so every backoff is due. At the end the quarantined
 items are requeued, sync runs until the outbox is empty, and Orthanc's studies and instances are
-compared with the outbox: lost (an item whose eye is not wholly in the PACS) and duplicated (any
-instance or study the outbox does not account for, or an item marked sent twice) must both be 0.
-It also measures the sync throughput to the local Orthanc on a clean queue.
+compared with the outbox. All four counts must be 0:
+- lost: an eye of the outbox of which the PACS holds nothing;
+- torn: an eye the PACS holds only in part (not all of its photo, segmentation and report);
+- duplicated: any instance or study the outbox does not account for, or an item marked sent twice;
+- leftovers: a process a killed run started (an encoding worker) still alive after it, or a temp
+  file in the unit's data directory.
+It also measures the sync throughput to the local Orthanc on a clean queue (`--throughput-visits 0`
+leaves it out).
 
 This is a development tool run from a source checkout: it starts Orthanc and the fault proxy with
 the test suite's helpers (tests/orthanc.py), and reads fundus photos from the shared data folder.
@@ -266,7 +271,9 @@ class Trials:
         held = self.pacs.studies()
         expected = {study_uids(i["visit_uuid"], i["eye"])["study"]: i for i in items}
         per_item = 3  # photo, segmentation, report: every trial eye has masks
-        lost = [i["id"] for uid, i in expected.items() if held.get(uid, 0) < per_item]
+        lost = [i["id"] for uid, i in expected.items() if held.get(uid, 0) == 0]
+        torn = [i["id"] for uid, i in expected.items() if 0 < held.get(uid, 0) < per_item]
+        temp_files = [str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob("*.tmp")]
         extra_instances = sum(max(0, n - per_item) for uid, n in held.items() if uid in expected)
         extra_studies = [uid for uid in held if uid not in expected]
         sent_twice = [i["id"] for i in items
@@ -279,7 +286,10 @@ class Trials:
             "eyes_sent": sum(i["status"] == "sent" for i in items),
             "visits_sent": len(visits - {i["visit_uuid"] for i in items if i["status"] != "sent"}),
             "lost": len(lost),
+            "torn": len(torn),
             "duplicated": extra_instances + len(extra_studies) * per_item + len(sent_twice),
+            "leftovers": self.stats["processes_left_behind"] + len(temp_files),
+            "temp_files": temp_files,
             "studies_in_pacs": len(held),
             "instances_in_pacs": sum(held.values()),
             "stats": dict(sorted(self.stats.items())),
@@ -325,9 +335,12 @@ def measure_throughput(server: "OrthancServer", workdir: Path, eyes: list[Sample
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m device.lab.sync_trials", description=__doc__.splitlines()[0])
+    from device.lab.trials import failed, summary_line
+
+    parser = argparse.ArgumentParser(prog="glaucoscreen trials sync", description=__doc__.splitlines()[0],
+                                     epilog="device.lab.sync_trials")
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--throughput-visits", type=int, default=40)
+    parser.add_argument("--throughput-visits", type=int, default=40, help="0: do not measure the throughput")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data", type=Path, default=None, help="the shared fundus data folder (holds refuge-val/)")
     parser.add_argument("--json-out", type=Path, default=None)
@@ -336,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(name)s: %(message)s")
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.throughput_visits < 0:
+        parser.error("--throughput-visits must be 0 or more")
     try:
         from tests.conftest import shared_data_dir
         from tests.orthanc import FaultProxy, OrthancServer
@@ -353,9 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         proxy = FaultProxy(server.rest, hang_seconds=3.0).start()
         try:
-            (tmp / "throughput").mkdir()
-            throughput = measure_throughput(server, tmp / "throughput", eyes, args.throughput_visits, rng)
-            server.clear()
+            throughput = None
+            if args.throughput_visits:
+                (tmp / "throughput").mkdir()
+                throughput = measure_throughput(server, tmp / "throughput", eyes, args.throughput_visits, rng)
+                server.clear()
             (tmp / "trials").mkdir()
             trials = Trials(server, proxy, tmp / "trials", eyes, rng)
             started = time.monotonic()
@@ -367,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             proxy.stop()
             server.stop()
     out = {"seed": seed, **verdict, "trials_seconds": round(time.monotonic() - started, 1), "throughput": throughput}
-    print(json.dumps(out, indent=1))
+    line = summary_line("sync trials", out, out["trials_seconds"])
+    if throughput is not None:
+        line += f"; {throughput['eyes_per_s']} eyes/s to the local Orthanc"
+    print(line)
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=1) + "\n")
-    return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
+    return 1 if failed(out) else 0
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ REFERRAL_VALUES = {
 REFERRAL_REASON = hd.sr.CodedConcept("referral-reason", LOCAL_SCHEME, "Referral reason")
 MODEL_VERSION = hd.sr.CodedConcept("model-version", LOCAL_SCHEME, "Model version")
 PROGRESSION = hd.sr.CodedConcept("progression", LOCAL_SCHEME, "Change since the first visit")
+PROGRESSION_CHANGE = hd.sr.CodedConcept("disc-change", LOCAL_SCHEME, "Change measured in the registered frame")
+PROGRESSION_TREND = hd.sr.CodedConcept("disc-trend", LOCAL_SCHEME, "Trend across visits")
+REGISTRATION_QUALITY = hd.sr.CodedConcept("registration", LOCAL_SCHEME, "Registration of the earlier photo")
+CHANGE_NAMES = {"vcdr": "Cup-to-disc ratio (vertical)", "cup_area": "Cup area (share of the disc)",
+                "rim_superior": "Rim, superior quarter (share of the disc)",
+                "rim_inferior": "Rim, inferior quarter (share of the disc)",
+                "rim_nasal": "Rim, nasal quarter (share of the disc)",
+                "rim_temporal": "Rim, temporal quarter (share of the disc)"}
 _LOCAL_CODES = CodingSchemeIdentificationItem(
     designator=LOCAL_SCHEME, name="GlaucoScreen Edge local codes", responsible_organization=MANUFACTURER)
 
@@ -573,21 +581,64 @@ def _progression_text(p: Assessment) -> str:
     text = str(p.message)
     if p.vcdr_then is not None and p.vcdr_now is not None:
         text += (f" Cup-to-disc ratio {p.vcdr_then:.2f} at {str(p.compared_with or '')[:10]}, "
-                 f"{p.vcdr_now:.2f} now ({p.years or 0:.1f} years).")
+                 f"{p.vcdr_now:.2f} now ({p.years or 0:.1f} years)")
+        text += ", measured together in today's frame." if p.changes else "."
+    if p.exceeds_noise is not None:
+        text += (f" {'A' if p.exceeds_noise else 'No'} change beyond photo-to-photo noise "
+                 f"at {p.confidence or 0.95:.0%} confidence.")
     if p.engine_probability is not None:
         text += f" Progression engine: {p.engine_probability:.0%} (research output, not a decision)."
     return text[:1024]  # a TEXT item's value stays within what a PACS displays
 
 
+def _change_text(change: dict) -> str:
+    """One measure's change between the two visits, against the noise it had to exceed."""
+    name = CHANGE_NAMES.get(str(change.get("measure")), str(change.get("measure")))
+    verdict = "beyond the noise" if change.get("exceeds") else "within the noise"
+    return (f"{name}: {change['then']:.3f} then, {change['now']:.3f} now, change {change['change']:+.3f}; "
+            f"{verdict} (a change towards worsening must exceed {change['limit']:.3f}; noise SD {change['noise_sd']:.3f})")[:1024]
+
+
+def _trend_text(trend: dict) -> str:
+    name = CHANGE_NAMES.get(str(trend.get("measure")), str(trend.get("measure")))
+    return (f"{name}: {trend['slope']:+.3f} per year over {trend['visits']} visits and {trend['years']:.1f} years "
+            f"({trend['confidence']:.0%} interval {trend['low']:+.3f} to {trend['high']:+.3f}); "
+            f"{'worsening' if trend.get('worsening') else 'no trend beyond the noise'}")[:1024]
+
+
+def _registration_text(reg: dict) -> str:
+    """How well the earlier photo lined up with today's: the figures a reader judges the change by."""
+    if not reg.get("aligned"):
+        return f"Not aligned: {reg.get('refusal') or 'no reason recorded'}"[:1024]
+    text = f"Aligned: {reg.get('matches')} matching points, vessel correlation {reg.get('correlation'):.2f}, "
+    text += f"overlap {reg.get('overlap', 0):.0%}"
+    if reg.get("scale") is not None and reg.get("turn_deg") is not None:
+        text += f", scale {reg['scale']:.3f}, turn {reg['turn_deg']:.1f} degrees"
+    if reg.get("visits_tried"):
+        text += f"; {reg.get('visits_aligned')} of {reg['visits_tried']} earlier visits lined up"
+    return text[:1024]
+
+
+def _progression_items(p: Assessment) -> list[hd.sr.TextContentItem]:
+    items = [hd.sr.TextContentItem(PROGRESSION, _progression_text(p), relationship_type="CONTAINS")]
+    if p.registration:
+        items.append(hd.sr.TextContentItem(REGISTRATION_QUALITY, _registration_text(p.registration),
+                                           relationship_type="CONTAINS"))
+    items += [hd.sr.TextContentItem(PROGRESSION_CHANGE, _change_text(c), relationship_type="CONTAINS") for c in p.changes]
+    if p.trend:
+        items.append(hd.sr.TextContentItem(PROGRESSION_TREND, _trend_text(p.trend), relationship_type="CONTAINS"))
+    return items
+
+
 def _qualitative_evaluations(result: StoredResult) -> hd.sr.ContainerContentItem:
     """TID 1500's root "Qualitative Evaluations": the referral's reasons, the comparison with the eye's
-    first visit and the model versions, in words."""
+    first visit (the verdict, how well the photos lined up, each measure's change against its noise and
+    the trend) and the model versions, in words."""
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [hd.sr.TextContentItem(REFERRAL_REASON, str(reason), relationship_type="CONTAINS")
              for reason in result.reasons]
     if result.progression is not None:
-        items.append(hd.sr.TextContentItem(PROGRESSION, _progression_text(result.progression),
-                                           relationship_type="CONTAINS"))
+        items += _progression_items(result.progression)
     items += [hd.sr.TextContentItem(MODEL_VERSION, f"{name}: {version}", relationship_type="CONTAINS")
               for name, version in sorted(result.model_versions.items())]
     container.ContentSequence = hd.sr.ContentSequence(items)

@@ -1,4 +1,7 @@
-"""A small DICOMweb client: STOW-RS to store a visit's objects, QIDO-RS to see what the PACS holds.
+"""The unit's DICOMweb: STOW-RS to store a visit's objects, QIDO-RS to see what the PACS holds, WADO-RS to fetch
+an instance. The requests themselves are dicomweb-client's (its DICOMwebClient); what this module adds is the
+unit's rules for every request, held by the requests session it gives that client, and the reading of each
+answer in the outbox's terms.
 
 Every store ends in one of three outcomes the sync outbox can act on:
 - `stored`: the PACS holds every instance (a duplicate of what it already holds counts: UIDs are
@@ -23,6 +26,8 @@ in the environment cannot replace it (requests lets them win over a session's ow
 from __future__ import annotations
 
 import base64
+import contextlib
+import copy
 import datetime as dt
 import email.utils
 import io
@@ -32,13 +37,13 @@ import math
 import re
 import socket
 import threading
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
+from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmread, dcmwrite
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -258,7 +263,7 @@ class _DeadlineAdapter(HTTPAdapter):
         return manager
 
 
-class _DeadlinePassed(Exception):
+class DeadlinePassed(Exception):
     pass
 
 
@@ -271,8 +276,85 @@ class DicomWebError(RuntimeError):
         self.status = status
 
 
+class GuardedSession(requests.Session):
+    """The session dicomweb-client sends every request through, holding the unit's rules for each: `timeout` per
+    read, `deadline` for the whole request, the configured CA (given with every request, so the environment cannot
+    replace it), and the answer kept, so the outbox judges the server's own status and words whatever the library
+    made of them."""
+
+    def __init__(self, *, timeout: float, deadline: float, verify: str | bool):
+        super().__init__()
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, _DeadlineAdapter())
+        self.timeout, self.deadline, self._verify = timeout, deadline, verify
+        if isinstance(verify, str):
+            self.verify = verify
+        self._answers = threading.local()
+
+    @property
+    def answer(self) -> requests.Response | None:
+        """The last whole answer this thread received (None: none since `forget_answer`)."""
+        return getattr(self._answers, "response", None)
+
+    def forget_answer(self) -> None:
+        self._answers.response = None
+
+    @contextlib.contextmanager
+    def body_unread_by_the_library(self) -> Iterator[None]:
+        """Within: dicomweb-client sees each answer without its body (the answer kept has it). For a store,
+        whose outcome the outbox reads from the answer itself: the library's own reading of a failure reason
+        (pydicom warns with any value it finds invalid, into the log and stderr) would repeat the server's
+        words unscrubbed."""
+        self._answers.blind = True
+        try:
+            yield
+        finally:
+            self._answers.blind = False
+
+    def request(self, method, url, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["timeout"] = self.timeout
+        kwargs["verify"] = self._verify
+        # dicomweb-client names the host without its port; requests writes the right Host from the URL itself
+        kwargs["headers"] = {k: v for k, v in (kwargs.get("headers") or {}).items() if k.lower() != "host"}
+        deadline = _Deadline(self.deadline)
+        try:
+            with deadline:
+                response = super().request(method, url, *args, **kwargs)
+        except requests.RequestException:
+            if deadline.expired:
+                raise DeadlinePassed() from None
+            raise
+        self._answers.response = response  # whole: an answer that came in just as time ran out stands
+        if getattr(self._answers, "blind", False):
+            shown = copy.copy(response)
+            shown._content = b""
+            return shown
+        return response
+
+
+class _ScrubbedLog(logging.Filter):
+    """dicomweb-client logs some of what servers say (a Warning header): scrubbed like every other word of
+    theirs, of the credentials of every client open in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: dict[int, list[str]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        forms = sorted({s for found in list(self.secrets.values()) for s in found}, key=len, reverse=True)
+        record.msg, record.args = redact(record.getMessage(), forms), None
+        return True
+
+
+_LIBRARY_LOG = _ScrubbedLog()
+logging.getLogger("dicomweb_client").addFilter(_LIBRARY_LOG)
+_WHOLE_BODY = 2**62  # dicomweb-client sends a body larger than its chunk size chunked, which some PACS refuse
+_RAISE = object()
+
+
 class DicomWebClient:
-    """STOW-RS and QIDO-RS against one DICOMweb root (e.g. https://pacs.example.org/dicom-web)."""
+    """STOW-RS, QIDO-RS and WADO-RS against one DICOMweb root (e.g. https://pacs.example.org/dicom-web), through
+    dicomweb-client's DICOMwebClient on a session that keeps the unit's rules (`GuardedSession`)."""
 
     def __init__(self, url: str, *, token: str | None = None, username: str | None = None,
                  password: str | None = None, ca_file: str | None = None, timeout: float = 30,
@@ -293,45 +375,32 @@ class DicomWebClient:
         self.timeout = timeout
         self.deadline = deadline
         self._secrets = secret_forms(token=token, username=username, password=password)
-        self._session = requests.Session()
-        for prefix in ("https://", "http://"):
-            self._session.mount(prefix, _DeadlineAdapter())
+        self._session = GuardedSession(timeout=timeout, deadline=deadline, verify=ca_file or True)
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
         elif username is not None:
             assert password is not None  # checked above: the user name and password go together
             self._session.auth = (username, password)
-        # Given with every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify.
-        self._verify: str | bool = ca_file or True
-        if ca_file:
-            self._session.verify = ca_file
+        self._api = DICOMwebClient(self.url, session=self._session, timeout=timeout)
+        self._api.set_http_retry_params(retry=False)  # the outbox decides when to send again, not the library
+        self._api.set_chunk_size(_WHOLE_BODY)
+        _LIBRARY_LOG.secrets[id(self)] = self._secrets
 
     def __repr__(self) -> str:
         return f"DicomWebClient({self.url!r})"
 
     def close(self) -> None:
+        _LIBRARY_LOG.secrets.pop(id(self), None)
         self._session.close()
 
     def redact(self, text: str) -> str:
         """`text` without this client's credentials (or anyone's Authorization values and URL userinfo)."""
         return redact(text, self._secrets)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request within `timeout` per read and `deadline` in all; _DeadlinePassed when the deadline ended it."""
-        deadline = _Deadline(self.deadline)
-        try:
-            with deadline:
-                response = self._session.request(method, url, timeout=self.timeout, verify=self._verify, **kwargs)
-        except requests.RequestException:
-            if deadline.expired:
-                raise _DeadlinePassed() from None
-            raise
-        return response  # whole: an answer that came in just as time ran out stands
-
     # --- STOW-RS ---------------------------------------------------------------------------
 
     def store(self, datasets: Iterable[Dataset]) -> StoreResult:
-        """POST the datasets as one multipart/related request to {url}/studies."""
+        """Store the datasets as one STOW-RS request to {url}/studies."""
         files = []
         for ds in datasets:
             part = io.BytesIO()
@@ -340,26 +409,33 @@ class DicomWebClient:
         return self.store_files(files)
 
     def store_files(self, files: list[bytes]) -> StoreResult:
-        """POST already encoded DICOM files (as sync holds them) without decoding and encoding them again."""
+        """Store already encoded DICOM files (as sync holds them) as one STOW-RS request."""
         if not files:
             raise ValueError("nothing to store: the list of datasets is empty")
-        expected = [str(dcmread(io.BytesIO(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-                    for f in files]
-        boundary = uuid.uuid4().hex
-        body = _multipart(files, boundary)
-        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                   "Accept": "application/dicom+json"}
+        datasets = [dcmread(io.BytesIO(f)) for f in files]
+        expected = [str(ds.SOPInstanceUID) for ds in datasets]
+        self._session.forget_answer()
         try:
-            response = self._send("POST", f"{self.url}/studies", data=body, headers=headers)
-        except _DeadlinePassed:
+            with self._session.body_unread_by_the_library():
+                self._api.store_instances(datasets)
+        except DeadlinePassed:
             return self._logged(StoreResult(RETRY, reason=f"the PACS did not finish the request within {self.deadline:g} s"))
-        except requests.Timeout:
-            return self._logged(StoreResult(RETRY, reason=f"the PACS did not answer within {self.timeout:g} s"))
-        except requests.ConnectionError as e:
-            return self._logged(StoreResult(RETRY, reason=f"cannot reach the PACS: {_short(e, self.redact)}"))
-        except requests.RequestException as e:
-            return self._logged(StoreResult(RETRY, reason=f"the request to the PACS failed: {_short(e, self.redact)}"))
-        return self._logged(_classify(response, expected, self.redact))
+        except Exception as exc:  # noqa: BLE001 - an answer is judged below whatever the library made of it
+            if self._session.answer is None:
+                return self._logged(self._no_answer(exc))
+        answer = self._session.answer
+        assert answer is not None  # the request returned, so the session kept its answer
+        return self._logged(_classify(answer, expected, self.redact))
+
+    def _no_answer(self, exc: Exception) -> StoreResult:
+        """Why no answer came, in the outbox's terms; anything but a failed request is a fault here, raised."""
+        if isinstance(exc, requests.Timeout):
+            return StoreResult(RETRY, reason=f"the PACS did not answer within {self.timeout:g} s")
+        if isinstance(exc, requests.ConnectionError):
+            return StoreResult(RETRY, reason=f"cannot reach the PACS: {_short(exc, self.redact)}")
+        if isinstance(exc, requests.RequestException):
+            return StoreResult(RETRY, reason=f"the request to the PACS failed: {_short(exc, self.redact)}")
+        raise exc
 
     def _logged(self, result: StoreResult) -> StoreResult:
         """The result with the server's words scrubbed of credentials, and logged."""
@@ -370,44 +446,66 @@ class DicomWebClient:
         log.info("STOW-RS %s: %s (HTTP %s) %s", self.url, result.outcome, result.status, result.reason)
         return result
 
-    # --- QIDO-RS ---------------------------------------------------------------------------
+    # --- QIDO-RS and WADO-RS ----------------------------------------------------------------
 
-    def instances(self, study_uid: str) -> list[Dataset]:
-        """The instances the PACS holds for a study, as QIDO-RS describes them (empty if none)."""
+    def _ask(self, what: str, call: Callable[[], Any], *, missing: Any = _RAISE) -> Any:
+        """`call`'s value, or DicomWebError saying in words why the PACS did not answer `what`; an answer of
+        204 or 404 gives `missing` where one is given."""
+        self._session.forget_answer()
         try:
-            response = self._send("GET", f"{self.url}/studies/{study_uid}/instances",
-                                  headers={"Accept": "application/dicom+json"})
-        except _DeadlinePassed:
-            raise DicomWebError(f"the PACS did not finish answering about study {study_uid} within {self.deadline:g} s",
+            return call()
+        except DeadlinePassed:
+            raise DicomWebError(f"the PACS did not finish answering {what} within {self.deadline:g} s",
                                 retryable=True) from None
-        except requests.RequestException as e:
-            raise DicomWebError(f"cannot ask the PACS about study {study_uid}: {_short(e, self.redact)}",
-                                retryable=True) from None
-        if response.status_code in (204, 404):
-            return []
-        if response.status_code != 200:
-            raise DicomWebError(f"the PACS answered HTTP {response.status_code} about study {study_uid}: "
-                                f"{_server_text(response, self.redact)}",
-                                retryable=response.status_code in RETRY_STATUSES, status=response.status_code)
+        except Exception as exc:  # noqa: BLE001 - judged by the answer, or by what kept it from coming
+            answer = self._session.answer
+            if answer is None:
+                if not isinstance(exc, requests.RequestException):
+                    raise
+                raise DicomWebError(f"cannot ask the PACS {what}: {_short(exc, self.redact)}", retryable=True) from None
+        status = answer.status_code
+        if status in (204, 404) and missing is not _RAISE:
+            return missing
+        if status != 200:
+            raise DicomWebError(f"the PACS answered HTTP {status} {what}: {_server_text(answer, self.redact)}",
+                                retryable=status in RETRY_STATUSES, status=status)
+        raise DicomWebError(f"the PACS answered {what} with something that is not DICOM", retryable=False, status=200)
+
+    def _search(self, what: str, call: Callable[[], list[dict]]) -> list[Dataset]:
+        items = self._ask(what, call, missing=[])
         try:
-            items = response.json() if response.content.strip() else []
-        except ValueError:
-            raise DicomWebError("the PACS answered a study query with something that is not DICOM JSON",
-                                retryable=False, status=200) from None
-        return [Dataset.from_json(item) for item in items]
+            return [Dataset.from_json(item) for item in items]
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise DicomWebError(f"the PACS answered {what} with something that is not DICOM JSON", retryable=False,
+                                status=200) from None
+
+    def instances(self, study_uid: str, *, modality: str | None = None) -> list[Dataset]:
+        """The instances the PACS holds for a study (of one modality, where given), as QIDO-RS describes them
+        (empty if none)."""
+        filters = {"Modality": modality} if modality else None
+        return self._search(f"about study {study_uid}", lambda: self._api.search_for_instances(
+            study_instance_uid=study_uid, search_filters=filters))
 
     def study_exists(self, study_uid: str) -> bool:
         return bool(self.instances(study_uid))
 
+    def studies(self, *, limit: int | None = None, fields: Iterable[str] = ()) -> list[Dataset]:
+        """The studies the PACS holds, as QIDO-RS describes them (with `fields` besides its defaults)."""
+        return self._search("which studies it holds", lambda: self._api.search_for_studies(
+            limit=limit, fields=list(fields) or None))
 
-def _multipart(files: list[bytes], boundary: str) -> bytes:
-    out = io.BytesIO()
-    for data in files:
-        out.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        out.write(data)
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue()
+    def all_instances(self, *, modality: str, fields: Iterable[str] = ()) -> list[Dataset]:
+        """Every instance of one modality the PACS holds, across studies, in one QIDO-RS question."""
+        return self._search(f"which {modality} instances it holds", lambda: self._api.search_for_instances(
+            search_filters={"Modality": modality}, fields=list(fields) or None))
+
+    def retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+        """One instance by WADO-RS, in the transfer syntax the PACS holds it in (a photo's JPEG as it was taken)."""
+        found = self._ask(f"for instance {sop_uid}", lambda: self._api.retrieve_instance(
+            study_uid, series_uid, sop_uid, media_types=(("application/dicom", "*"),)), missing=None)
+        if found is None:
+            raise DicomWebError(f"the PACS does not hold instance {sop_uid}", retryable=False, status=404)
+        return found
 
 
 def _classify(response: requests.Response, expected: list[str], scrub: Callable[[str], str] = redact) -> StoreResult:

@@ -14,6 +14,16 @@ Segmentation and structured report. What each answer does to the item:
 Every attempt is written to outbox_attempts. Resending is harmless: DICOM UIDs derive from the
 visit's UUID, so a sync killed between "stored" and "marked sent" stores nothing twice next time.
 
+Where [sync] fhir_url names an EHR, each run first queues the FHIR twin (FHIR_KIND) of every eye queued for
+the PACS, then sends those after the PACS's items, under the same rules (`device.outbox.ehr`); each bundle is
+a set of conditional creates, so a resend creates nothing twice. They are queued here rather than when a visit
+is finished because the kiosk finishing it does not read [sync]: this way an EHR configured later gets the
+eyes recorded before it, and a unit without one holds no items for nobody. An EHR that is down stops only
+its own items. Then `run_sync` asks the PACS for the reading centre's verdicts (`device.outbox.verdicts`).
+
+After each run, where configured: newer models from [models] release_url (`device.outbox.releases`), then the
+unit's health report to [sync] health_url (`device.outbox.health`); neither holds up the sending.
+
 The DICOM files come from `device.outbox.study`, encoded ahead in worker processes (`device.outbox.encoder`).
 The sync service is another process than the kiosk and opens its own VisitLog; a lock file beside
 the visit log keeps two syncs (the timer and a hand-run `glaucoscreen sync`) from sending at once.
@@ -36,11 +46,15 @@ from pathlib import Path
 from typing import Iterator
 
 from device.config import Config, SyncConfig
+from device.outbox import fhir, health, releases
 from device.outbox.dicomweb import REJECT, STORED, DicomWebClient, StoreResult
+from device.outbox.ehr import EhrClient
 from device.outbox.encoder import ahead, encoder
+from device.outbox.programme import ProgrammeClient, ProgrammeError
 from device.outbox.study import Unencodable
+from device.outbox.verdicts import fetch_verdicts
 from device.visits.datadir import DataDir
-from device.visits.visitlog import VisitLog
+from device.visits.visitlog import FHIR_KIND, OUTBOX_KIND, VisitLog
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +136,11 @@ def _sync_lock(data_dir: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _due_items(visits: VisitLog, now: dt.datetime, limit: int | None) -> Iterator[dict]:
-    """Due items in creation order, batch by batch (items finalized meanwhile join the run), each once."""
+def _due_items(visits: VisitLog, now: dt.datetime, limit: int | None, kind: str = OUTBOX_KIND) -> Iterator[dict]:
+    """Due items of one kind in creation order, batch by batch (items finalized meanwhile join the run), each once."""
     seen: set[int] = set()
     while limit is None or len(seen) < limit:
-        batch = [i for i in visits.outbox_pending(_BATCH, now=now) if i["id"] not in seen]
+        batch = [i for i in visits.outbox_pending(_BATCH, now=now, kind=kind) if i["id"] not in seen]
         if not batch:
             return
         for item in batch:
@@ -142,10 +156,12 @@ def _utc_now() -> dt.datetime:
 
 def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit: int | None = None,
               now: dt.datetime | None = None, rng: random.Random | None = None,
-              stop: threading.Event | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S) -> SyncReport:
+              stop: threading.Event | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S,
+              ehr: EhrClient | None = None) -> SyncReport:
     """Send the outbox items that are due at `now` (default: the clock), oldest first, at most `limit`;
     `stop` (set on SIGTERM) ends the run after the item in flight. A server's Retry-After holds an item back
-    at most `max_retry_after_s`."""
+    at most `max_retry_after_s`. With `ehr`, each eye's FHIR bundle is queued and sent there too, after the
+    PACS's items, under the same rules; an EHR that is down stops its own items only."""
     started = time.monotonic()
     rng = rng or random.Random()
     report = SyncReport()
@@ -155,6 +171,10 @@ def sync_once(visits: VisitLog, client: DicomWebClient, *, device_id: str, limit
         else:
             _send_due(visits, client, device_id, _due_items(visits, now or _utc_now(), limit), now, rng, stop, report,
                       max_retry_after_s)
+            if ehr is not None and not (stop is not None and stop.is_set()):
+                visits.queue_fhir()
+                _send_fhir_due(visits, ehr, device_id, _due_items(visits, now or _utc_now(), limit, FHIR_KIND), now,
+                               rng, stop, report, max_retry_after_s)
     counts = visits.outbox_counts()
     report.pending, report.quarantined_total = counts["pending"], counts["quarantined"]
     report.elapsed_s = round(time.monotonic() - started, 3)
@@ -185,11 +205,37 @@ def _send_due(visits: VisitLog, client: DicomWebClient, device_id: str, items: I
                 return
 
 
+def _send_fhir_due(visits: VisitLog, ehr: EhrClient, device_id: str, items: Iterator[dict], now: dt.datetime | None,
+                   rng: random.Random, stop: threading.Event | None, report: SyncReport, max_retry_after_s: float) -> None:
+    """The FHIR items, as `_send_due` sends the DICOM ones (a bundle is built in a few milliseconds, in process)."""
+    for item in items:
+        if stop is not None and stop.is_set():
+            report.stopped = "asked to stop"
+            return
+        where = f"visit {item['visit_uuid']} {item['eye']} eye's FHIR bundle (outbox item {item['id']})"
+        report.attempted += 1
+        try:
+            bundle = fhir.encode_item(visits, item["id"], device_id)
+        except (ValueError, LookupError) as exc:
+            reason = f"this eye cannot be written as a FHIR bundle: {exc}"
+            visits.outbox_mark_failed(item["id"], reason, quarantine=True)
+            report.quarantined += 1
+            log.error("quarantined %s: %s", where, reason)
+            continue
+        stop_reason = _record(visits, item, ehr.send(bundle), now, rng, report, where, max_retry_after_s, to=EHR)
+        if stop_reason is not None:
+            report.stopped = "; ".join(filter(None, [report.stopped, stop_reason]))
+            return
+
+
+PACS, EHR = "the PACS", "the EHR"
+
+
 def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime | None, rng: random.Random,
-            report: SyncReport, where: str, max_retry_after_s: float) -> str | None:
+            report: SyncReport, where: str, max_retry_after_s: float, to: str = PACS) -> str | None:
     """Write the outcome to the outbox; return why the run must stop, if it must."""
     if result.outcome == STORED:
-        response = f"HTTP {result.status}: {len(result.stored)} instances stored"
+        response = f"HTTP {result.status}: " + (result.reason if to == EHR else f"{len(result.stored)} instances stored")
         if result.warnings:
             response += "; " + "; ".join(result.warnings)
         visits.outbox_mark_sent(item["id"], response=response)
@@ -199,7 +245,7 @@ def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime 
     if result.outcome == REJECT and result.status not in UNIT_REFUSED:
         visits.outbox_mark_failed(item["id"], result.reason, quarantine=True)
         report.quarantined += 1
-        log.error("quarantined %s: the PACS refused it: %s", where, result.reason)
+        log.error("quarantined %s: %s refused it: %s", where, to, result.reason)
         return None
     failures = _failures_in_a_row(visits, item["id"]) + 1
     delay = retry_delay(failures, result.retry_after, rng, max_retry_after_s)
@@ -207,7 +253,7 @@ def _record(visits: VisitLog, item: dict, result: StoreResult, now: dt.datetime 
     visits.outbox_mark_failed(item["id"], result.reason, next_attempt_at=next_attempt)
     report.failed += 1
     log.warning("could not send %s (failure %d in a row), next try in %.0f s: %s", where, failures, delay, result.reason)
-    return f"the PACS is not taking visits now: {result.reason}"
+    return f"{to} is not taking visits now: {result.reason}"
 
 
 # --- Settings -> client --------------------------------------------------------------------------
@@ -239,6 +285,21 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+def ehr_client_from_config(cfg: SyncConfig) -> EhrClient | None:
+    """The EHR client [sync] fhir_url describes (with fhir_token_file, and ca_file and the timeouts shared with the
+    PACS), or None where no EHR is configured."""
+    url = cfg.fhir_url.strip()
+    if not url:
+        return None
+    token = _secret(cfg.fhir_token_file, "fhir_token_file") if cfg.fhir_token_file else None
+    ca_file = str(Path(cfg.ca_file).expanduser()) if cfg.ca_file else None
+    try:
+        return EhrClient(url, token=token, ca_file=ca_file, timeout=_positive_seconds(cfg, "timeout_s"),
+                         deadline=_positive_seconds(cfg, "deadline_s"))
+    except ValueError as exc:
+        raise SyncConfigError(f"[sync] fhir_url: {exc}") from None
+
+
 def client_from_config(cfg: SyncConfig, target: str | None = None) -> DicomWebClient:
     """The DICOMweb client the settings describe. `target` is a DICOMweb URL that replaces [sync] url for this
     run (the same credentials go with it). Credentials come only from the files the settings name."""
@@ -264,6 +325,31 @@ def client_from_config(cfg: SyncConfig, target: str | None = None) -> DicomWebCl
                               timeout=cfg.timeout_s, deadline=cfg.deadline_s)
     except ValueError as exc:
         raise SyncConfigError(f"[sync]: {exc}") from None
+
+
+def programme_client_from_config(cfg: SyncConfig, pacs_url: str) -> ProgrammeClient:
+    """The client for the programme's release index and health endpoint: this section's CA file and timeout, and
+    the PACS's credentials for addresses on the PACS's own server only (device.outbox.programme)."""
+    token = _secret(cfg.token_file, "token_file") if cfg.token_file else None
+    auth = (cfg.username, _secret(cfg.password_file, "password_file")) if cfg.username and cfg.password_file else None
+    ca_file = str(Path(cfg.ca_file).expanduser()) if cfg.ca_file else None
+    return ProgrammeClient(pacs_url=pacs_url, token=token, auth=auth, ca_file=ca_file, timeout=cfg.timeout_s)
+
+
+def programme_run(config: Config, programme: ProgrammeClient, visits: VisitLog | None) -> dict:
+    """After each sync run: newer models from [models] release_url, then the health report (which names the models
+    now active) to [sync] health_url. Neither stops the sending: each outcome is logged and returned."""
+    out: dict = {}
+    if config.models.release_url:
+        out["models"] = releases.check(config, programme)
+    if config.sync.health_url:
+        try:
+            programme.post_json(config.sync.health_url, health.report(config, visits))
+            out["health"] = "sent"
+        except ProgrammeError as exc:
+            log.warning("health report not sent to %s: %s", config.sync.health_url, exc)
+            out["health"] = f"not sent: {exc}"
+    return out
 
 
 def _positive_seconds(cfg: SyncConfig, setting: str) -> float:
@@ -328,28 +414,40 @@ def run_sync(config: Config, *, once: bool, target: str | None = None) -> dict:
     _log_to_stdout()
     max_retry_after_s = _positive_seconds(config.sync, "max_retry_after_s")
     client = client_from_config(config.sync, target)
+    ehr = ehr_client_from_config(config.sync)
+    verdicts_received = 0
+    programme = (programme_client_from_config(config.sync, client.url)
+                 if config.models.release_url or config.sync.health_url else None)
     stop = threading.Event()
     totals = {"runs": 0, "attempted": 0, "sent": 0, "failed": 0, "quarantined": 0}
     last: SyncReport | None = None
     try:
         if not DataDir(config.data_dir).visits_db.exists():
             log.info("no visit log at %s yet: nothing to send", config.data_dir)
-            return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}}
+            extras = programme_run(config, programme, None) if programme is not None else {}
+            return {**totals, "last": None, "outbox": {"pending": 0, "sent": 0, "quarantined": 0}, **extras}
         with VisitLog(config.data_dir) as visits, _stop_on_signals(stop):
             while True:
                 # a visit nobody will finish goes with what it has, rather than waiting for ever
                 visits.close_abandoned(dt.timedelta(hours=config.abandon_visit_after_h))
                 last = sync_once(visits, client, device_id=config.device_id, stop=stop,
-                                 max_retry_after_s=max_retry_after_s)
+                                 max_retry_after_s=max_retry_after_s, ehr=ehr)
                 totals["runs"] += 1
                 for key in ("attempted", "sent", "failed", "quarantined"):
                     totals[key] += getattr(last, key)
                 log.info("sync to %s: %d sent, %d to retry, %d quarantined in %.1f s; %d pending, %d quarantined%s",
                          client.url, last.sent, last.failed, last.quarantined, last.elapsed_s, last.pending,
                          last.quarantined_total, f" (stopped: {last.stopped})" if last.stopped else "")
+                if not stop.is_set():  # the reading centre's word on what was sent (device.outbox.verdicts)
+                    verdicts_received += fetch_verdicts(visits, client).received
+                extras = programme_run(config, programme, visits) if programme is not None else {}
                 if once or stop.wait(config.sync.interval_s):
                     break
             outbox = visits.outbox_counts()
     finally:
         client.close()
-    return {**totals, "last": last.to_dict(), "outbox": outbox}
+        if ehr is not None:
+            ehr.close()
+        if programme is not None:
+            programme.close()
+    return {**totals, "last": last.to_dict(), "outbox": outbox, "verdicts_received": verdicts_received, **extras}

@@ -2,7 +2,10 @@
 
 Layout under the chosen folder:
     <visit uuid>/<eye>/photo.dcm, segmentation.dcm, report.dcm   the files sync sends, byte for byte
+    <visit uuid>/<eye>/fhir-bundle.json                            the eye as a FHIR transaction bundle, as an
+                                                                   EHR would get it (device.outbox.fhir)
     visits.csv                                                     one row per screened eye, for a spreadsheet
+    health.json                                                    the unit's health report (device.outbox.health)
 
 A stick can be pulled at any moment, so every file is written under a temporary name, flushed to the
 stick and only then renamed: a final name always holds a whole file. Before each eye the free space
@@ -16,16 +19,19 @@ import csv
 import datetime as dt
 import errno
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from pydicom import dcmread
 
+from device.outbox import fhir
+from device.outbox import health as health_report
 from device.outbox.study import Unencodable, encode_item
 from device.visits.durable import write_whole
 from device.visits.followup import follow_up
-from device.visits.visitlog import VisitLog
+from device.visits.visitlog import OUTBOX_KIND, VisitLog
 
 CSV_NAME = "visits.csv"
 CSV_FIELDS = ("visit", "patient", "date", "eye", "vcdr", "glaucoma_probability", "referral")
@@ -34,6 +40,7 @@ REFERRED_NAME = "referred.csv"
 REFERRED_FIELDS = ("visit", "patient", "name", "phone", "address", "referred_on", "go_by", "state", "days_overdue",
                    "attended_on", "recorded_by")
 FILE_NAMES = {"OP": "photo.dcm", "SEG": "segmentation.dcm", "SR": "report.dcm"}
+HEALTH_NAME = health_report.FILE_NAME
 TEMP_PREFIX = ".partial-"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a FAT stick's 4 GiB limit, or a size limit
 _MARGIN = 256 * 1024  # the file system's own bookkeeping for a few files, and visits.csv
@@ -106,7 +113,7 @@ def _csv_bytes(rows: list[dict], fields: tuple[str, ...] = CSV_FIELDS) -> bytes:
 
 def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since: dt.date | None = None,
            until: dt.date | None = None, device_id: str, progress: Callable[[int, int], None] | None = None,
-           refer_within_days: int = 30, today: dt.date | None = None) -> dict:
+           refer_within_days: int = 30, today: dt.date | None = None, health: dict | None = None) -> dict:
     """Write one finished visit (`visit_uuid`), or the finished visits started from `since` to `until` (days
     included, the unit's local time; None leaves that end open), to the folder `out`.
 
@@ -114,7 +121,9 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     cannot be encoded (a damaged photo), each with its reason. Raises ExportError when the stick is missing,
     read-only or full, and ValueError/LookupError for a visit that cannot be exported. `progress(done, total)`
     is called with the visits written so far, before the first and after each, for a screen that shows it.
-    Every export also writes the whole referred list as it stands `today` (REFERRED_NAME).
+    Every export also writes the whole referred list as it stands `today` (REFERRED_NAME) and, given the unit's
+    `health` report (device.outbox.health), that as HEALTH_NAME: a unit that never reaches the network is
+    still seen by the programme through its sticks.
     """
     out = Path(out)
     chosen = _chosen(visits, visit_uuid, since, until)
@@ -130,11 +139,18 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
         visit = visits.get_visit(uuid)
         day = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date().isoformat()
         for item in visit["outbox"]:
+            if item["kind"] != OUTBOX_KIND:
+                continue  # the same eye's FHIR item: its bundle is written below, beside the DICOM files
             encoded = encode_item(visits, item["id"], device_id)
             if isinstance(encoded, Unencodable):
                 skipped.append({"visit": uuid, "eye": item["eye"], "reason": encoded.reason})
                 continue
-            size = sum(len(data) for data in encoded)
+            try:
+                bundle = fhir.encode_item(visits, item["id"], device_id)
+            except (ValueError, LookupError) as exc:
+                skipped.append({"visit": uuid, "eye": item["eye"], "reason": f"no FHIR bundle: {exc}"})
+                continue
+            size = sum(len(data) for data in encoded) + len(bundle)
             free = shutil.disk_usage(out).free
             if free < size + _MARGIN:
                 raise ExportError(_full_message(out, free, size + _MARGIN, len(rows)))
@@ -144,9 +160,10 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
                 for data in encoded:
                     modality = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality"]).Modality
                     write_whole(folder / FILE_NAMES[modality], data, TEMP_PREFIX)
+                write_whole(folder / fhir.FILE_NAME, bundle, TEMP_PREFIX)
             except OSError as exc:
                 raise _write_error(out, exc, size, len(rows)) from None
-            files += len(encoded)
+            files += len(encoded) + 1
             written += size
             result = visit["eyes"][item["eye"]]["result"]
             rows.append({"visit": uuid, "patient": visit["patient"]["identifier"], "date": day, "eye": item["eye"],
@@ -167,9 +184,16 @@ def export(visits: VisitLog, out: Path, *, visit_uuid: str | None = None, since:
     except OSError as exc:
         raise _write_error(out, exc, len(referred), len(rows)) from None
     written += len(referred)
+    if health is not None:
+        report = (json.dumps(health, indent=1, default=str) + "\n").encode("utf-8")
+        try:
+            write_whole(out / HEALTH_NAME, report, TEMP_PREFIX)
+        except OSError as exc:
+            raise _write_error(out, exc, len(report), len(rows)) from None
+        written += len(report)
     return {"out": str(out), "visits": len({r["visit"] for r in rows}), "eyes": len(rows), "files": files,
             "bytes": written, "csv": str(csv_path) if rows else None, "skipped": skipped,
-            "referred_csv": str(out / REFERRED_NAME)}
+            "referred_csv": str(out / REFERRED_NAME), "health_json": str(out / HEALTH_NAME) if health is not None else None}
 
 
 def _referred_bytes(visits: VisitLog, refer_within_days: int, today: dt.date) -> bytes:

@@ -16,28 +16,44 @@ from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from device.screening.wording import N_
+
 REFER, RESCREEN, NORMAL = "refer", "rescreen", "normal"
 
 # The opinions a policy can average, by the name screening.json gives them.
 VCDR, SEGMENTATION, DISC_CLASSIFIER = "vcdr", "segmentation", "disc_classifier"
 OPINIONS = (VCDR, SEGMENTATION, DISC_CLASSIFIER)
 OPINION_WORDS = {
-    VCDR: "the vertical cup-to-disc ratio",
-    SEGMENTATION: "the segmentation network's glaucoma score",
-    DISC_CLASSIFIER: "the disc-crop classifier's glaucoma score",
+    VCDR: N_("the vertical cup-to-disc ratio"),
+    SEGMENTATION: N_("the segmentation network's glaucoma score"),
+    DISC_CLASSIFIER: N_("the disc-crop classifier's glaucoma score"),
 }
+MEAN_OF = N_("the mean of {opinions} and {last}")  # {opinions}: all but the last, separated by ", "
 
+# Recorded in English and shown in the reader's language (device/screening/wording.py): short and literal,
+# so that a clinician reviewing a translation can check it line by line.
 ADVICE = {
-    REFER: "Signs that can mean glaucoma were found. Please see an eye doctor within the next month. "
-           "Glaucoma damage can be stopped if it is treated early; it does not hurt, so do not wait for pain.",
-    RESCREEN: "The photo was not clear enough to judge. Please take the photo again now, or come back for a new photo.",
-    NORMAL: "No signs of glaucoma were seen on this photo. Have your eyes checked again in one to two years, "
-            "or sooner if your sight changes.",
+    REFER: N_("Signs that can mean glaucoma were found. Please see an eye doctor within the next month. "
+              "Glaucoma damage can be stopped if it is treated early; it does not hurt, so do not wait for pain."),
+    RESCREEN: N_("The photo was not clear enough to judge. Please take the photo again now, or come back for a new photo."),
+    NORMAL: N_("No signs of glaucoma were seen on this photo. Have your eyes checked again in one to two years, "
+               "or sooner if your sight changes."),
 }
 HEADLINE = {
-    REFER: "Refer to an eye doctor",
-    RESCREEN: "Take the photo again",
-    NORMAL: "No glaucoma signs seen",
+    REFER: N_("Refer to an eye doctor"),
+    RESCREEN: N_("Take the photo again"),
+    NORMAL: N_("No glaucoma signs seen"),
+}
+# Why an eye is referred or not. The figures are filled in English ("73%", "0.72"); the kiosk reads them back
+# to write them the reader's way, so each template names what its figures are (`REASON_FIGURES`).
+RISK_AT_OR_ABOVE = N_("Glaucoma risk {risk} is at or above the referral level of {level}.")
+LARGE_CUP = N_("The cup is large: cup-to-disc ratio {vcdr} (refer at {limit} or more).")
+RISK_BELOW = N_("Glaucoma risk {risk} is below the referral level of {level}; cup-to-disc ratio {vcdr}.")
+NO_DISC_FOUND = N_("The optic disc could not be found on the photo.")
+REASON_FIGURES = {
+    RISK_AT_OR_ABOVE: {"risk": "percent", "level": "percent"},
+    LARGE_CUP: {"vcdr": "ratio", "limit": "ratio"},
+    RISK_BELOW: {"risk": "percent", "level": "percent", "vcdr": "ratio"},
 }
 
 
@@ -94,7 +110,7 @@ class ReferralPolicy(PolicyFile):
     def described(self) -> str:
         """What the probability is made of, for the Models page."""
         words = [OPINION_WORDS[name] for name in self.fused_opinions()]
-        return words[0] if len(words) == 1 else "the mean of " + ", ".join(words[:-1]) + " and " + words[-1]
+        return words[0] if len(words) == 1 else MEAN_OF.format(opinions=", ".join(words[:-1]), last=words[-1])
 
     def fuse(self, glaucoma_logit: float, vcdr: float, disc_classifier_logit: float | None = None) -> float:
         """The mean of the policy's opinions. One whose network is not installed is left out, so a unit
@@ -109,14 +125,13 @@ class ReferralPolicy(PolicyFile):
                probability: float | None) -> tuple[str, list[str]]:
         """One decision with its reasons in plain words."""
         if not gradable or vcdr is None or probability is None:
-            reasons = quality_messages or ["The optic disc could not be found on the photo."]
+            reasons = quality_messages or [NO_DISC_FOUND]
             return RESCREEN, reasons
         reasons = []
         if probability >= self.refer_threshold:
-            reasons.append(f"Glaucoma risk {probability:.0%} is at or above the referral level of {self.refer_threshold:.0%}.")
+            reasons.append(RISK_AT_OR_ABOVE.format(risk=f"{probability:.0%}", level=f"{self.refer_threshold:.0%}"))
         if vcdr >= self.vcdr_refer:
-            reasons.append(f"The cup is large: cup-to-disc ratio {vcdr:.2f} (refer at {self.vcdr_refer:.2f} or more).")
+            reasons.append(LARGE_CUP.format(vcdr=f"{vcdr:.2f}", limit=f"{self.vcdr_refer:.2f}"))
         if reasons:
             return REFER, reasons
-        return NORMAL, [f"Glaucoma risk {probability:.0%} is below the referral level of {self.refer_threshold:.0%}; "
-                        f"cup-to-disc ratio {vcdr:.2f}."]
+        return NORMAL, [RISK_BELOW.format(risk=f"{probability:.0%}", level=f"{self.refer_threshold:.0%}", vcdr=f"{vcdr:.2f}")]

@@ -8,6 +8,7 @@ stored by earlier releases (or by hand, in tests and trials) may lack a field th
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -30,14 +31,28 @@ class DiscSegmentation:
     glaucoma_logit: float
     disc_classifier_logit: float | None = None
 
+    @property
+    def scale(self) -> float:
+        """Photo pixels per pixel of the maps."""
+        return self.box.side / self.disc_prob.shape[0]
+
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         return clean_masks(self.disc_prob, self.cup_prob)
 
     def masks_on_photo(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Disc and cup masks on the photo's own pixel grid (for Dice, overlays and DICOM)."""
-        disc = preprocess.unwarp(self.disc_prob, self.box, shape)
-        cup = preprocess.unwarp(self.cup_prob, self.box, shape)
-        return clean_masks(disc, cup)
+        """Disc and cup masks on the photo's own pixel grid (for Dice, overlays and DICOM). Only the part of
+        the photo the crop covers is resampled and cleaned (both masks are empty everywhere else): on a
+        12 MP photo that is a tenth of its pixels."""
+        h, w = shape[:2]
+        # a pixel or two beyond the crop: bilinear resampling still reads the crop's edge there
+        x0, y0 = max(0, math.floor(self.box.x0) - 1), max(0, math.floor(self.box.y0) - 1)
+        x1, y1 = min(w, math.ceil(self.box.x0 + self.box.side) + 2), min(h, math.ceil(self.box.y0 + self.box.side) + 2)
+        disc, cup = np.zeros((h, w), bool), np.zeros((h, w), bool)
+        if x1 > x0 and y1 > y0:
+            region = preprocess.Box(self.box.x0 - x0, self.box.y0 - y0, self.box.side)
+            disc[y0:y1, x0:x1], cup[y0:y1, x0:x1] = clean_masks(preprocess.unwarp(self.disc_prob, region, (y1 - y0, x1 - x0)),
+                                                                preprocess.unwarp(self.cup_prob, region, (y1 - y0, x1 - x0)))
+        return disc, cup
 
 
 @dataclass

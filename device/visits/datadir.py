@@ -10,6 +10,7 @@ Everything the unit writes at run time lives under one folder (/var/lib/glaucosc
         settings-overrides.toml   what an administrator changed on the kiosk's settings page
         engines/                  TensorRT engines built for this GPU, and the precision the pipeline measured
         sync.lock                 held by the one sync that is sending
+        installed-models/         model versions installed from signed bundles, and which one is active
 
 The kiosk, the sync service and the command are separate processes that meet only in these files;
 naming them here keeps a renamed file from splitting them without anyone noticing. Only the paths
@@ -31,6 +32,7 @@ class DataDir:
     SETTINGS_OVERRIDES = "settings-overrides.toml"
     ENGINES = "engines"
     SYNC_LOCK = "sync.lock"
+    MODELS = "installed-models"
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -73,9 +75,14 @@ class DataDir:
     def sync_lock(self) -> Path:
         return self.root / self.SYNC_LOCK
 
+    @property
+    def models(self) -> Path:
+        return self.root / self.MODELS
+
     @classmethod
     def names(cls) -> dict[str, str]:
         """Each entry's name directly under the root, by property: the whole layout, for the storage page
         and for the test that keeps it the only place the names are spelled out."""
         return {"visits_db": cls.VISITS_DB, "images": cls.IMAGES, "accounts_db": cls.ACCOUNTS_DB,
-                "settings_overrides": cls.SETTINGS_OVERRIDES, "engines": cls.ENGINES, "sync_lock": cls.SYNC_LOCK}
+                "settings_overrides": cls.SETTINGS_OVERRIDES, "engines": cls.ENGINES, "sync_lock": cls.SYNC_LOCK,
+                "models": cls.MODELS}

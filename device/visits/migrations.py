@@ -141,8 +141,37 @@ def m005_closed_visits(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE visits ADD COLUMN closed_reason TEXT")
 
 
+def m006_verdicts(db: sqlite_utils.Database) -> None:
+    """The reading centre's verdicts on the unit's eyes, as sync fetches them from the PACS: each once, keyed by
+    the SR that carried it; an eye may get more than one (a grader corrects a verdict), and the latest counts."""
+    db.execute("""CREATE TABLE verdicts (
+        sop_instance_uid TEXT PRIMARY KEY,
+        visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+        eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+        verdict TEXT NOT NULL CHECK (verdict IN ('urgent', 'refer', 'routine', 'retake')),
+        note TEXT NOT NULL DEFAULT '',
+        grader TEXT NOT NULL,
+        graded_at TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX verdicts_by_eye ON verdicts(visit_uuid, eye, graded_at)")
+    # when sync last asked the PACS about an eye still waiting: each run asks those it asked longest ago
+    db.execute("""CREATE TABLE verdict_checks (
+        visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+        eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+        checked_at TEXT NOT NULL,
+        PRIMARY KEY (visit_uuid, eye)
+    )""")
+
+
+def m007_patient_language(db: sqlite_utils.Database) -> None:
+    """The language a patient reads ('hi', 'sw'), in which the kiosk prints their slip; NULL where none was
+    recorded (registrations from before this version), which prints in the health worker's language."""
+    db.execute("ALTER TABLE patients ADD COLUMN language TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits, m004_follow_up,
-                                     m005_closed_visits)
+                                     m005_closed_visits, m006_verdicts, m007_patient_language)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

@@ -35,17 +35,24 @@ import numpy as np
 import sqlite_utils
 
 from device.screening.result import ScreeningResult
+from device.screening.wording import N_
 from device.visits import migrations
 from device.visits.datadir import DataDir
 from device.visits.imagestore import DiskFullError, ImageStore
 from models.runtime.images import decode_mask, encode_mask
 
-__all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "encode_masks", "decode_masks"]
+__all__ = ["VisitLog", "DiskFullError", "DatabaseCorruptError", "EYES", "OUTBOX_KIND", "FHIR_KIND", "VERDICTS",
+           "encode_masks", "decode_masks"]
 
 EYES = ("right", "left")
 MAX_IDENTIFIER = 64  # DICOM's Long String, which carries it to the PACS as Patient ID
 OUTBOX_KIND = "eye_screening"   # one eye's photo, disc/cup segmentation and report, sent as DICOM
+FHIR_KIND = "eye_fhir"          # the same eye as a FHIR transaction bundle, sent to the EHR where one is set
+VERDICTS = ("urgent", "refer", "routine", "retake")  # the reading centre's verdicts (device.outbox.verdicts)
+VERDICTS_CALLING_BACK = ("urgent", "refer", "retake")  # those that need the patient to come back
 _SEX = {"f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O"}
+# why a visit left unfinished was closed: recorded in English, shown in the reader's language
+ABANDONED = N_("Abandoned: not finished within {hours} hours")
 _BUSY_TIMEOUT_S = 10.0
 
 
@@ -140,6 +147,14 @@ def decode_masks(png: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 MAX_PHONE, MAX_ADDRESS = 32, 200
+
+
+def _language(language: str | None) -> str | None:
+    """A patient's language as an ISO 639 code ('hi', 'sw'), or None where none was recorded."""
+    language = (language or "").strip().lower() or None
+    if language is not None and not (2 <= len(language) <= 3 and language.isascii() and language.isalpha()):
+        raise ValueError(f"a patient's language is a two- or three-letter code such as 'hi' or 'sw', not {language!r}")
+    return language
 
 
 def _contact(phone: str | None, address: str | None) -> tuple[str | None, str | None]:
@@ -269,32 +284,37 @@ class VisitLog:
 
     def add_patient(self, identifier: str, *, name: str | None = None, year_of_birth: int | None = None,
                     sex: str | None = None, consent: bool = False, phone: str | None = None,
-                    address: str | None = None) -> dict:
-        """Register a patient. Identifiers are compared without regard to case, as workers type them."""
+                    address: str | None = None, language: str | None = None) -> dict:
+        """Register a patient. Identifiers are compared without regard to case, as workers type them. `language`:
+        the one the patient reads, which their slip is printed in (None: the health worker's)."""
         identifier, sex = self._clean_patient(identifier, year_of_birth, sex)
         phone, address = _contact(phone, address)
+        language = _language(language)
         with self._write() as db:
             if self.get_patient(identifier) is not None:
                 raise ValueError(f"a patient with identifier {identifier!r} is already registered")
             db.table("patients").insert({"identifier": identifier, "name": (name or "").strip() or None,
                                    "year_of_birth": year_of_birth, "sex": sex, "consent": int(bool(consent)),
-                                   "phone": phone, "address": address, "created_at": self._now()})
+                                   "phone": phone, "address": address, "language": language, "created_at": self._now()})
         patient = self.get_patient(identifier)
         assert patient is not None  # inserted just above
         return patient
 
     def edit_patient(self, identifier: str, *, by: str, new_identifier: str | None = None, name: str | None = None,
                      year_of_birth: int | None = None, sex: str | None = None, phone: str | None = None,
-                     address: str | None = None) -> dict:
+                     address: str | None = None, language: str | None = None) -> dict:
         """Correct a registration (an admin's job), keeping who changed what and when. Eyes that could not be
         sent because of the old details are queued again: the DICOM is built from the patient as they are now.
-        Returns the fields changed ({field: [old, new]}) and how many eyes were queued again."""
+        `language` None leaves the patient's language as it is. Returns the fields changed ({field: [old, new]})
+        and how many eyes were queued again."""
         with self._write() as db:
             patient = self._patient_row(identifier)
             new_identifier, sex = self._clean_patient(new_identifier or patient["identifier"], year_of_birth, sex)
             phone, address = _contact(phone, address)
             wanted = {"identifier": new_identifier, "name": (name or "").strip() or None,
                       "year_of_birth": year_of_birth, "sex": sex, "phone": phone, "address": address}
+            if language is not None:
+                wanted["language"] = _language(language)
             changes = {k: [patient[k], v] for k, v in wanted.items() if patient[k] != v}
             if "identifier" in changes:
                 other = self.get_patient(new_identifier)
@@ -497,12 +517,13 @@ class VisitLog:
         stale = [r["uuid"] for r in self._rows(
             "SELECT uuid FROM visits WHERE status IN ('open', 'interrupted') AND started_at <= ? ORDER BY started_at", (cutoff,))]
         for visit_uuid in stale:
-            self.close_visit(visit_uuid, f"Abandoned: not finished within {hours:g} hours")
+            self.close_visit(visit_uuid, ABANDONED.format(hours=f"{hours:g}"))
         return stale
 
     def _eyes(self, visit_uuid: str) -> dict[str, dict]:
         """Per eye: its latest capture, that capture's result, the skip reason and how many photos were taken."""
-        eyes: dict[str, dict[str, Any]] = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0} for eye in EYES}
+        eyes: dict[str, dict[str, Any]] = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0,
+                                                 "verdict": None} for eye in EYES}
         for c in self._rows(
                 """SELECT c.*, (SELECT count(*) FROM captures k WHERE k.visit_uuid = c.visit_uuid AND k.eye = c.eye) AS n
                    FROM captures c
@@ -519,6 +540,8 @@ class VisitLog:
                 eyes[c["eye"]]["result"] = r
         for s in self._rows("SELECT eye, reason FROM skipped_eyes WHERE visit_uuid = ?", (visit_uuid,)):
             eyes[s["eye"]]["skipped"] = s["reason"]
+        for eye, verdict in self.latest_verdicts(visit_uuid).items():
+            eyes[eye]["verdict"] = verdict
         return eyes
 
     def get_visit(self, visit_uuid: str) -> dict:
@@ -529,7 +552,8 @@ class VisitLog:
             patient["consent"] = bool(patient["consent"])
             visit["patient"] = patient
             visit["eyes"] = self._eyes(visit_uuid)
-            visit["outbox"] = self._rows("SELECT id, eye, status FROM outbox WHERE visit_uuid = ? ORDER BY id", (visit_uuid,))
+            visit["outbox"] = self._rows("SELECT id, eye, kind, status FROM outbox WHERE visit_uuid = ? ORDER BY id",
+                                         (visit_uuid,))
             return visit
 
     def visits_for_patient(self, identifier: str) -> list[dict]:
@@ -584,18 +608,20 @@ class VisitLog:
 
     # -- follow-up of referred patients -------------------------------------------------------------
     def referred_visits(self) -> list[dict]:
-        """Finished visits where an eye's last photo was referred, newest first, with the patient's contact
-        and whether they were seen at the eye clinic (`attended_on`, a day, or None)."""
+        """Finished visits where an eye's last photo was referred, or the reading centre referred an eye, newest
+        first, with the patient's contact and whether they were seen at the eye clinic (`attended_on`, a day, or
+        None)."""
         return self._rows(
             """SELECT v.uuid AS visit_uuid, v.started_at, v.operator, p.identifier, p.name, p.phone, p.address,
                       a.attended_on, a.recorded_by
                FROM visits v JOIN patients p ON p.id = v.patient_id
                LEFT JOIN attended_referrals a ON a.visit_uuid = v.uuid
-               WHERE v.status = 'finished' AND EXISTS (
+               WHERE v.status = 'finished' AND (EXISTS (
                    SELECT 1 FROM captures c JOIN results r ON r.capture_id = c.id
                    WHERE c.visit_uuid = v.uuid AND r.referral = 'refer'
                      AND c.id = (SELECT max(id) FROM captures m WHERE m.visit_uuid = v.uuid AND m.eye = c.eye)
                      AND NOT EXISTS (SELECT 1 FROM skipped_eyes s WHERE s.visit_uuid = v.uuid AND s.eye = c.eye))
+                 OR EXISTS (SELECT 1 FROM verdicts d WHERE d.visit_uuid = v.uuid AND d.verdict IN ('urgent', 'refer')))
                ORDER BY v.started_at DESC, v.rowid DESC""")
 
     def mark_attended(self, visit_uuid: str, *, on: dt.date, by: str) -> None:
@@ -613,14 +639,85 @@ class VisitLog:
                           recorded_by = excluded.recorded_by, recorded_at = excluded.recorded_at""",
                        (visit_uuid, on.isoformat(), by, self._now()))
 
+    # -- the reading centre's verdicts ---------------------------------------------------------------
+    def eyes_awaiting_verdict(self, *, sent_since: dt.datetime, limit: int = 100) -> list[dict]:
+        """At most `limit` eyes whose DICOM reached the PACS since `sent_since` and that have no verdict yet: those
+        never asked about first, then those asked about longest ago. What sync asks the PACS about."""
+        return self._rows(
+            """SELECT o.visit_uuid, o.eye FROM outbox o
+               LEFT JOIN verdict_checks c ON c.visit_uuid = o.visit_uuid AND c.eye = o.eye
+               WHERE o.kind = ? AND o.status = 'sent' AND o.sent_at >= ?
+                 AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.visit_uuid = o.visit_uuid AND d.eye = o.eye)
+               ORDER BY c.checked_at IS NOT NULL, c.checked_at, o.id LIMIT ?""",
+            (OUTBOX_KIND, _iso(sent_since), int(limit)))
+
+    def verdict_checked(self, visit_uuid: str, eye: str) -> None:
+        """The PACS was asked about this eye's verdict now."""
+        with self._write() as db:
+            db.execute("""INSERT INTO verdict_checks (visit_uuid, eye, checked_at) VALUES (?, ?, ?)
+                          ON CONFLICT (visit_uuid, eye) DO UPDATE SET checked_at = excluded.checked_at""",
+                       (visit_uuid, eye, self._now()))
+
+    def has_verdict(self, sop_instance_uid: str) -> bool:
+        return self._one("SELECT 1 AS x FROM verdicts WHERE sop_instance_uid = ?", (sop_instance_uid,)) is not None
+
+    def add_verdict(self, visit_uuid: str, eye: str, sop_instance_uid: str, *, verdict: str, note: str, grader: str,
+                    graded_at: dt.datetime) -> bool:
+        """Keep a verdict the reading centre sent for an eye; False when this one (by its SR's UID) is already kept."""
+        _check_eye(eye)
+        if verdict not in VERDICTS:
+            raise ValueError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}")
+        with self._write() as db:
+            self._visit_row(visit_uuid)
+            return db.execute(
+                """INSERT OR IGNORE INTO verdicts (sop_instance_uid, visit_uuid, eye, verdict, note, grader, graded_at,
+                   received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (sop_instance_uid, visit_uuid, eye, verdict, note or "", grader, _iso(graded_at), self._now())).rowcount == 1
+
+    def latest_verdicts(self, visit_uuid: str) -> dict[str, dict]:
+        """Per eye of the visit, the reading centre's latest verdict (a grader may correct one); eyes without none."""
+        rows = self._rows("SELECT * FROM verdicts WHERE visit_uuid = ? ORDER BY graded_at, received_at", (visit_uuid,))
+        return {row["eye"]: row for row in rows}
+
+    def verdicts_calling_back(self) -> list[dict]:
+        """Eyes whose latest verdict asks the patient to come back and who have not: for a referral, not yet seen
+        at the eye clinic; for a photo to take again, no visit of theirs finished since. Newest verdict first."""
+        return self._rows(
+            """SELECT d.*, p.identifier, p.name FROM verdicts d
+               JOIN visits v ON v.uuid = d.visit_uuid JOIN patients p ON p.id = v.patient_id
+               WHERE d.verdict IN ('urgent', 'refer', 'retake')
+                 AND d.sop_instance_uid = (SELECT e.sop_instance_uid FROM verdicts e WHERE e.visit_uuid = d.visit_uuid
+                                           AND e.eye = d.eye ORDER BY e.graded_at DESC, e.received_at DESC LIMIT 1)
+                 AND NOT (d.verdict IN ('urgent', 'refer')
+                          AND EXISTS (SELECT 1 FROM attended_referrals a WHERE a.visit_uuid = d.visit_uuid))
+                 AND NOT (d.verdict = 'retake'
+                          AND EXISTS (SELECT 1 FROM visits w WHERE w.patient_id = v.patient_id AND w.status = 'finished'
+                                      AND w.started_at > v.started_at))
+               ORDER BY d.graded_at DESC""")
+
     # -- outbox -----------------------------------------------------------------------------------
-    def outbox_pending(self, limit: int = 100, *, now: dt.datetime | None = None) -> list[dict]:
-        """Items still to send, in creation order; with `now`, only those whose next attempt is due."""
-        if now is None:
-            return self._rows("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?", (int(limit),))
-        return self._rows("""SELECT * FROM outbox WHERE status = 'pending'
-                             AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?""",
-                          (_iso(now), int(limit)))
+    def outbox_pending(self, limit: int = 100, *, now: dt.datetime | None = None, kind: str | None = None) -> list[dict]:
+        """Items still to send, in creation order; with `now`, only those whose next attempt is due; with `kind`,
+        only those of that kind (OUTBOX_KIND goes to the PACS, FHIR_KIND to the EHR)."""
+        sql = "SELECT * FROM outbox WHERE status = 'pending'"
+        params: list = []
+        if now is not None:
+            sql += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            params.append(_iso(now))
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        return self._rows(sql + " ORDER BY id LIMIT ?", (*params, int(limit)))
+
+    def queue_fhir(self) -> int:
+        """Queue the FHIR bundle of every eye queued for the PACS that has none yet; returns how many were queued.
+        The sync calls it where an EHR is configured, so the EHR gets every eye the unit holds, those finished
+        before it was configured too, and a unit without one never holds items for nobody."""
+        with self._write() as db:
+            return db.execute(
+                """INSERT OR IGNORE INTO outbox (visit_uuid, eye, kind, capture_id, result_id, created_at)
+                   SELECT visit_uuid, eye, ?, capture_id, result_id, ? FROM outbox WHERE kind = ? ORDER BY id""",
+                (FHIR_KIND, self._now(), OUTBOX_KIND)).rowcount
 
     def _outbox_item(self, item_id: int) -> dict:
         row = self._one("SELECT * FROM outbox WHERE id = ?", (item_id,))
@@ -658,7 +755,7 @@ class VisitLog:
         """The items with this status as the sending page lists them: the patient's name and clinic number and the
         visit's day (a worker knows a patient, not a visit UUID), oldest first."""
         return self._rows(
-            """SELECT o.id, o.eye, o.attempts, o.last_error, o.next_attempt_at, o.visit_uuid, v.started_at,
+            """SELECT o.id, o.eye, o.kind, o.attempts, o.last_error, o.next_attempt_at, o.visit_uuid, v.started_at,
                       p.identifier, p.name
                FROM outbox o JOIN visits v ON v.uuid = o.visit_uuid JOIN patients p ON p.id = v.patient_id
                WHERE o.status = ? ORDER BY o.id""", (status,))
@@ -666,6 +763,12 @@ class VisitLog:
     def outbox_last_attempt(self) -> dict | None:
         """The latest attempt to send anything: when, and what came of it."""
         return self._one("SELECT at, outcome, error, response FROM outbox_attempts ORDER BY id DESC LIMIT 1")
+
+    def outbox_recent_failures(self, limit: int = 5) -> list[dict]:
+        """The latest failed attempts (to retry or quarantined), newest first: the "last errors" of a health report."""
+        return self._rows("""SELECT a.at, a.outcome, a.error, o.visit_uuid, o.eye FROM outbox_attempts a
+                             JOIN outbox o ON o.id = a.outbox_id WHERE a.outcome != 'sent' ORDER BY a.id DESC LIMIT ?""",
+                          (int(limit),))
 
     def outbox_due_now(self) -> int:
         """Make every waiting item due at once (the worker pressed "Send now"); returns how many wait."""

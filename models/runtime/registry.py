@@ -35,14 +35,17 @@ def manifest(artifacts: Path = ARTIFACTS) -> dict:
     return json.loads(path.read_text())
 
 
-def model_file(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, verify: bool = True) -> tuple[Path, dict]:
-    """Path of a model's ONNX file for a precision, hash-checked against the manifest."""
+def model_file(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, verify: bool = True,
+               backend: str = "tensorrt") -> tuple[Path, dict]:
+    """Path of a model's ONNX file for a precision, hash-checked against the manifest. For ONNX Runtime
+    (`backend="onnxruntime"`) INT8 is the CPU build (`int8_cpu`) where the manifest has one."""
     entries = manifest(artifacts)
     if name not in entries:
         raise EngineError(f"model {name!r} is not in the manifest (have: {', '.join(sorted(entries))})")
     entry = entries[name]
     if precision != "fp32":
-        entry = entry.get(precision)
+        key = int8_build(entry) if precision == "int8" and backend == "onnxruntime" else precision
+        entry = entry.get(key)
         if entry is None:
             raise EngineError(f"model {name!r} has no {precision} build; run `glaucoscreen quantize` or use fp32")
     path = artifacts / entry["file"]
@@ -54,6 +57,16 @@ def model_file(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, 
             raise EngineError(f"model file {path.name} is damaged (sha256 {digest[:12]}..., expected "
                               f"{entry['sha256'][:12]}...); reinstall the unit's models")
     return path, entry
+
+
+def int8_build(entry: dict) -> str:
+    """The manifest key of the INT8 build ONNX Runtime runs: `int8_cpu` where there is one, else `int8`.
+    Two builds because the runtimes want different things: TensorRT takes only symmetric INT8 (`int8`),
+    and with symmetric activations ONNX Runtime cannot fold a ReLU6 into the quantized convolution
+    before it, so half the network ran in float between quantize and dequantize steps; `int8_cpu` has
+    uint8 activations with zero points, which it runs as quantized convolutions throughout (2x faster
+    on x86; model card, "Speed")."""
+    return "int8_cpu" if isinstance(entry.get("int8_cpu"), dict) else "int8"
 
 
 def shipped_precision(name: str, artifacts: Path = ARTIFACTS) -> str:
@@ -107,9 +120,10 @@ def faster_on_this_cpu(name: str, artifacts: Path, cache_dir: Path, threads: int
     from models.runtime.engine import cpu_threads
 
     entry = manifest(artifacts)[name]
+    int8 = entry[int8_build(entry)]
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
                platform.processor() or platform.machine())
-    key = f"{name}:{entry['sha256'][:16]}:{entry['int8']['sha256'][:16]}:{cpu}:{threads or cpu_threads()}"
+    key = f"{name}:{entry['sha256'][:16]}:{int8['sha256'][:16]}:{cpu}:{threads or cpu_threads()}"
     path = Path(cache_dir) / "precision.json"
     try:
         known = json.loads(path.read_text())
@@ -119,7 +133,8 @@ def faster_on_this_cpu(name: str, artifacts: Path, cache_dir: Path, threads: int
         return known[key]
     timings: dict[str, float] = {}
     for precision in ("fp32", "int8"):
-        engine = OnnxEngine(model_file(name, precision, artifacts)[0], name=name, precision=precision, threads=threads)
+        engine = OnnxEngine(model_file(name, precision, artifacts, backend="onnxruntime")[0], name=name,
+                            precision=precision, threads=threads)
         feeds = engine.example_feeds()
         engine.run(feeds)
         samples = []
@@ -145,20 +160,33 @@ def _cpuinfo() -> str:
 
 
 def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS, threads: int | None = None,
-                backend: str = "auto", engine_cache: Path | None = None) -> Engine:
-    """The model as an `Engine`: TensorRT where it is installed (the Jetson), else ONNX Runtime."""
-    path, entry = model_file(name, precision, artifacts)
+                backend: str = "auto", engine_cache: Path | None = None, free_size: bool = False) -> Engine:
+    """The model as an `Engine`: TensorRT where it is installed (the Jetson), else ONNX Runtime.
+    `free_size`: ONNX Runtime takes images of any size (a TensorRT engine stays at the file's own)."""
     engine: OnnxEngine | TensorRTEngine
     if backend == "tensorrt" or (backend == "auto" and have_tensorrt() and engine_cache is not None):
         from models.runtime.tensorrt import TensorRTEngine
 
+        path, entry = model_file(name, precision, artifacts)
         if engine_cache is None:
             raise EngineError(f"model {name}: the TensorRT backend needs a folder for its engine cache (engine_cache)")
         engine = TensorRTEngine(path, name=name, precision=precision, model_sha256=entry["sha256"], cache_dir=engine_cache)
     else:
-        engine = OnnxEngine(path, name=name, precision=precision, threads=threads)
+        path, entry = model_file(name, precision, artifacts, backend="onnxruntime")
+        engine = OnnxEngine(path, name=name, precision=precision, threads=threads, free_size=free_size)
     engine.version = entry.get("version", path.stem)
     return engine
+
+
+def installed_artifacts(models_root: Path | None) -> Path:
+    """The folder the unit's models load from: the active installed version under `models_root` (the data
+    folder's installed-models/, see `models.runtime.installed`) when one is installed, else the shipped artifacts.
+    Callers resolve it once and load every model and policy from it, so a switch never mixes two versions."""
+    if models_root is None:
+        return ARTIFACTS
+    from models.runtime.installed import ModelStore
+
+    return ModelStore(models_root).active_dir()
 
 
 def versions(artifacts: Path = ARTIFACTS) -> dict[str, str]:

@@ -71,3 +71,38 @@ def test_asymmetric_zero_point_is_reported(tmp_path):
     m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(m, tmp_path / "a.onnx")
     assert any("zero point" in p for p in check_tensorrt_compatible(tmp_path / "a.onnx"))
+
+
+def _ops_after_onnxruntime_optimizes(path, tmp_path) -> list[str]:
+    """The graph ONNX Runtime runs once it has fused what it can of the QDQ model."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_the_cpu_build_runs_the_body_quantized_throughout_and_tensorrt_would_refuse_it(fp32_model, tmp_path):
+    """With symmetric activations ONNX Runtime cannot fold a ReLU6 into the quantized convolution before it:
+    each one is dequantized, clipped in float and quantized again. The CPU build's uint8 activations let it
+    run the body as quantized convolutions from the input's quantization to the head's dequantization."""
+    rng = np.random.default_rng(0)
+    calib = [rng.normal(size=(1, 3, 32, 32)).astype(np.float32) for _ in range(8)]
+    symmetric, cpu = tmp_path / "tiny.int8.onnx", tmp_path / "tiny.int8-cpu.onnx"
+    quantize(fp32_model, symmetric, list(calib))
+    info = quantize(fp32_model, cpu, list(calib), target="cpu")
+    assert info["target"] == "cpu" and "uint8" in info["format"]
+
+    ops = _ops_after_onnxruntime_optimizes(symmetric, tmp_path)
+    assert "Clip" in ops and ops.count("QuantizeLinear") > 1
+    ops = _ops_after_onnxruntime_optimizes(cpu, tmp_path)
+    assert "Clip" not in ops and ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 1
+    assert ops.count("QLinearConv") == 2
+    assert any("zero point is not 0" in p for p in check_tensorrt_compatible(cpu))
+
+    x = calib[0]
+    a = ort.InferenceSession(str(fp32_model)).run(None, {"image": x})[0]
+    b = ort.InferenceSession(str(cpu)).run(None, {"image": x})[0]
+    assert np.abs(a - b).max() < 0.05 and not np.allclose(a, b)
+    with pytest.raises(ValueError, match="target"):
+        quantize(fp32_model, tmp_path / "x.onnx", list(calib), target="gpu")

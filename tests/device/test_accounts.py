@@ -218,10 +218,12 @@ def test_accounts_of_an_older_unit_each_get_their_own_session_key(tmp_path):
             db.execute("INSERT INTO users (username, pin_hash, salt, created_at) VALUES (?, ?, ?, '2025-01-01T00:00:00+00:00')",
                        (name, _hash_pin(PIN, salt), salt))
     accounts = Accounts(path)
-    assert accounts.schema_version == len(MIGRATIONS) == 2
+    assert accounts.schema_version == len(MIGRATIONS) == 3
     keys = {accounts.session_key("amina"), accounts.session_key("joseph")}
     assert len(keys) == 2 and "" not in keys
     assert accounts.verify("joseph", PIN) and accounts.verify("amina", PIN)
+    # v3: no language yet, so each keeps the one they next sign in with
+    assert [u["language"] for u in accounts.list()] == ["", ""]
 
 
 def test_user_unlock_command(tmp_path, capsys):

@@ -104,3 +104,45 @@ def test_internal_state_is_not_a_setting(tmp_path):
     f.write_text("_file_values = {}\n")
     with pytest.raises(ValueError, match="_file_values"):
         Config.load(f)
+
+
+def test_extending_the_start_timeout_pings_while_the_block_runs_and_stops_after(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        with sdnotify.extending_timeout("Building", every_s=0.05):
+            first = server.recv(256).decode()
+            second = server.recv(256).decode()
+        got = []
+        server.settimeout(0.3)
+        try:
+            while True:
+                got.append(server.recv(256).decode())
+        except TimeoutError:
+            pass
+    assert first == second == "EXTEND_TIMEOUT_USEC=150000\nSTATUS=Building"
+    assert got and got[-1] == "STATUS="
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    with sdnotify.extending_timeout("Building"):  # outside systemd: nothing to say, nothing started
+        assert not any(t.name == "sd-extend-timeout" for t in __import__("threading").enumerate())
+
+
+def test_extending_stops_asking_after_its_limit(tmp_path, monkeypatch):
+    """A build that hangs must still be killed by systemd in the end."""
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        with sdnotify.extending_timeout("Building", every_s=0.02, limit_s=0.1):
+            __import__("time").sleep(0.4)
+        server.settimeout(0.2)
+        got = []
+        try:
+            while True:
+                got.append(server.recv(256).decode())
+        except TimeoutError:
+            pass
+    pings = [m for m in got if m.startswith("EXTEND")]
+    assert 2 <= len(pings) <= 8, pings

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 from device.visits.visitlog import VisitLog
+from tests.loopback import listening
 
 
 def free_port() -> int:
@@ -34,6 +35,7 @@ def test_run_simulate_serves_the_kiosk_and_stops_cleanly_on_sigterm(tmp_path):
             except OSError:
                 time.sleep(0.3)
         assert health == {"ok": True, "capture_running": True, "error": None}
+        assert listening(proc.pid) == [("127.0.0.1", port)]  # the kiosk, on loopback only (issue 17, item 13)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             assert "Sign in" in r.read().decode()   # anyone reaching the unit meets the sign-in page first
     finally:

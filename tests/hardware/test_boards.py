@@ -40,11 +40,18 @@ def test_jetson_profile_uses_header_positions_through_our_jetson_gpio_factory():
     jetson = PROFILES["jetson-orin-nano"]
     assert jetson.pins.numbering == "BOARD"
     assert jetson.camera_backend == "gstreamer"
-    assert jetson.serial_port == "/dev/ttyTHS1"
     assert jetson.pin_factory == "jetson-gpio" and boards.GPIO_DRIVERS["jetson-gpio"] == "Jetson.GPIO"
     assert "jetson-io" in jetson.note and "pull-up" in jetson.note
     assert set(_pins(jetson)) <= JETSON_GPIO
     assert jetson.pins.white_ring in JETSON_PWM
+
+
+def test_jetson_serial_port_is_the_header_uart_on_pins_8_and_10():
+    """An Orin's header UART (pins 8 TX / 10 RX, UART1) is /dev/ttyTHS0; ttyTHS1 was the original Jetson
+    Nano's name for those pins, and opening it on an Orin talks to nothing the optic module is wired to."""
+    jetson = PROFILES["jetson-orin-nano"]
+    assert jetson.serial_port == "/dev/ttyTHS0"
+    assert not {8, 10} & set(_pins(jetson))  # the UART's pins carry no light, buzzer or button
 
 
 def test_workstation_has_mock_pins_and_no_serial_port():

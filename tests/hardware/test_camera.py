@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from hardware.argus import ArgusCamera
 from hardware.boards import PROFILES
 from hardware.camera import (
     Camera,
     CameraError,
-    GStreamerCamera,
     OpenCVCamera,
     Picamera2Camera,
     ReplayCamera,
-    nvargus_pipeline,
     open_camera,
 )
 from hardware.illumination import Illumination
@@ -26,6 +25,7 @@ from hardware.optic_module_sim import OpticModuleSimulator
 from hardware.simulated_camera import MAX_DRIFT, STILL_S, SimulatedCamera
 from models.runtime.images import read_rgb
 from models.synthetic import field_geometry
+from tests.hardware.fake_cameras import make_picamera2
 
 PREVIEW = (480, 640)
 STILL = (384, 512)
@@ -125,18 +125,55 @@ def test_a_usb_camera_that_is_not_there_is_a_camera_error(tmp_path):
         OpenCVCamera(63).start()
 
 
-def test_a_csi_camera_without_argus_is_a_camera_error():
+@pytest.mark.parametrize("fail_at", ["init", "configure", "start"])
+def test_a_pi_camera_that_fails_to_start_is_closed_and_can_start_again(fail_at):
+    """A Picamera2 holds the camera until closed: a start that fails half-way must not keep it."""
+    fake = make_picamera2(fail_at=fail_at)
+    cam = Picamera2Camera(picamera2_factory=fake)
+    with pytest.raises(CameraError, match="the Pi camera 0"):
+        cam.start()
+    assert fake.acquired == set() and all(not c.is_open for c in fake.made)
+    assert fake.made[0].closes == 1
+    with pytest.raises(CameraError, match="not started"):
+        cam.read()
+    fake.fail = None  # the fault cleared (the cable reseated): the same process gets the camera back
+    with cam:
+        assert cam.read().shape == PREVIEW + (3,)
+    assert fake.acquired == set()
+
+
+def test_a_pi_camera_kept_by_another_is_a_camera_error_that_takes_nothing():
+    fake = make_picamera2()
+    holder = fake(0)
+    with pytest.raises(CameraError, match="Device or resource busy"):
+        Picamera2Camera(picamera2_factory=fake).start()
+    assert fake.acquired == {0} and holder.is_open  # the other holder's camera is not closed under it
+
+
+def test_the_pi_camera_changes_exposure_live_and_takes_stills_in_still_mode():
+    fake = make_picamera2(sensor_resolution=(4608, 2592))
+    cam = Picamera2Camera(picamera2_factory=fake)
+    cam.set_exposure(15000, 1.0)
+    with cam:
+        made = fake.made[0]
+        assert made.config["controls"] == {"AeEnable": False, "ExposureTime": 15000, "AnalogueGain": 1.0}
+        frame = cam.read()
+        assert frame.shape == PREVIEW + (3,) and tuple(frame[0, 0]) == (200, 20, 10)  # BGR in memory, RGB out
+        cam.set_exposure(30000, 2.0)
+        assert made.controls[-1] == {"AeEnable": False, "ExposureTime": 30000, "AnalogueGain": 2.0}
+        still = cam.capture_still()
+        assert still.shape == (2592, 4608, 3)  # the sensor's full size
+        assert made.switches[-1]["controls"]["ExposureTime"] == 30000
+        assert made.starts == 1  # neither the controls nor the still restarted the camera
+    assert not made.is_open and fake.acquired == set()
+    sized = Picamera2Camera(still_size=(1296, 2304), picamera2_factory=lambda n: fake(n))  # a factory, not a class
+    with sized:
+        assert sized.capture_still().shape == (1296, 2304, 3)
+
+
+def test_a_csi_camera_without_gstreamer_is_a_camera_error():
     with pytest.raises(CameraError, match="GStreamer"):
-        GStreamerCamera(sensor_id=0).start()
-
-
-def test_the_argus_pipeline_fixes_exposure_in_nanoseconds():
-    p = nvargus_pipeline(sensor_id=1, sensor_size=(1080, 1920), out_size=(480, 640), exposure_us=20000, gain=2.0)
-    assert p.startswith("nvarguscamerasrc sensor-id=1 ")
-    assert 'exposuretimerange="20000000 20000000"' in p and 'gainrange="2 2"' in p
-    assert "width=1920,height=1080" in p and "width=640,height=480" in p
-    assert p.endswith("appsink drop=true max-buffers=1")
-    assert "exposuretimerange" not in nvargus_pipeline()
+        ArgusCamera(sensor_id=0).start()
 
 
 def test_exposure_is_checked_before_any_camera_sees_it(photo_folder):
@@ -148,7 +185,7 @@ def test_exposure_is_checked_before_any_camera_sees_it(photo_folder):
 
 def test_open_camera_follows_the_board_or_the_backend(photo_folder):
     assert isinstance(open_camera("pi5"), Picamera2Camera)
-    assert isinstance(open_camera(PROFILES["jetson-orin-nano"]), GStreamerCamera)
+    assert isinstance(open_camera(PROFILES["jetson-orin-nano"]), ArgusCamera)
     assert isinstance(open_camera("workstation"), OpenCVCamera)
     replay = open_camera("replay", folder=photo_folder)
     assert isinstance(replay, ReplayCamera) and isinstance(replay, Camera)

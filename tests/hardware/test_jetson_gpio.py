@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 import types
+from collections import Counter
 
 import pytest
-from gpiozero import LED, PWMLED
+from gpiozero import LED, PWMLED, Button
 from gpiozero.exc import PinInvalidPin, PinPWMUnsupported
 
 from hardware.boards import PROFILES
@@ -148,3 +149,66 @@ def test_doctor_names_the_jetson_factory_and_checks_its_driver(gpio, monkeypatch
     monkeypatch.setitem(sys.modules, "Jetson.GPIO", None)  # a Jetson without the library
     missing = doctor.gpio(Config(board="jetson-orin-nano"))
     assert not missing["ok"] and "Jetson.GPIO" in missing["driver"]["error"]
+
+
+# -- the GPIO chip's shared file descriptor -------------------------------------------------------------
+# Jetson.GPIO 2.1 opens the chip once and shares that fd among the chip's channels, yet closes it in the
+# clean-up of any one of them (the stand-in keeps and counts it the same way). All five of the module's
+# parts are on the Orin Nano's one GPIO chip.
+
+def test_the_lights_close_the_gpio_chip_once_and_only_once(gpio):
+    with Illumination(JETSON, max_level=0.8, max_flash_s=0.1) as lights:  # the board's own factory
+        lights.button.when_pressed = lambda: None  # an edge event requested from the chip
+        lights.set_white(0.3)
+        lights.infrared.on()
+        assert len(gpio.open_chip_fds()) == 1  # one chip, opened once, shared by its channels
+    assert gpio.configured() == {}
+    assert gpio.stray_chip_closes == []  # never a close of an fd that was no longer open
+    assert Counter(gpio.chip_fd_closes) == Counter(gpio.chip_fds_opened)  # each opened chip closed exactly once
+    assert gpio.open_chip_fds() == set()
+
+
+def test_closing_twice_closes_nothing_more(gpio):
+    factory = make_pin_factory(JETSON)
+    lights = Illumination(JETSON, pin_factory=factory)
+    lights.close()
+    factory.close()
+    closes = gpio.chip_fd_closes
+    lights.close()
+    factory.close()
+    factory.close()
+    assert gpio.chip_fd_closes == closes and gpio.stray_chip_closes == [] and gpio.open_chip_fds() == set()
+
+
+def test_releasing_one_pin_leaves_the_chip_open_for_the_others(gpio):
+    """The button set up first and an LED after it share the chip's fd: closing the LED must not close it
+    under the button, whose edge events are requested from that fd."""
+    factory = JetsonGPIOFactory(gpio)
+    button = Button(PINS.capture_button, pin_factory=factory, pull_up=True)
+    led = LED(PINS.status, pin_factory=factory)
+    led.on()
+    led.close()
+    presses = []
+    button.when_pressed = lambda: presses.append(True)
+    button.pin.bounce = 0.005  # edge detection re-armed: Jetson.GPIO requests the event line from the chip fd again
+    gpio.drive(PINS.capture_button, 0)
+    assert wait_until(lambda: presses == [True], 2)
+    button.close()
+    factory.close()
+    assert gpio.stray_chip_closes == [] and Counter(gpio.chip_fd_closes) == Counter(gpio.chip_fds_opened)
+
+
+def test_a_pin_set_up_again_does_not_close_the_chip_under_the_others(gpio):
+    factory = JetsonGPIOFactory(gpio)
+    status = LED(PINS.status, pin_factory=factory)
+    infrared = factory.pin(PINS.infrared)
+    infrared.function = "output"
+    infrared.function = "input"   # a second setup() of a set-up channel: the library cleans it up first
+    infrared.function = "output"
+    status.on()
+    assert gpio.level(PINS.status) == 1
+    assert gpio.chip_fd_closes == [] and len(gpio.open_chip_fds()) == 1
+    status.close()
+    infrared.close()
+    factory.close()
+    assert gpio.stray_chip_closes == [] and Counter(gpio.chip_fd_closes) == Counter(gpio.chip_fds_opened)

@@ -6,6 +6,7 @@
   "use strict";
   var root = document.getElementById("capture");
   if (!root) return;
+  var _ = window.GlaucoScreen._;
   var instruction = document.getElementById("instruction");
   var steady = document.getElementById("steady");
   var press = document.getElementById("press");
@@ -87,7 +88,7 @@
       })
       .catch(function () {
         misses += 1;
-        if (misses > 8) instruction.textContent = "The unit is not answering. Wait a moment.";
+        if (misses > 8) instruction.textContent = _("The unit is not answering. Wait a moment.");
       })
       .finally(function () {
         if (!done) window.setTimeout(poll, POLL_MS);
@@ -96,7 +97,7 @@
 
   press.addEventListener("click", function () {
     press.disabled = true;
-    instruction.textContent = "Taking the photo - hold still";
+    instruction.textContent = _("Taking the photo - hold still");
     var body = new URLSearchParams({ token: token });
     fetch(root.dataset.pressUrl, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": root.dataset.csrf }, body: body })
       .then(function (response) { if (response.status === 409) taken(); })

@@ -22,7 +22,7 @@
         if (state.total !== null && state.total !== undefined) {
           bar.max = state.total || 1;
           bar.value = state.done || 0;
-          count.textContent = state.done + " of " + state.total + " visits written. Do not pull the stick out.";
+          count.textContent = state.progress;  // in the page's words, from the server
         }
         window.setTimeout(poll, POLL_MS);
       })

@@ -75,7 +75,7 @@ def test_two_registrations_of_one_person_merge_into_one_with_every_visit(unit, s
     assert "Tick the box" in unconfirmed.text and unit.visits.get_patient(duplicate) is not None
     merged = client.post("/admin/patients/merge", data={"patient": keep, "duplicate": duplicate, "confirm": "yes",
                                                           "csrf_token": token}, follow_redirects=True)
-    assert f"{duplicate} merged into {keep}: 1 visit(s) moved." in merged.text
+    assert f"{duplicate} merged into {keep}: 1 visit moved." in merged.text
     assert unit.visits.get_patient(duplicate) is None
     assert {v["uuid"] for v in unit.visits.visits_for_patient(keep)} == {first, second}
     [edit] = unit.visits.patient_edits(keep)

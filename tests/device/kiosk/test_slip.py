@@ -7,6 +7,7 @@ import re
 
 import pytest
 import segno
+from babel.dates import format_date
 
 from device.config import ClinicConfig, Config
 from device.kiosk import create_app
@@ -55,7 +56,7 @@ def test_a_referred_patients_slip_says_where_to_go_by_when_and_carries_the_visit
     page = _slip(unit, visit)
     assert "Kisumu East Health Centre" in page
     started = dt.datetime.fromisoformat(unit.visits.get_visit(visit)["started_at"]).astimezone().date()
-    go_by = (started + dt.timedelta(days=21)).strftime("%d %B %Y")
+    go_by = format_date(started + dt.timedelta(days=21), "long", locale="en_GB")  # the kiosk's English: 4 March 2025
     go = re.search(r'id="slip-go">(.*?)</p>', page, re.S).group(1)
     assert "County Hospital eye clinic, Monday to Friday" in go and go_by in go
     svg = re.search(r'<figure class="slip-qr" id="slip-qr">(<svg.*?</svg>)', page, re.S).group(1)

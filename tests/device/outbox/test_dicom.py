@@ -239,3 +239,51 @@ def test_the_report_says_how_the_eye_changed_since_its_first_visit(photo):
     said = texts[("99GLSCR", "progression")]
     assert said.startswith("The optic disc has changed") and "0.52 at 2021-05-06, 0.73 now (3.0 years)" in said
     assert "41%" in said
+
+
+def test_the_report_carries_the_change_measures_and_how_well_the_photos_lined_up(photo):
+    progression = {
+        "verdict": "progressing", "message": "The optic disc has changed since the first visit: the eye doctor should "
+        "compare the photos.", "compared_with": "2021-05-06T07:08:09+00:00", "years": 3.0, "vcdr_then": 0.5256,
+        "vcdr_now": 0.7818, "exceeds_noise": True, "confidence": 0.95,
+        "changes": [{"measure": "vcdr", "then": 0.5256, "now": 0.7818, "change": 0.2562, "noise_sd": 0.06, "limit": 0.0987,
+                     "exceeds": True},
+                    {"measure": "rim_inferior", "then": 0.2046, "now": 0.1987, "change": -0.0059, "noise_sd": 0.03,
+                     "limit": 0.0493, "exceeds": False}],
+        "trend": {"measure": "vcdr", "visits": 3, "years": 3.0, "slope": 0.085, "low": 0.021, "high": 0.149,
+                  "confidence": 0.95, "worsening": True},
+        "registration": {"aligned": True, "matches": 995, "correlation": 0.981, "overlap": 0.995, "scale": 0.9995,
+                         "turn_deg": -0.02, "refusal": None, "matrix": [[1, 0, -4.9], [0, 1, 5.0]], "visits_aligned": 2,
+                         "visits_tried": 2}}
+    study = eye_study(photo)
+    sr = reread(build_datasets(replace(study, result={**study.result, "progression": progression}))[2])
+    texts: dict[tuple[str, str], list[str]] = {}
+    for i in content_items(sr):
+        if i.ValueType == "TEXT":
+            texts.setdefault(concept(i), []).append(i.TextValue)
+    said = texts[("99GLSCR", "progression")][0]
+    assert "measured together in today's frame" in said and "A change beyond photo-to-photo noise at 95% confidence" in said
+    assert texts[("99GLSCR", "registration")] == [
+        "Aligned: 995 matching points, vessel correlation 0.98, overlap 100%, scale 1.000, turn -0.0 degrees; "
+        "2 of 2 earlier visits lined up"]
+    vcdr, rim = texts[("99GLSCR", "disc-change")]
+    assert vcdr.startswith("Cup-to-disc ratio (vertical): 0.526 then, 0.782 now, change +0.256; beyond the noise")
+    assert "must exceed 0.099" in vcdr
+    assert rim.startswith("Rim, inferior quarter (share of the disc)") and "within the noise" in rim
+    assert texts[("99GLSCR", "disc-trend")] == [
+        "Cup-to-disc ratio (vertical): +0.085 per year over 3 visits and 3.0 years (95% interval +0.021 to +0.149); worsening"]
+
+
+def test_a_comparison_that_did_not_line_up_says_why(photo):
+    progression = {"verdict": "not_aligned", "message": "The earlier photo of this eye could not be lined up with today's, "
+                   "so change was not measured: the eye doctor should compare the photos.",
+                   "compared_with": "2021-05-06T07:08:09+00:00", "years": 3.0, "vcdr_then": 0.5, "vcdr_now": 0.6,
+                   "registration": {"aligned": False, "matches": 5, "correlation": None, "overlap": 0.0,
+                                    "refusal": "too few points of the two photos match (5; 25 needed): they may not show "
+                                               "the same eye, or one of them is blurred or badly lit"}}
+    study = eye_study(photo)
+    sr = reread(build_datasets(replace(study, result={**study.result, "progression": progression}))[2])
+    texts = {concept(i): i.TextValue for i in content_items(sr) if i.ValueType == "TEXT"}
+    assert texts[("99GLSCR", "registration")].startswith("Not aligned: too few points of the two photos match (5;")
+    assert ("99GLSCR", "disc-change") not in texts
+    assert "beyond photo-to-photo noise" not in texts[("99GLSCR", "progression")]

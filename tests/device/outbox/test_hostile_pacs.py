@@ -421,3 +421,24 @@ def test_a_secret_kept_in_the_settings_file_is_never_in_the_url_error(tmp_path):
     with pytest.raises(SyncConfigError) as refused:
         client_from_config(SyncConfig(), target="pacs.example.org:s3cret-pw@host")
     assert "s3cret-pw" not in str(refused.value)
+
+
+# -- the Host header: a PACS behind a name-based proxy on its own port ----------------------------------
+def test_every_request_names_the_pacs_host_with_its_port():
+    """dicomweb-client writes Host without the port (RFC 9110 7.2 wants it when it is not the scheme's
+    default), which a proxy routing by Host sends nowhere; the unit's session lets requests write it."""
+    seen: list[str] = []
+
+    def answer(handler: BaseHTTPRequestHandler, _body: bytes) -> None:
+        seen.append(handler.headers.get("Host", ""))
+        _reply(handler, 200, b"[]", "application/dicom+json")
+
+    server = Server(answer)
+    client = DicomWebClient(server.url, timeout=5)
+    try:
+        client.store([_tiny_dicom()])
+        client.instances("1.2.3")
+    finally:
+        client.close()
+        server.close()
+    assert seen == [f"127.0.0.1:{server.port}"] * 2

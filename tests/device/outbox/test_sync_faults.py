@@ -156,14 +156,14 @@ def test_backoff_is_full_jitter_doubling_from_30_s_to_an_hour():
 @pytest.mark.orthanc
 @pytest.mark.slow
 def test_sync_killed_at_random_and_faults_lose_and_duplicate_nothing(orthanc, fault_proxy, tmp_path, eyes):
-    """~20 randomized trials (the full 200 run as `python -m device.lab.sync_trials`)."""
+    """~20 randomized trials (the full 200 run as `glaucoscreen trials sync --trials 200`)."""
     trials = Trials(orthanc, fault_proxy, tmp_path, eyes, random.Random(20250602))
     try:
         verdict = trials.run(20)
     finally:
         trials.close()
     assert verdict["trials"] == 20
-    assert (verdict["lost"], verdict["duplicated"]) == (0, 0), verdict
+    assert [verdict[k] for k in ("lost", "torn", "duplicated", "leftovers")] == [0, 0, 0, 0], verdict
     assert verdict["eyes_sent"] == verdict["eyes_created"] == 2 * verdict["visits_created"] >= 8
     assert verdict["instances_in_pacs"] == 3 * verdict["eyes_created"]
     assert verdict["stats"]["kills_mid_run"] >= 5, verdict  # the kills did land inside runs

@@ -16,9 +16,10 @@ from pydicom import dcmread
 from pydicom.encaps import generate_frames
 
 from device.lab.sync_trials import add_visits, sample_eyes
+from device.outbox import fhir
 from device.outbox.dicom import study_uids
 from device.outbox.study import encode_item
-from device.outbox.usb import CSV_FIELDS, TEMP_PREFIX, ExportError, export
+from device.outbox.usb import CSV_FIELDS, HEALTH_NAME, REFERRED_FIELDS, REFERRED_NAME, TEMP_PREFIX, ExportError, export
 from device.visits.visitlog import EYES, VisitLog
 
 REPO = Path(__file__).resolve().parents[3]
@@ -62,15 +63,19 @@ def _csv(stick: Path) -> list[dict]:
         return list(reader)
 
 
-def test_two_visits_export_as_dicom_files_and_a_csv(unit, stick, eyes):
+def test_two_visits_export_as_dicom_files_a_fhir_bundle_and_a_csv(unit, stick, eyes):
     visits = add_visits(unit, eyes, 2, random.Random(1))
     out = export(unit, stick, since=dt.date(2025, 3, 4), until=dt.date(2025, 3, 4), device_id="GSE-TEST")
-    assert (out["visits"], out["eyes"], out["files"], out["skipped"]) == (2, 4, 12, [])
+    assert (out["visits"], out["eyes"], out["files"], out["skipped"]) == (2, 4, 16, [])
     for visit in visits:
         record = unit.get_visit(visit)
         for item in record["outbox"]:
             folder = stick / visit / item["eye"]
-            assert sorted(p.name for p in folder.iterdir()) == ["photo.dcm", "report.dcm", "segmentation.dcm"]
+            assert sorted(p.name for p in folder.iterdir()) == ["fhir-bundle.json", "photo.dcm", "report.dcm",
+                                                                "segmentation.dcm"]
+            bundle = fhir.validate(json.loads((folder / "fhir-bundle.json").read_text(encoding="utf-8")))
+            assert bundle.type == "transaction"
+            assert (folder / "fhir-bundle.json").read_bytes() == fhir.encode_item(unit, item["id"], "GSE-TEST")
             uids = study_uids(visit, item["eye"])
             photo, seg, report = (dcmread(folder / name) for name in ("photo.dcm", "segmentation.dcm", "report.dcm"))
             assert (photo.Modality, seg.Modality, report.Modality) == ("OP", "SEG", "SR")
@@ -179,6 +184,7 @@ def test_a_stick_pulled_mid_export_holds_only_whole_files(unit, tmp_path, eyes):
     expected = {}
     for item in unit.outbox_items():
         files = dict(zip(("photo.dcm", "segmentation.dcm", "report.dcm"), encode_item(unit, item["id"], "GSE-TEST")))
+        files[fhir.FILE_NAME] = fhir.encode_item(unit, item["id"], "GSE-TEST")
         for name, data in files.items():
             expected[Path(item["visit_uuid"]) / item["eye"] / name] = data
     rng = random.Random(5)
@@ -198,6 +204,10 @@ def test_a_stick_pulled_mid_export_holds_only_whole_files(unit, tmp_path, eyes):
                 relative = path.relative_to(stick)
                 if relative.name == "visits.csv":
                     assert len(_csv(stick)) == 6  # the sheet is written last, whole
+                elif relative == Path(REFERRED_NAME):  # whole or absent, like the sheet
+                    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(REFERRED_FIELDS)
+                elif relative == Path(HEALTH_NAME):
+                    assert isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
                 else:
                     assert path.read_bytes() == expected[relative], relative
     assert interrupted >= 1  # at least one pull landed mid-export

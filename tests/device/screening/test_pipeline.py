@@ -16,7 +16,14 @@ def test_pass_2_averages_the_disc_and_cup_with_the_mirrored_crop(refuge_photo, p
     assert found is not None
     seg = pipeline.segment_disc(rgb, *found)
 
-    x = preprocess.to_input(rgb, preprocess.disc_crop_box(*found, rgb.shape))
+    # on ONNX Runtime pass 2 sees the middle of the 256 px disc crop, at the scale training showed the disc
+    assert pipeline.sizes == preprocess.SMALL_PASSES
+    size = pipeline.sizes.crop
+    view = preprocess.warp(rgb, preprocess.disc_crop_box(*found, rgb.shape))
+    margin = (preprocess.INPUT_SIZE - size) // 2
+    x = preprocess.normalize(view[margin:margin + size, margin:margin + size])
+    assert seg.disc_prob.shape == (size, size)
+    assert seg.scale == pytest.approx(seg.box.side / size)
     plain = pipeline.engine.run({"image": x})
     mirrored = pipeline.engine.run({"image": np.ascontiguousarray(x[..., ::-1])})
     for name, got in (("disc", seg.disc_prob), ("cup", seg.cup_prob)):
@@ -25,6 +32,9 @@ def test_pass_2_averages_the_disc_and_cup_with_the_mirrored_crop(refuge_photo, p
         assert np.abs(got - plain[name][0, 0]).max() > 1e-3, name  # the mirrored pass did change the map
     # the glaucoma opinion stays the one the referral fusion was fitted on: the crop as taken
     assert seg.glaucoma_logit == pytest.approx(float(plain["glaucoma"].reshape(-1)[0]), abs=1e-4)
+    # the disc classifier reads the whole 256 px crop it was trained on, from the same resampling
+    whole_crop = pipeline.classifier.run({"image": preprocess.normalize(view)})["glaucoma"]
+    assert seg.disc_classifier_logit == pytest.approx(float(whole_crop.reshape(-1)[0]), abs=1e-4)
 
     unmirrored = ScreeningPipeline(pipeline.engine, pipeline.policy, mirror=False).segment_disc(rgb, *found)
     assert np.abs(unmirrored.disc_prob - plain["disc"][0, 0]).max() < 1e-4
@@ -47,7 +57,7 @@ def test_a_fovea_where_anatomy_does_not_put_one_is_dropped(refuge_photo, moved_t
 
     engine = pipeline.engine
     box = preprocess.whole_image_box(rgb.shape)
-    scale = preprocess.INPUT_SIZE / box.side
+    scale = pipeline.sizes.whole / box.side
     shift = (int(round((fovea[0] - cx) * scale * (moved_to - 1))), int(round((fovea[1] - cy) * scale * (moved_to - 1))))
 
     class PeakMoved:
@@ -64,7 +74,7 @@ def test_a_fovea_where_anatomy_does_not_put_one_is_dropped(refuge_photo, moved_t
             return out
 
     moved = ScreeningPipeline(PeakMoved(), pipeline.policy)
-    heat = moved.engine.run({"image": preprocess.to_input(rgb, box)})["fovea"][0, 0]
+    heat = moved.engine.run({"image": preprocess.to_input(rgb, box, pipeline.sizes.whole)})["fovea"][0, 0]
     assert heat.max() >= 0.3  # still a confident peak: only its place makes it implausible
     found, moved_fovea = moved.locate_disc(rgb)
     assert found is not None and moved_fovea is None
@@ -97,3 +107,79 @@ def test_a_photo_upside_down_or_of_the_other_eye_is_not_recorded_against_this_ey
             refused = pipeline.screen(shown, eye=named)
             assert not refused.gradable and refused.measurements is None, (eye, named)
             assert any("wrong side of the optic disc" in r for r in refused.reasons), refused.reasons
+
+
+def test_an_engine_built_for_256_px_runs_both_passes_at_256(refuge_photo):
+    """A TensorRT engine is built for the file's own 256 x 256: the pipeline gives it full-size views, and
+    the smaller ones only to an engine that takes any size."""
+    from models.runtime import registry
+    from models.runtime.engine import OnnxEngine
+
+    rgb = read_rgb(refuge_photo)
+    fixed = OnnxEngine(registry.model_file("segmentation", "fp32")[0], threads=1)  # declares 256 x 256 only
+    pipeline = ScreeningPipeline(fixed, ScreeningPipeline.from_artifacts(precision="fp32", threads=1).policy)
+    assert pipeline.sizes == preprocess.FULL_PASSES
+    result = pipeline.screen(rgb)
+    assert result.measurements is not None
+    assert result.segmentation.disc_prob.shape == (256, 256)
+    assert result.segmentation.box == preprocess.disc_crop_box(*pipeline.locate_disc(rgb)[0], rgb.shape)
+
+
+def test_every_step_of_a_screening_is_timed(refuge_photo):
+    """What `glaucoscreen bench --profile` reads: each step's milliseconds, and the whole in `total`."""
+    pipeline = ScreeningPipeline.from_artifacts(precision="int8", threads=1)
+    result = pipeline.screen(read_rgb(refuge_photo))
+    t = result.timings_ms
+    steps = {"gate", "pass1_input", "pass1", "locate", "pass2_input", "pass2", "classifier", "clean", "measure", "fusion"}
+    assert steps <= set(t) and all(t[s] >= 0 for s in steps)
+    assert sum(t[s] for s in steps) <= t["total"] * 1.001
+    assert set(result.to_dict()["timings_ms"]) == set(t)
+    refused = pipeline.screen(np.zeros((480, 640, 3), np.uint8))  # no retina: the gate alone ran
+    assert set(refused.timings_ms) == {"gate", "total"}
+
+
+def test_the_gate_reads_the_halvings_pass_1_reads(refuge_photo):
+    """The gate's report on a photo is the same whether it makes the photo's halvings itself or is given
+    the screening's, so the pipeline shrinks a large photo once for both."""
+    from models import synthetic
+
+    photo = synthetic.render(synthetic.random_eye(7), size=(1536, 2048)).image
+    shrinks = preprocess.Shrinks(photo)
+    gate = ScreeningPipeline.from_artifacts(precision="fp32", threads=1).gate
+    own, shared = gate.assess(photo), gate.assess(photo, shrinks=shrinks)
+    assert own.to_dict() == shared.to_dict()
+    assert len(shrinks._levels) > 1  # the gate did make halvings, which pass 1 then reads
+    other = preprocess.Shrinks(np.ascontiguousarray(photo[::-1]))  # another photo's: not used
+    assert gate.assess(photo, shrinks=other).to_dict() == own.to_dict()
+
+
+def test_outlines_on_the_photo_are_those_of_the_whole_photo_resampled(shared_data):
+    """Only the crop's part of the photo is resampled and cleaned for the stored masks and the overlay; what
+    comes out is what resampling the maps onto the whole photo gave."""
+    from device.screening.measurements import clean_masks
+
+    pipeline = ScreeningPipeline.from_artifacts(precision="int8", threads=1)
+    for path in (sorted((shared_data / "drishti-gs1" / "images").iterdir())[0], sorted((shared_data / "refuge-val" / "images").iterdir())[0]):
+        rgb = read_rgb(path)
+        seg = pipeline.screen(rgb).segmentation
+        disc, cup = seg.masks_on_photo(rgb.shape)
+        whole = clean_masks(preprocess.unwarp(seg.disc_prob, seg.box, rgb.shape), preprocess.unwarp(seg.cup_prob, seg.box, rgb.shape))
+        assert disc.shape == rgb.shape[:2] and disc.sum() > 1000 and cup.any()
+        np.testing.assert_array_equal(disc, whole[0])
+        np.testing.assert_array_equal(cup, whole[1])
+
+
+def test_pass_1_on_the_photos_band_finds_the_disc_the_whole_letterbox_finds():
+    """On a 4:3 photo pass 1 leaves out the letterbox's black bars (a quarter of its pixels); the disc and
+    the fovea come out where the whole letterbox puts them."""
+    from models import synthetic
+
+    photo = synthetic.render(synthetic.random_eye(3), size=(1536, 2048)).image
+    trimmed = ScreeningPipeline.from_artifacts(precision="fp32", threads=1)
+    assert trimmed.sizes.trim_letterbox
+    whole = ScreeningPipeline(trimmed.engine, trimmed.policy, sizes=preprocess.PassSizes(crop=224))
+    (cx, cy, d), fovea = trimmed.locate_disc(photo)
+    (cx0, cy0, d0), fovea0 = whole.locate_disc(photo)
+    step = 2048 / 256  # photo pixels per pixel of pass 1's maps
+    assert abs(cx - cx0) < step and abs(cy - cy0) < step and abs(d - d0) <= step
+    assert fovea is not None and fovea0 is not None and np.hypot(fovea[0] - fovea0[0], fovea[1] - fovea0[1]) < step

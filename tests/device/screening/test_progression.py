@@ -1,13 +1,26 @@
-"""Progression against the eye's earlier visit, on a real visit log with the shipped engines."""
+"""Progression against the eye's earlier visits, on a real visit log with the shipped engines: measured in one
+registered frame, called only beyond the noise, a trend from three visits, and a failed alignment said."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
 
 from device.screening.pipeline import ScreeningPipeline
-from device.screening.progression import NO_HISTORY, PROGRESSING, STABLE, TOO_RECENT, EyeHistory, ProgressionAssessor, ProgressionPolicy
+from device.screening.progression import (
+    MESSAGES,
+    NO_HISTORY,
+    NOT_ALIGNED,
+    PROGRESSING,
+    STABLE,
+    TOO_RECENT,
+    Assessment,
+    EyeHistory,
+    ProgressionAssessor,
+    ProgressionPolicy,
+)
 from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from models.runtime.images import decode_rgb
@@ -40,6 +53,12 @@ def _first_visit(visits, pipeline, rgb, assessor):
     return result
 
 
+def _history_row(rgb, result, when: str, sha: str) -> dict:
+    """An `eye_history` row as the visit log gives it back."""
+    return {"time": when, "gradable": True, "vcdr": round(result.vcdr, 4), "photo_sha256": sha, "visit_uuid": f"visit-{sha}",
+            "result_json": json.dumps(result.to_dict())}
+
+
 def test_a_grown_cup_is_called_progressing_and_the_same_disc_stable(tmp_path, pipeline, assessor):
     eye = random_eye(5, glaucoma=False)
     baseline = _photo(eye, 0.0, 0.0, seed=1)
@@ -54,17 +73,26 @@ def test_a_grown_cup_is_called_progressing_and_the_same_disc_stable(tmp_path, pi
         grown = _photo(eye, 3.0, 0.08, seed=2)  # +0.24 vCDR over three years
         screened = pipeline.screen(grown)
         now = screened.to_dict()
-        assert now["vcdr"] - first.vcdr > 0.12  # the segmentation sees the larger cup
-        a = assessor.assess(history, read, grown, now, now=later)
+        a = assessor.assess(history, read, grown, now, now=later, outline=pipeline.outline_views, eye=eye.laterality)
         # the screening's own step reads the typed result as the stored JSON would be read
-        assert assessor.assess_screening(EyeHistory(history, read), grown, screened, now=later) == a
-        assert a.verdict == PROGRESSING and a.years == pytest.approx(3.0, abs=0.01)
-        assert a.vcdr_change_per_year > 0.03 and a.vcdr_then == pytest.approx(first.vcdr, abs=1e-3)
-        assert a.engine_probability is not None and 0.0 < a.engine_probability < 1.0  # the engine ran on both crops
+        assert assessor.assess_screening(EyeHistory(history, read), grown, screened, now=later,
+                                         outline=pipeline.outline_views, eye=eye.laterality) == a
+        assert a.verdict == PROGRESSING and a.exceeds_noise and a.years == pytest.approx(3.0, abs=0.01)
+        assert a.registration["aligned"] and a.registration["correlation"] > 0.8 and len(a.registration["matrix"]) == 2
+        assert a.earlier_visit == history[0]["visit_uuid"] and a.earlier_photo == history[0]["photo_sha256"]
+        vcdr = a.change("vcdr")
+        assert vcdr["exceeds"] and vcdr["change"] > 0.15 and vcdr["change"] > vcdr["limit"]
+        assert vcdr["then"] == pytest.approx(first.vcdr, abs=0.05)  # the shared disc moves the ratio a little
+        assert a.change("cup_area")["exceeds"] and a.change("rim_inferior")["change"] < 0
+        assert a.vcdr_change_per_year > 0.04 and a.confidence == 0.95 and a.trend is None  # two visits: no trend
+        assert a.engine_probability is not None and 0.0 < a.engine_probability < 1.0  # the network ran on both crops
+        assert Assessment.from_dict(json.loads(json.dumps(a.to_dict()))) == Assessment.from_dict(a.to_dict())
 
         same = _photo(eye, 0.0, 0.0, seed=3)  # the same disc, another photo
-        b = assessor.assess(history, read, same, pipeline.screen(same).to_dict(), now=later)
-        assert b.verdict == STABLE and abs(b.vcdr_now - b.vcdr_then) < 0.1
+        b = assessor.assess(history, read, same, pipeline.screen(same).to_dict(), now=later,
+                            outline=pipeline.outline_views, eye=eye.laterality)
+        assert b.verdict == STABLE and b.exceeds_noise is False
+        assert not any(c["exceeds"] for c in b.changes) and abs(b.change("vcdr")["change"]) < 0.03
 
 
 def test_a_visit_too_soon_after_the_first_says_it_is_too_soon_to_judge(tmp_path, pipeline, assessor):
@@ -77,32 +105,66 @@ def test_a_visit_too_soon_after_the_first_says_it_is_too_soon_to_judge(tmp_path,
         a = pipeline.screen(rgb, history=history, progression=assessor).progression  # minutes later
         assert a.verdict == TOO_RECENT and a.years is not None and a.years < 0.01
         assert "too soon to judge change" in a.message and "No earlier photo" not in a.message
-        assert a.vcdr_then is None and a.probability is None  # nothing was compared
+        assert a.vcdr_then is None and a.probability is None and a.registration is None  # nothing was compared
 
 
-def test_the_fusion_decides_only_where_the_policy_allows_it():
-    policy = ProgressionPolicy(engine_coef=1.0, slope_coef=0.0, intercept=0.0, threshold=0.6, use_models=False)
-    assessor = ProgressionAssessor(engine=None, policy=policy)
-    rgb = np.zeros((64, 64, 3), np.uint8)
-    history = [{"time": "2020-01-01T00:00:00+00:00", "gradable": True, "vcdr": 0.5, "photo_sha256": "x",
-                "result_json": '{"disc": {"cx": 32, "cy": 32, "vertical_diameter": 10}}'}]
-    result = {"gradable": True, "vcdr": 0.55, "disc": {"cx": 32, "cy": 32, "vertical_diameter": 10}}
+def test_an_earlier_photo_that_does_not_line_up_is_said_and_nothing_is_called(pipeline, assessor):
+    """The earlier photo is of another eye (a mix-up of patients): no change is measured or called."""
+    other = _photo(random_eye(11, glaucoma=False), 0.0, 0.0, seed=1)
+    today = _photo(random_eye(5, glaucoma=False), 0.0, 0.0, seed=2)
+    then = pipeline.screen(other)
+    history = [_history_row(other, then, "2020-01-01T00:00:00+00:00", "a" * 64)]
     now = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
-    assert assessor.assess(history, None, rgb, result, now=now).verdict == STABLE
-    assert assessor.assess(history, None, rgb, {**result, "vcdr": 0.62}, now=now).verdict == PROGRESSING  # the jump
-    policy.intercept, policy.use_models = 5.0, True
-    a = assessor.assess(history, None, rgb, result, now=now)
-    assert a.verdict == PROGRESSING and a.probability > 0.99
+    a = assessor.assess(history, lambda sha: other, today, pipeline.screen(today).to_dict(), now=now,
+                        outline=pipeline.outline_views, eye="left")
+    assert a.verdict == NOT_ALIGNED and a.message == MESSAGES[NOT_ALIGNED]
+    assert "could not be lined up" in a.message and "the eye doctor should compare the photos" in a.message
+    assert a.registration["aligned"] is False and a.registration["matrix"] is None
+    assert "may not show the same eye" in a.registration["refusal"]
+    assert a.changes == [] and a.exceeds_noise is None and a.probability is None
 
 
-def test_the_vcdr_jump_is_the_smallest_step_that_spares_the_stable_eyes():
-    from device.lab.fit_progression import JUMP_FLOOR, choose_vcdr_jump
+def test_three_visits_give_a_trend_with_its_interval(pipeline, assessor):
+    eye = random_eye(8, glaucoma=False)
+    rgbs = [_photo(eye, t, 0.05, seed=k) for k, t in enumerate((0.0, 2.0, 4.0))]  # vCDR 0.52 +0.05 a year
+    results = [pipeline.screen(rgb) for rgb in rgbs]
+    history = [_history_row(rgbs[k], results[k], when, str(k) * 64)
+               for k, when in ((0, "2019-01-01T00:00:00+00:00"), (1, "2021-01-01T00:00:00+00:00"))]
+    photos = {str(k) * 64: rgbs[k] for k in range(2)}
+    a = assessor.assess(history, photos.__getitem__, rgbs[2], results[2].to_dict(),
+                        now=dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc), outline=pipeline.outline_views, eye=eye.laterality)
+    assert a.trend["visits"] == 3 and a.trend["years"] == pytest.approx(4.0, abs=0.01)
+    assert a.trend["low"] < a.trend["slope"] < a.trend["high"] and 0.02 < a.trend["slope"] < 0.09
+    assert a.vcdr_change_per_year == pytest.approx(a.trend["slope"], abs=1e-4)
+    assert a.registration["visits_aligned"] == a.registration["visits_tried"] == 2
+    assert a.verdict == PROGRESSING
 
-    quiet = [0.0, 0.02, -0.05, 0.04, 0.03, -0.01, 0.06, 0.01, 0.0, 0.05]
-    # a progressing eye's growth does not count against the rule, and it never goes below the reader's 0.10
-    assert choose_vcdr_jump(quiet + [0.3], [False] * 10 + [True]) == JUMP_FLOOR
-    # 3 of 13 stable eyes grew by 0.10 or more (77% unflagged); at 0.15 only one does (92%)
-    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16], [False] * 13) == 0.15
-    # one more noisy stable eye: 2 of 14 at 0.15 (86%), so the next step
-    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16, 0.21], [False] * 14) == 0.2
-    assert choose_vcdr_jump(quiet + [0.12, 0.13, 0.16, 0.21], [False] * 14, specificity=0.8) == 0.15
+
+def test_the_model_decides_only_where_the_policy_allows_it(pipeline):
+    """A model that calls everything: its probability is neither shown nor used until `use_models`."""
+    eye = random_eye(5, glaucoma=False)
+    then_rgb, now_rgb = _photo(eye, 0.0, 0.0, seed=1), _photo(eye, 0.0, 0.0, seed=3)
+    history = [_history_row(then_rgb, pipeline.screen(then_rgb), "2020-01-01T00:00:00+00:00", "b" * 64)]
+    policy = ProgressionPolicy(coefficients={"z_vcdr": 1.0}, intercept=8.0, threshold=0.6, use_models=False)
+    assessor = ProgressionAssessor(engine=None, policy=policy)
+    now = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
+    result = pipeline.screen(now_rgb).to_dict()
+
+    def ask():
+        return assessor.assess(history, lambda sha: then_rgb, now_rgb, result, now=now, outline=pipeline.outline_views)
+
+    a = ask()
+    assert a.verdict == STABLE and a.probability is None and a.engine_probability is None
+    policy.use_models = True
+    b = ask()
+    assert b.verdict == PROGRESSING and b.probability > 0.99 and b.exceeds_noise is False
+
+
+def test_a_policy_written_before_the_noise_model_still_loads(tmp_path):
+    old = tmp_path / "progression.json"
+    old.write_text(json.dumps({"engine_coef": 0.22, "slope_coef": 0.08, "intercept": -0.9, "threshold": 0.29,
+                               "vcdr_jump": 0.15, "use_models": False, "fitted": True}))
+    policy = ProgressionPolicy.load(old)
+    assert policy.coefficients == {} and not policy.needs_engine
+    assert policy.noise_model.change_sd["vcdr"] > 0 and policy.noise_model.confidence == 0.95
+    assert np.isclose(policy.probability({"z_vcdr": 3.0}), 1 / (1 + np.exp(0.9)))

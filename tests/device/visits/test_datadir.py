@@ -24,9 +24,10 @@ def test_the_layout(tmp_path):
     assert d.settings_overrides == tmp_path / "settings-overrides.toml"
     assert d.engines == tmp_path / "engines"
     assert d.sync_lock == tmp_path / "sync.lock"
+    assert d.models == tmp_path / "installed-models"
     assert DataDir.names() == {"visits_db": "visits.db", "images": "images", "accounts_db": "accounts.db",
                                "settings_overrides": "settings-overrides.toml", "engines": "engines",
-                               "sync_lock": "sync.lock"}
+                               "sync_lock": "sync.lock", "models": "installed-models"}
     assert {name: getattr(d, prop) for prop, name in DataDir.names().items()} == \
         {name: tmp_path / name for name in DataDir.names().values()}
 

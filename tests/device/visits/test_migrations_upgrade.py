@@ -60,13 +60,13 @@ def v1_log(tmp_path, refuge_photo):
 def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
     before = _rows(v1_log / "visits.db")
     with VisitLog(v1_log) as log:
-        assert log.schema_version == len(migrations.MIGRATIONS) == 5
+        assert log.schema_version == len(migrations.MIGRATIONS)
         assert log.db.execute("SELECT count(*) FROM patient_edits").fetchone()[0] == 0  # v3: no edits made yet
         after = _rows(v1_log / "visits.db")
         grown = ("results", "patients", "visits")  # tables that gained columns, last, after v1
         assert {t: rows for t, rows in after.items() if t not in grown} == {t: rows for t, rows in before.items() if t not in grown}
-        assert [row[:-2] for row in after["patients"]] == before["patients"]  # v4's phone and address...
-        assert [row[-2:] for row in after["patients"]] == [(None, None)]  # ...empty: v1 never asked for them
+        assert [row[:-3] for row in after["patients"]] == before["patients"]  # v4's phone and address, v7's language...
+        assert [row[-3:] for row in after["patients"]] == [(None, None, None)]  # ...empty: v1 never asked for them
         assert [row[:-1] for row in after["visits"]] == before["visits"]  # v5's closed_reason...
         assert [row[-1] for row in after["visits"]] == [None]  # ...empty: the v1 visit was finished by its worker
         assert [row[:-1] for row in after["results"]] == before["results"]  # the new column is last...
@@ -82,7 +82,7 @@ def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
 
 def test_a_new_log_and_an_upgraded_one_have_the_same_columns(v1_log, tmp_path):
     with VisitLog(v1_log) as upgraded, VisitLog(tmp_path / "new") as new:
-        assert new.schema_version == upgraded.schema_version == 5
+        assert new.schema_version == upgraded.schema_version == len(migrations.MIGRATIONS)
         for table in TABLES + ("patient_edits", "attended_referrals"):
             assert _columns(new.db, table) == _columns(upgraded.db, table), table
         assert ("masks_sha256", "TEXT", 0, 0) in _columns(new.db, "results")
@@ -93,7 +93,7 @@ def test_software_that_knows_only_v1_refuses_a_newer_log(v1_log):
     db = sqlite_utils.Database(sqlite3.connect(v1_log / "visits.db"))
     with pytest.raises(RuntimeError, match="newer than this software knows"):
         migrations.migrate(db, migrations.MIGRATIONS[:1])
-    assert migrations.schema_version(db) == 5
+    assert migrations.schema_version(db) == len(migrations.MIGRATIONS)
 
 
 # -- masks in the log ---------------------------------------------------------------------------

@@ -1,15 +1,12 @@
 """The visit log on real SQLite files: pragmas, migrations, the visit flow, the outbox, recovery after
-crashes (including a writer killed with SIGKILL) and the disk-full guard."""
+crashes and the disk-full guard. Writers killed with SIGKILL at seeded points are the power-cut trials'
+(device/lab/visit_trials.py, tests/device/lab/test_visit_trials.py)."""
 from __future__ import annotations
 
 import datetime as dt
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -407,37 +404,6 @@ def test_threads_share_one_log(log):
     assert _assert_every_visit_is_whole(log) == (12, 0)
 
 
-# -- a writer killed with SIGKILL ---------------------------------------------------------------
-_WRITER = r"""
-import random, struct, sys
-from pathlib import Path
-from device.visits.visitlog import VisitLog
-
-data_dir, round_no = Path(sys.argv[1]), sys.argv[2]
-photo, overlay = Path(sys.argv[3]).read_bytes(), Path(sys.argv[4]).read_bytes()
-rng = random.Random(round_no)
-
-def unique(jpeg, note):  # the same photo with a JPEG comment segment, so every capture is a new file
-    text = note.encode()
-    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
-
-log = VisitLog(data_dir)
-print("ready", flush=True)
-i = 0
-while True:
-    i += 1
-    ident = f"R{round_no}-{i}"
-    log.add_patient(ident)
-    visit = log.start_visit(ident)
-    for eye in ("right", "left"):
-        for take in range(rng.choice((1, 2))):
-            capture = log.add_capture(visit, eye, unique(photo, f"{visit} {eye} {take}"), quality={"gradable": True})
-        log.add_result(capture, {"gradable": True, "vcdr": 0.5, "glaucoma_probability": 0.2, "referral": "normal"},
-                       overlay=overlay)
-    log.finalize_visit(visit)
-"""
-
-
 def _assert_every_visit_is_whole(log: VisitLog) -> tuple[int, int]:
     assert log.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert log.db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -457,26 +423,3 @@ def _assert_every_visit_is_whole(log: VisitLog) -> tuple[int, int]:
     return finished, opened
 
 
-def test_a_writer_killed_mid_visit_leaves_only_whole_visits(tmp_path):
-    photo, overlay = tmp_path / "photo.jpg", tmp_path / "overlay.png"
-    photo.write_bytes(_jpeg(1))
-    overlay.write_bytes(_png(1))
-    data = tmp_path / "data"
-    rng = random.Random(2025)
-    finished = interrupted = 0
-    for round_no in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(round_no), str(photo), str(overlay)],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
-        proc.stdout.close()
-        with VisitLog(data) as log:
-            finished, opened = _assert_every_visit_is_whole(log)
-            report = log.recover(stale_after=0)
-            assert report["missing_images"] == 0 and report["interrupted"] == opened
-            interrupted += opened
-            _assert_every_visit_is_whole(log)
-    assert finished > 0, "the writer finished no visit before it was killed"
-    assert interrupted > 0, "no kill landed in the middle of a visit"

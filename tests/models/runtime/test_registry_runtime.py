@@ -90,3 +90,42 @@ def test_auto_precision_on_a_cpu_is_the_build_measured_faster_here_and_remembere
     assert registry.preferred_precision("segmentation", measure_in=tmp_path, threads=1) == chosen
     monkeypatch.setattr(registry, "cpu_has_int8_dot", lambda cpuinfo=None: False)
     assert registry.preferred_precision("segmentation", measure_in=tmp_path, threads=1) == "fp32"
+
+
+def test_onnx_runtime_runs_the_cpu_build_of_int8_and_tensorrt_the_symmetric_one(artifacts):
+    m = json.loads((artifacts / "manifest.json").read_text())
+    tiny_model(artifacts / "tiny.int8.onnx")
+    m["tiny"]["int8"] = {"file": "tiny.int8.onnx", "sha256": registry.sha256_file(artifacts / "tiny.int8.onnx")}
+    (artifacts / "manifest.json").write_text(json.dumps(m))
+    # without a CPU build both runtimes take the one INT8 file
+    assert registry.model_file("tiny", "int8", artifacts, backend="onnxruntime")[0].name == "tiny.int8.onnx"
+
+    (artifacts / "tiny.int8-cpu.onnx").write_bytes((artifacts / "tiny.onnx").read_bytes())
+    m["tiny"]["int8_cpu"] = {"file": "tiny.int8-cpu.onnx", "sha256": registry.sha256_file(artifacts / "tiny.int8-cpu.onnx"),
+                             "version": "tiny-1-int8-cpu"}
+    (artifacts / "manifest.json").write_text(json.dumps(m))
+    assert registry.model_file("tiny", "int8", artifacts, backend="onnxruntime")[0].name == "tiny.int8-cpu.onnx"
+    assert registry.model_file("tiny", "int8", artifacts)[0].name == "tiny.int8.onnx"  # TensorRT's
+    engine = registry.load_engine("tiny", "int8", artifacts, threads=1, backend="onnxruntime")
+    assert engine.path.name == "tiny.int8-cpu.onnx" and engine.version == "tiny-1-int8-cpu"
+
+    with open(artifacts / "tiny.int8-cpu.onnx", "ab") as f:  # the CPU build is hash-checked like every file
+        f.write(b"\0")
+    with pytest.raises(EngineError, match="damaged"):
+        registry.load_engine("tiny", "int8", artifacts, backend="onnxruntime")
+
+
+def test_the_segmentation_network_runs_on_smaller_views_without_its_file_changing():
+    """The network is fully convolutional: with its height and width left free it runs a 160 px view, and
+    at 256 px it gives what the file as shipped gives."""
+    path, entry = registry.model_file("segmentation", "fp32")
+    fixed, free = OnnxEngine(path, threads=1), OnnxEngine(path, threads=1, free_size=True)
+    with pytest.raises(Exception, match="dimensions"):
+        fixed.run({"image": np.zeros((1, 3, 160, 160), np.float32)})
+    small = free.run({"image": np.random.default_rng(0).normal(size=(1, 3, 160, 160)).astype(np.float32)})
+    assert small["disc"].shape == (1, 1, 160, 160) and small["glaucoma"].shape == (1, 1)
+    feeds = free.example_feeds(batch=2)
+    assert feeds["image"].shape == (2, 3, 256, 256)  # the file's own size, for timing
+    for name, out in fixed.run(feeds).items():
+        np.testing.assert_allclose(free.run(feeds)[name], out, atol=1e-5)
+    assert registry.sha256_file(path) == entry["sha256"]

@@ -1,0 +1,101 @@
+"""New models on a running unit: a bundle uploaded on the kiosk's Models page is checked and installed, a
+refused one changes nothing and the page says why, and the running unit screens with whatever version is
+active (installed here, or switched by another process such as the command or the sync service) from its
+next screening on, each visit recording exactly those models' versions."""
+from __future__ import annotations
+
+import html
+import re
+import time
+
+import pytest
+
+from device.kiosk import create_app
+from device.screening import model_update
+from device.unit import Unit
+from models.runtime import registry
+from tests.device.kiosk.test_kiosk import add_workers, csrf_of, sign_in
+from tests.device.kiosk.test_kiosk_admin import admin_client
+from tests.device.screening.model_bundles import release  # noqa: F401 - a fixture
+
+SHIPPED_VERSIONS = registry.versions()
+
+
+@pytest.fixture
+def unit(release, tmp_path):
+    u = Unit.from_config(release.config(tmp_path / "unit", simulate=True))
+    u.start()
+    add_workers(u)
+    yield u
+    u.close()
+
+
+def notices(page: str) -> list[str]:
+    return [" ".join(html.unescape(m).split()) for m in re.findall(r'<p class="notice[^"]*"[^>]*>(.*?)</p>', page, re.S)]
+
+
+def screen_one(unit: Unit, identifier: str) -> dict:
+    """One eye photographed on the simulated camera, screened and recorded: the result as the visit log keeps it."""
+    unit.visits.add_patient(identifier, name="Esther Wanjiru", consent=True)
+    uuid = unit.visits.start_visit(identifier, operator="amina", device_id="test-unit")
+    token = unit.begin_capture(uuid, "right")
+    assert unit.capture.press_button(token)
+    end, photo = time.monotonic() + 30, None
+    while photo is None and time.monotonic() < end:
+        photo = unit.take_capture(uuid, "right", token)
+        time.sleep(0.05)
+    assert photo is not None, unit.capture.state()
+    unit.screen_and_record(uuid, "right", photo)
+    return unit.visits.get_visit(uuid)["eyes"]["right"]["result"]["screening"]
+
+
+def test_a_bundle_uploaded_on_the_models_page_is_installed_and_screens_the_next_visit(unit, release, tmp_path):
+    client = admin_client(unit)
+    page = client.get("/admin/models").text
+    assert 'id="version-0.1.0" class="build-in-use"' in page and "rollback-models" not in page
+
+    stranger = release.bundle("kiosk-stranger.tar", "0.2.0", key=release.stranger_key)
+    r = client.post("/admin/models/install", data={"csrf_token": csrf_of(page), "bundle": (stranger.open("rb"), "from-usb.tar")},
+                    content_type="multipart/form-data", follow_redirects=True)
+    assert r.status_code == 200
+    assert any("from-usb.tar was not installed" in n and "a key this unit does not trust" in n for n in notices(r.text)), notices(r.text)
+    assert unit.pipeline.model_versions["models_release"] == "0.1.0"
+
+    bundle = release.bundle("kiosk-0.2.0.tar", "0.2.0")
+    assert bundle.stat().st_size > 64 * 1024, "the upload must be larger than any other form the kiosk takes"
+    r = client.post("/admin/models/install", data={"csrf_token": csrf_of(page), "bundle": (bundle.open("rb"), "release.tar")},
+                    content_type="multipart/form-data", follow_redirects=True)
+    assert "Models version 0.2.0 are installed and in use (before: 0.1.0)." in notices(r.text)
+    assert 'id="version-0.2.0" class="build-in-use"' in r.text and "rollback-models" in r.text
+    newer = registry.versions(release.newer)
+    assert newer["segmentation"] != SHIPPED_VERSIONS["segmentation"]
+    assert {k: unit.pipeline.model_versions[k] for k in newer} == newer
+    assert unit.status()["models"]["models_release"] == "0.2.0"
+
+    recorded = screen_one(unit, "MU-1")["model_versions"]
+    assert {k: recorded[k] for k in newer} == newer and recorded["models_release"] == "0.2.0"
+    assert recorded["referral"] == "referral of the shipped models, released again for the tests"
+
+    # another process rolls back (the command, the sync service): the next screening uses the shipped models
+    assert model_update.rollback(unit.config)["version"] == "0.1.0"
+    recorded = screen_one(unit, "MU-2")["model_versions"]
+    assert {k: recorded[k] for k in SHIPPED_VERSIONS} == SHIPPED_VERSIONS and recorded["models_release"] == "0.1.0"
+
+    page = client.get("/admin/models").text
+    assert 'id="version-0.1.0" class="build-in-use"' in page and "rollback-models" not in page
+    r = client.post("/admin/models/rollback", data={"csrf_token": csrf_of(page)}, follow_redirects=True)
+    assert any("there is nothing older to roll back to" in n for n in notices(r.text)), notices(r.text)
+
+
+def test_only_an_administrator_may_upload_and_only_with_the_form_token(unit, release):
+    worker = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+    assert sign_in(worker, "joseph", "1357").status_code == 302
+    token = csrf_of(worker.get("/").text)
+    r = worker.post("/admin/models/install", data={"csrf_token": token, "bundle": (release.checks.joinpath("checks.json").open("rb"), "b.tar")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 403
+    admin = admin_client(unit)
+    r = admin.post("/admin/models/install", data={"bundle": (release.checks.joinpath("checks.json").open("rb"), "b.tar")},
+                   content_type="multipart/form-data")
+    assert r.status_code == 400
+    assert unit.pipeline.model_versions["models_release"] == "0.1.0"

@@ -1,0 +1,71 @@
+"""Every server the tests start listens on 127.0.0.1 only (issue 17, item 13): Orthanc, which cannot
+choose its HTTP address, refuses remote clients and keeps its DICOM port closed; the Python servers
+bind loopback, and a bind to any other address fails the test that tries it (tests/loopback.py)."""
+from __future__ import annotations
+
+import os
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import waitress
+
+from tests.loopback import NotLoopback, is_loopback, listening
+
+pytest_plugins = ["tests.orthanc"]  # imported as a plugin (its asserts rewritten), so its classes are taken inside the tests
+
+
+def test_the_orthanc_helper_refuses_remote_clients_and_keeps_dicom_off(tmp_path):
+    from tests.orthanc import OrthancServer
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "dicom").mkdir()
+    plain = OrthancServer(tmp_path / "plain").config
+    assert plain["RemoteAccessAllowed"] is False
+    assert plain["DicomServerEnabled"] is False  # Orthanc's default is on, listening on every interface
+    assert "DicomPort" not in plain
+    dicom = OrthancServer(tmp_path / "dicom", dicom=True)
+    assert dicom.config["DicomServerEnabled"] is True and dicom.config["DicomPort"] == dicom.dicom_port
+    assert dicom.config["RemoteAccessAllowed"] is False
+
+
+@pytest.mark.orthanc
+def test_a_started_orthanc_listens_on_its_http_port_only(orthanc):
+    """The HTTP port is its one socket (on every interface, as Orthanc must; RemoteAccessAllowed refuses
+    other computers); no DICOM port."""
+    assert orthanc.pid is not None
+    assert [port for _address, port in listening(orthanc.pid)] == [orthanc.http_port]
+
+
+def test_the_fault_proxy_listens_on_loopback():
+    from tests.orthanc import FaultProxy
+
+    proxy = FaultProxy("http://127.0.0.1:9/dicom-web").start()
+    try:
+        mine = [address for address, port in listening(os.getpid()) if port == proxy.port]
+        assert mine and all(is_loopback(a) for a in mine), mine
+    finally:
+        proxy.stop()
+
+
+def test_a_loopback_bind_is_seen_listening_there():
+    """The check the Orthanc and `glaucoscreen run` tests make does see what a process listens on (a
+    control that opened a port to the network would defeat the point)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert ("127.0.0.1", s.getsockname()[1]) in listening(os.getpid())
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET, ""),
+                                          (socket.AF_INET6, "::"), (socket.AF_INET, "192.0.2.1")])
+def test_a_test_binding_beyond_loopback_fails_at_once(family, host):
+    with socket.socket(family) as s, pytest.raises(NotLoopback, match="may bind only 127.0.0.1"):
+        s.bind((host, 0))
+
+
+def test_the_test_servers_cannot_be_opened_beyond_loopback():
+    with pytest.raises(NotLoopback):
+        ThreadingHTTPServer(("0.0.0.0", 0), BaseHTTPRequestHandler)
+    with pytest.raises(NotLoopback):
+        waitress.create_server(lambda environ, start_response: [], host="0.0.0.0", port=0)
