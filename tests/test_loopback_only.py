@@ -3,6 +3,7 @@ choose its HTTP address, refuses remote clients and keeps its DICOM port closed;
 bind loopback, and a bind to any other address fails the test that tries it (tests/loopback.py)."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import waitress
 
-from tests.loopback import NotLoopback, is_loopback, listening
+from tests.loopback import NotLoopback, _checked_bind, is_loopback, listening
 
 pytest_plugins = ["tests.orthanc"]  # imported as a plugin (its asserts rewritten), so its classes are taken inside the tests
 
@@ -57,15 +58,28 @@ def test_a_loopback_bind_is_seen_listening_there():
         assert ("127.0.0.1", s.getsockname()[1]) in listening(os.getpid())
 
 
-@pytest.mark.parametrize("family, host", [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET, ""),
+ALL_INTERFACES = str(ipaddress.ip_address(socket.INADDR_ANY))  # what the guard must stop
+
+
+@pytest.fixture
+def no_real_bind(monkeypatch):
+    """The guard in front of a bind that never reaches the network: were the guard to let an address
+    through, the test fails on this stand-in instead of opening a port on every interface."""
+    def refuse(sock, address):
+        raise AssertionError(f"the guard let {address!r} through to a real bind")
+
+    monkeypatch.setattr(socket.socket, "bind", _checked_bind(refuse))
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, ALL_INTERFACES), (socket.AF_INET, ""),
                                           (socket.AF_INET6, "::"), (socket.AF_INET, "192.0.2.1")])
-def test_a_test_binding_beyond_loopback_fails_at_once(family, host):
+def test_a_test_binding_beyond_loopback_fails_at_once(no_real_bind, family, host):
     with socket.socket(family) as s, pytest.raises(NotLoopback, match="may bind only 127.0.0.1"):
         s.bind((host, 0))
 
 
-def test_the_test_servers_cannot_be_opened_beyond_loopback():
+def test_the_test_servers_cannot_be_opened_beyond_loopback(no_real_bind):
     with pytest.raises(NotLoopback):
-        ThreadingHTTPServer(("0.0.0.0", 0), BaseHTTPRequestHandler)
+        ThreadingHTTPServer((ALL_INTERFACES, 0), BaseHTTPRequestHandler)
     with pytest.raises(NotLoopback):
-        waitress.create_server(lambda environ, start_response: [], host="0.0.0.0", port=0)
+        waitress.create_server(lambda environ, start_response: [], host=ALL_INTERFACES, port=0)
