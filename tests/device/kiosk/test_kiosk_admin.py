@@ -311,10 +311,10 @@ def test_export_to_a_usb_folder_writes_the_visits_and_says_so(fresh_unit, eyes, 
     assert folder.name == "GlaucoScreen-test-unit"
     for visit in visits:
         for eye in ("right", "left"):
-            assert sorted(p.name for p in (folder / visit / eye).iterdir()) == ["photo.dcm", "report.dcm", "segmentation.dcm"]
+            assert sorted(p.name for p in (folder / visit / eye).iterdir()) == ["fhir-bundle.json", "photo.dcm", "report.dcm", "segmentation.dcm"]
     assert len((folder / "visits.csv").read_text().splitlines()) == 1 + 4
     page = client.get("/admin/export/").text
-    assert "2 visits (4 eyes, 12 files" in text_of(page, "export-result")
+    assert "2 visits (4 eyes, 16 files" in text_of(page, "export-result")
 
     # an export that cannot go on says why on the page
     (folder / "visits.csv").write_text("name,amount\r\nrent,10\r\n")

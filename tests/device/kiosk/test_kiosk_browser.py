@@ -268,7 +268,7 @@ def test_an_administrators_rounds_in_chromium(kiosk, page, shared_data, tmp_path
     page.click(".tile:has-text('CLINIC-USB')")
     page.click("main button:has-text('Export')")
     page.wait_for_selector("#export-result", timeout=60_000)  # the page follows the export, then shows its result
-    assert "2 visits (4 eyes, 12 files" in page.inner_text("#export-result")
+    assert "2 visits (4 eyes, 16 files" in page.inner_text("#export-result")
     assert (tmp_path / "media" / "CLINIC-USB" / "GlaucoScreen-test-unit" / "visits.csv").exists()
     look(page, "21-admin-export-done")
 

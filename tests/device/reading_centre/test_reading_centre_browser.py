@@ -5,6 +5,7 @@ Screenshots land in test-artifacts/screenshots/ for a person to look at."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,15 @@ from device.reading_centre.pacs import ReadingRoom
 from tests.device.kiosk.test_kiosk import PIN, add_workers, make_unit
 from tests.device.kiosk.test_kiosk_browser import type_pin_on_keypad
 from tests.device.reading_centre.test_reading_centre import GRADER, GRADER_PIN, NOTE, screened_visit
+
+
+def photo_loaded(page, timeout_s: float = 30.0) -> None:
+    """Wait for the study's photo. The review app's content security policy allows no evaluated script, so
+    the check runs as a function on the element (which it allows), not as wait_for_function's string."""
+    deadline = time.monotonic() + timeout_s
+    while not page.locator("#photo").evaluate("img => img.complete && img.naturalWidth > 0"):
+        assert time.monotonic() < deadline, "the study's photo never loaded"
+        time.sleep(0.1)
 
 pytestmark = [pytest.mark.browser, pytest.mark.orthanc]
 pytest_plugins = ["tests.orthanc"]
@@ -65,7 +75,7 @@ def test_a_grader_records_a_verdict_in_chromium_and_the_kiosk_shows_it_after_one
         assert rows.first.get_attribute("data-study") == study_uids(visit, "right")["study"]  # referred first
         page.screenshot(path=str(SHOTS / "reading-centre-worklist.png"), full_page=True)
         rows.first.locator("a").click()
-        page.wait_for_function("document.querySelector('#photo').complete && document.querySelector('#photo').naturalWidth > 0")
+        photo_loaded(page)
         assert page.inner_text("#unit-referral") == "Refer"
         page.check("input[name=verdict][value=urgent]")
         page.fill("#note", NOTE)
