@@ -182,14 +182,20 @@ def accept(visit_uuid: str, eye: str):
     return _next_step(visit_uuid)
 
 
+def reason_given(reasons: dict[str, str]) -> tuple[str, str, str]:
+    """The form's choice, the worker's own words, and the reason they make ("" when none was given)."""
+    choice, other = request.form.get("reason", ""), request.form.get("other", "").strip()
+    return choice, other, reasons.get(choice) or (other if choice == "other" else "")
+
+
 @bp.route("/visits/<visit_uuid>/eye/<eye>/skip", methods=["GET", "POST"])
 def skip(visit_uuid: str, eye: str):
     eye, visit = _eye(eye), _visit(visit_uuid)
     if visit["status"] == "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
-    choice, other, error = request.form.get("reason", ""), request.form.get("other", "").strip(), None
+    choice, other, reason = reason_given(SKIP_REASONS)
+    error = None
     if request.method == "POST":
-        reason = SKIP_REASONS.get(choice) or (other if choice == "other" else "")
         if reason:
             unit = get_unit()
             unit.cancel_capture(visit_uuid)
@@ -207,9 +213,9 @@ def cancel(visit_uuid: str):
     visit = _visit(visit_uuid)
     if visit["status"] == "finished":
         return redirect(url_for("screening.result", visit_uuid=visit_uuid))
-    choice, other, error = request.form.get("reason", ""), request.form.get("other", "").strip(), None
+    choice, other, reason = reason_given(CANCEL_REASONS)
+    error = None
     if request.method == "POST":
-        reason = CANCEL_REASONS.get(choice) or (other if choice == "other" else "")
         if reason:
             unit = get_unit()
             unit.cancel_capture(visit_uuid)
