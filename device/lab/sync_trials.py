@@ -351,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trials must be at least 1")
     if args.throughput_visits < 0:
         parser.error("--throughput-visits must be 0 or more")
+    # The installed `glaucoscreen` script's import path holds the installed packages, not the checkout's
+    # root where tests/ lives; put it there when this module runs from a checkout that has them.
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "tests" / "orthanc.py").is_file() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     try:
         from tests.conftest import shared_data_dir
         from tests.orthanc import FaultProxy, OrthancServer

@@ -175,9 +175,11 @@ def test_glaucoscreen_trials_visits_prints_one_line_and_writes_the_counts(tmp_pa
 @pytest.mark.orthanc
 @pytest.mark.slow
 def test_glaucoscreen_trials_sync_prints_one_line_and_writes_the_counts(tmp_path, shared_data):
-    """The sync trials start their own Orthanc (on 127.0.0.1, DICOM off) and proxy."""
+    """The sync trials start their own Orthanc (on 127.0.0.1, DICOM off) and proxy. Run as the README says,
+    through the installed `glaucoscreen` script, whose import path does not hold the checkout's root."""
     out = tmp_path / "sync.json"
-    done = subprocess.run([sys.executable, "-m", "device.cli", "trials", "sync", "--trials", "3", "--seed", "7",
+    glaucoscreen = str(Path(sys.executable).with_name("glaucoscreen"))
+    done = subprocess.run([glaucoscreen, "trials", "sync", "--trials", "3", "--seed", "7",
                            "--throughput-visits", "0", "--data", str(shared_data), "--json-out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
