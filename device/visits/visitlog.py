@@ -632,7 +632,9 @@ class VisitLog:
             visit = self._visit_row(visit_uuid)
             if visit_uuid not in {r["visit_uuid"] for r in self.referred_visits()}:
                 raise ValueError(f"visit {visit_uuid} did not refer its patient")
-            if on < dt.date.fromisoformat(visit["started_at"][:10]) or on > self._clock().date():
+            # `on` is a day of the clinic's calendar; the visit is stored in UTC, so compare local days
+            visit_day = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date()
+            if on < visit_day or on > self._clock().astimezone().date():
                 raise ValueError(f"the day seen ({on}) must lie between the visit and today")
             db.execute("""INSERT INTO attended_referrals (visit_uuid, attended_on, recorded_by, recorded_at)
                           VALUES (?, ?, ?, ?) ON CONFLICT (visit_uuid) DO UPDATE SET attended_on = excluded.attended_on,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import time
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from device.kiosk import create_app
 from device.outbox.usb import REFERRED_FIELDS, REFERRED_NAME, export
 from device.visits.followup import follow_up
+from device.visits.visitlog import VisitLog
 from tests.device.kiosk.test_kiosk import PIN, csrf_of, sign_in, unit  # noqa: F401 (a fixture)
 
 
@@ -74,6 +76,44 @@ def test_the_referred_list_shows_who_is_due_who_is_overdue_and_records_who_was_s
         unit.visits.mark_attended(_visit(unit, "FU-3", ("normal", "normal")), on=dt.date.today(), by="amina")
     with pytest.raises(ValueError, match="between the visit and today"):
         unit.visits.mark_attended(referred, on=dt.date.today() + dt.timedelta(days=1), by="amina")
+
+
+@pytest.mark.parametrize(("zone", "now_utc", "seen_on"), [
+    # evening west of UTC: the visit's UTC day is already tomorrow, the clinic's day is still today
+    ("America/Lima", dt.datetime(2026, 12, 6, 2, 0, tzinfo=dt.timezone.utc), dt.date(2026, 12, 5)),
+    # just after midnight east of UTC: the clinic's day is tomorrow, the UTC day is still today
+    ("Asia/Kolkata", dt.datetime(2026, 12, 5, 19, 0, tzinfo=dt.timezone.utc), dt.date(2026, 12, 6)),
+])
+def test_the_day_seen_is_checked_against_the_clinics_calendar_not_utcs(tmp_path, monkeypatch, zone, now_utc,
+                                                                        seen_on):
+    """The worker writes the clinic's day; the visit was stored in UTC. A patient seen today at the clinic
+    of a visit made this morning is recorded whatever the offset."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        clock = {"now": now_utc - dt.timedelta(hours=1)}
+        visits = VisitLog(tmp_path / "data", clock=lambda: clock["now"])
+        visits.add_patient("TZ-1", name="Patient TZ", year_of_birth=1950, sex="F", consent=True)
+        visit = visits.start_visit("TZ-1", operator="amina", device_id="test-unit")
+        for eye in ("right", "left"):
+            capture = visits.add_capture(visit, eye, _photo(), quality={"gradable": True})
+            visits.add_result(capture, {"gradable": True, "vcdr": 0.7, "glaucoma_probability": 0.9,
+                                        "referral": "refer"})
+        visits.finalize_visit(visit)
+        clock["now"] = now_utc
+        assert now_utc.astimezone().date() == seen_on  # the clinic's today
+        visits.mark_attended(visit, on=seen_on, by="amina")
+        [row] = visits.referred_visits()
+        assert row["attended_on"] == seen_on.isoformat()
+        with pytest.raises(ValueError, match="between the visit and today"):
+            visits.mark_attended(visit, on=seen_on + dt.timedelta(days=1), by="amina")
+        with pytest.raises(ValueError, match="between the visit and today"):
+            visits.mark_attended(visit, on=(now_utc - dt.timedelta(hours=1)).astimezone().date() - dt.timedelta(days=1),
+                                 by="amina")
+        visits.close()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_overdue_is_counted_from_the_visit_day_and_the_clinics_days():
