@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -187,13 +188,16 @@ def cmd_bench(args) -> int:
 
 
 def cmd_capture(args) -> int:
-    """One capture on the optic module; writes the photo and a report of how the loop got there."""
+    """One capture on the optic module; writes the photo (corrected with the module's calibration, where the data
+    folder has one for it, and the still as the camera gave it beside) and a report of how the loop got there:
+    frames, rejections, light and focus, the calibration used and the light the eye got against its limits."""
+    from device.capture import calibration as optics
     from device.capture.loop import CaptureLoop
     from device.screening.quality import QualityGate
     from hardware.rig import open_rig
     from models.runtime.images import encode_jpeg
 
-    cfg = Config.load(args.config, simulate=args.simulate or None)
+    cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
     args.out.mkdir(parents=True, exist_ok=True)
     options, start = {}, None
     if cfg.simulate:
@@ -206,23 +210,69 @@ def cmd_capture(args) -> int:
     with open_rig(**cfg.rig_options(), **options) as rig:
         if start is not None:
             start.apply(rig)
-        loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination, optic_module=rig.optic_module)
+        calibration = optics.put_to_work(cfg, rig)
+        loop = CaptureLoop(rig.camera, QualityGate(cfg.quality), cfg.capture, illumination=rig.illumination,
+                           optic_module=rig.optic_module, correction=calibration.correction)
         loop.start()
         try:
             loop.begin(args.eye)
             photo = loop.wait_photo(args.timeout)
             state = loop.state()
             trace = photo.trace if photo else loop.trace()
+            dose = loop.light_dose()
         finally:
             loop.stop()
-    report = {"eye": args.eye, "captured": photo is not None, "error": state["error"], **trace}
+    report = {"eye": args.eye, "captured": photo is not None, "error": state["error"], **trace,
+              "calibration": calibration.summary(), "calibration_warnings": calibration.warnings, "light_dose": dose,
+              "light_stopped": state["light_stopped"]}
     if photo is not None:
         name = f"{args.eye}.jpg"
         (args.out / name).write_bytes(encode_jpeg(photo.rgb, quality=95))
         report.update(photo=name, width=photo.rgb.shape[1], height=photo.rgb.shape[0], quality=photo.quality.to_dict())
+        if photo.raw is not None:  # the still before the calibration's correction, kept as the unit keeps it
+            (args.out / f"{args.eye}-raw.jpg").write_bytes(encode_jpeg(photo.raw, quality=95))
+            report["raw_photo"] = f"{args.eye}-raw.jpg"
     (args.out / "capture.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("eye", "captured", "error", "frames", "rejected", "seconds_to_capture") if k in report}))
+    if state["light_stopped"]:
+        print(f"glaucoscreen capture: {state['light_stopped']}; the lights are off", file=sys.stderr)
+    for warning in calibration.warnings:
+        print(f"glaucoscreen capture: {warning}", file=sys.stderr)
     return 0 if photo is not None else 1
+
+
+def cmd_calibrate(args) -> int:
+    """Calibrate the optic module: the grey calibration target against its front lens (in simulation, a simulated
+    one, and the simulated model eye's light meter); writes <data dir>/calibration.json and its flat-field map."""
+    from calibration.measure import CalibrationRefused
+    from device.capture import calibration as optics
+    from hardware.rig import open_rig
+
+    if args.light_meter is not None and not (math.isfinite(args.light_meter) and args.light_meter > 0):
+        print(f"glaucoscreen calibrate: --light-meter is the meter's reading in mW/cm2, a positive number, not "
+              f"{args.light_meter:g}", file=sys.stderr)
+        return 2
+    cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
+    unpaced: dict = {"fps": None} if cfg.simulate else {}  # a simulated camera need not wait for the wall clock
+    with open_rig(**cfg.rig_options(), **unpaced) as rig:
+        meter = None
+        if args.light_meter is not None:
+            reading = float(args.light_meter)
+            meter = lambda _level: reading  # noqa: E731 - the person's reading with the ring at the light limit
+        if rig.simulated and hasattr(rig.camera, "present_target"):
+            rig.camera.present_target()
+            meter = meter or rig.light_meter
+        try:
+            optics.run(cfg, rig, light_meter=meter)
+        except CalibrationRefused as exc:
+            print(f"glaucoscreen calibrate: refused, nothing saved: {exc}", file=sys.stderr)
+            return 1
+    path = optics.calibration_file(cfg)
+    figures = json.loads(path.read_text())
+    print(json.dumps({"file": str(path), **{k: figures[k] for k in ("version", "date", "module_serial", "sensor_gamma",
+                                                                   "dark_level", "white_balance", "flat_field",
+                                                                   "led_response", "checks")}}, indent=1))
+    return 0
 
 
 def cmd_sync(args) -> int:
@@ -354,7 +404,8 @@ def _versions_text(versions: list[dict]) -> str:
         mark = "*" if v["active"] else " "
         origin = "shipped with the software" if v["shipped"] else f"signed by {v.get('signed_by')}, installed {v.get('installed_at')}"
         state = "" if v.get("verified") else "  FILES DO NOT MATCH THEIR HASHES"
-        lines.append(f"{mark} {v['version']:<10} {origin}{state}")
+        left = "; taken out of use by a rollback" if v.get("rolled_back") else ""
+        lines.append(f"{mark} {v['version']:<10} {origin}{state}{left}")
     return "\n".join(lines + ["(* active)"])
 
 
@@ -476,6 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hard-start", action="store_true", help="simulation: start off-centre and under-lit")
     c.set_defaults(func=cmd_capture)
 
+    cb = sub.add_parser("calibrate", help="calibrate the optic module on its grey target: flat field, white balance, LED "
+                        "response, dark level (saved in the data folder as the one the unit uses)")
+    cb.add_argument("--simulate", action="store_true", help="the simulated optic module, with a simulated target and model eye")
+    cb.add_argument("--light-meter", type=float, metavar="MW_CM2",
+                    help="the model eye's light meter reading at the pupil with the ring at the light limit (max_led_level), "
+                         "in mW/cm2; without it the datasheet's figure ([light_safety] datasheet_mw_cm2) scales the dose")
+    cb.set_defaults(func=cmd_calibrate)
+
     y = sub.add_parser("sync", help="send finished visits to the central PACS (DICOMweb STOW-RS)")
     y.add_argument("--once", action="store_true", help="one pass over the outbox, then exit (the systemd timer's way)")
     y.add_argument("--target", help="DICOMweb URL for this run instead of [sync] url")
@@ -569,7 +628,11 @@ LAB_TRIALS = (
     ("capture-trials", "capture_trials", "seeded hard starts on the simulated optic module: share captured within 20 s"),
     ("bench-kiosk", "bench_kiosk", "a health worker's straight visit in headless Chromium: seconds per step"),
     ("bench-quality", "bench_quality", "the quality gate on annotated and other-camera photos: who is called ungradable"),
+    ("bench-calibration", "bench_calibration", "simulated strongly vignetted, colour-cast optic modules with and without "
+     "their calibration against the reference module: gate false rejections, disc/cup Dice"),
     ("trials", "trials", "`trials visits|sync --trials N`: power cuts of the visit log, sync faults against a real PACS"),
+    ("retrain-progression", "retrain_progression", "the progression network retrained on GRAPE's registered visit pairs, "
+     "measured by patient, shipped only where its validation interval lies above chance"),
 )
 
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from device.screening.quality import QualitySettings
+from device.screening.wording import N_
 from device.visits.datadir import DataDir
 from device.visits.durable import fsync_dir, write_whole
+from hardware.light_dose import NOMINAL_FULL_MW_CM2, PHOTOCHEMICAL_GROUP1_MW_CM2, THERMAL_GROUP1_MW_CM2, VISIT_EXPOSURE_CAP_MJ_CM2, LedResponse, LightLimits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,6 +108,28 @@ class ModelsConfig:
 
 
 @dataclass
+class LightSafetyConfig:
+    """The light the white ring may put into an eye, held by the lights themselves (hardware/light_dose.py
+    says where the defaults come from: ISO 15004-2:2007 clause 5.4.1, Table 2, Group 1 continuous-wave limits,
+    whose values must be checked against the standard's text before use on patients)."""
+
+    photochemical_mw_cm2: float = PHOTOCHEMICAL_GROUP1_MW_CM2  # 5.4.1.3 a): irradiance at the pupil, continuous
+    thermal_mw_cm2: float = THERMAL_GROUP1_MW_CM2             # 5.4.1.6 a): irradiance at the pupil, continuous
+    visit_exposure_mj_cm2: float = VISIT_EXPOSURE_CAP_MJ_CM2   # radiant exposure one eye may get in one visit (retakes included)
+    datasheet_mw_cm2: float = NOMINAL_FULL_MW_CM2             # the module's datasheet: irradiance at the pupil at full level,
+                                                              # used until a calibration measures the module's own response
+
+    def limits(self) -> LightLimits:
+        return LightLimits(photochemical_mw_cm2=self.photochemical_mw_cm2, thermal_mw_cm2=self.thermal_mw_cm2,
+                           visit_exposure_mj_cm2=self.visit_exposure_mj_cm2)
+
+
+@dataclass
+class CalibrationConfig:
+    max_age_days: float = 90.0        # an optical calibration older than this is called stale (doctor, the admin page)
+
+
+@dataclass
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     device_id: str = field(default_factory=socket.gethostname)
@@ -122,6 +146,8 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     clinic: ClinicConfig = field(default_factory=ClinicConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    light_safety: LightSafetyConfig = field(default_factory=LightSafetyConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     # Not a setting: the adjustable values as the configuration file (or the constructor) gave them, before
     # the settings page's overrides. The light-safety cap and "back to the file's values" come from here.
     _file_values: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -151,6 +177,15 @@ class Config:
             raise ValueError(f"{path}: abandon_visit_after_h must be from 0.5 hours to 30 days, not {cfg.abandon_visit_after_h}")
         if not 1 <= cfg.clinic.refer_within_days <= 365:
             raise ValueError(f"{path}: [clinic] refer_within_days must be 1 to 365 days, not {cfg.clinic.refer_within_days}")
+        try:
+            cfg.light_safety.limits()
+            if not cfg.light_safety.datasheet_mw_cm2 > 0:
+                raise ValueError(f"datasheet_mw_cm2 must be a positive number, not {cfg.light_safety.datasheet_mw_cm2}")
+        except ValueError as exc:
+            raise ValueError(f"{path}: [light_safety] {exc}") from None
+        if not cfg.calibration.max_age_days > 0:
+            raise ValueError(f"{path}: [calibration] max_age_days must be a positive number of days, not "
+                             f"{cfg.calibration.max_age_days}")
         cfg._file_values = cfg.adjustable()
         _load_overrides(cfg)
         return cfg
@@ -173,7 +208,19 @@ class Config:
     def rig_options(self) -> dict:
         """What `hardware.rig.open_rig` needs of this configuration, as plain values."""
         return {"simulate": self.simulate, "board": self.board, "max_led_level": self.capture.max_led_level,
-                "max_flash_s": self.capture.max_flash_s}
+                "max_flash_s": self.capture.max_flash_s, "light_limits": self.light_safety.limits(),
+                "led_response": LedResponse.nominal(self.light_safety.datasheet_mw_cm2)}
+
+
+# What the settings page is told of a value it refuses, by setting (the kiosk says it in the administrator's
+# language: device/kiosk/wording.py reads the figures back out of these templates).
+EMPTY = N_("must not be empty")
+NOT_A_NUMBER = N_("must be a number, such as 0.25")
+NOT_WHOLE = N_("must be a whole number")
+WHOLE_UP_TO = N_("must be a whole number from 1 to {most}")
+LIGHT_RANGE = N_("must lie between {low} and {high}, the light-safety cap of this unit's configuration file")
+BETWEEN = N_("must lie between {low} and {high}")
+BELOW_TOO_BRIGHT = N_("must stay below the gate's \"too bright\" limit (max_brightness {limit})")
 
 
 class SettingsError(ValueError):
@@ -223,19 +270,17 @@ def check_overrides(cfg: Config, values: dict[str, dict]) -> dict[str, dict]:
             problems[f"quality.{name}"] = str(exc).replace(f"quality setting {name} ", "")
     capture = clean["capture"]
     if "consecutive_gradable" in capture and not 1 <= capture["consecutive_gradable"] <= MAX_CONSECUTIVE_GRADABLE:
-        problems["capture.consecutive_gradable"] = f"must be a whole number from 1 to {MAX_CONSECUTIVE_GRADABLE}"
+        problems["capture.consecutive_gradable"] = WHOLE_UP_TO.format(most=MAX_CONSECUTIVE_GRADABLE)
     cap = cfg.led_safety_cap
     if "max_led_level" in capture and not MIN_LED_LEVEL <= capture["max_led_level"] <= cap:
-        problems["capture.max_led_level"] = (f"must lie between {MIN_LED_LEVEL:g} and {cap:g}, the light-safety cap "
-                                             "of this unit's configuration file")
+        problems["capture.max_led_level"] = LIGHT_RANGE.format(low=f"{MIN_LED_LEVEL:g}", high=f"{cap:g}")
     if "target_brightness" in capture:
         low, high = TARGET_BRIGHTNESS_RANGE
         too_bright = quality.get("max_brightness", cfg.quality.max_brightness)
         if not low <= capture["target_brightness"] <= high:
-            problems["capture.target_brightness"] = f"must lie between {low:g} and {high:g}"
+            problems["capture.target_brightness"] = BETWEEN.format(low=f"{low:g}", high=f"{high:g}")
         elif capture["target_brightness"] >= too_bright:
-            problems["capture.target_brightness"] = (f"must stay below the gate's \"too bright\" limit "
-                                                     f"(max_brightness {too_bright:g})")
+            problems["capture.target_brightness"] = BELOW_TOO_BRIGHT.format(limit=f"{too_bright:g}")
     if problems:
         raise SettingsError(problems)
     return clean
@@ -309,19 +354,19 @@ def _number(raw, *, whole: bool) -> float | int:
     if isinstance(raw, str):
         text = raw.strip().replace(",", ".")
         if not text:
-            raise ValueError("must not be empty")
+            raise ValueError(EMPTY)
         try:
             raw = int(text) if whole else float(text)
         except ValueError:
-            raise ValueError("must be a whole number" if whole else "must be a number, such as 0.25") from None
+            raise ValueError(NOT_WHOLE if whole else NOT_A_NUMBER) from None
     if whole:
         if isinstance(raw, float) and raw.is_integer():
             raw = int(raw)
         if not isinstance(raw, int):
-            raise ValueError("must be a whole number")
+            raise ValueError(NOT_WHOLE)
         return raw
     if not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise ValueError("must be a number, such as 0.25")
+        raise ValueError(NOT_A_NUMBER)
     return float(raw)
 
 

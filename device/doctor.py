@@ -175,6 +175,24 @@ def data_dir(cfg: Config) -> dict:
             "free_bytes": usage.free, "free_gib": round(usage.free / 2**30, 2)}
 
 
+def calibration(cfg: Config) -> dict:
+    """The optic module's calibration: its version and age, and whether it belongs to the module. The module's
+    serial number is the simulator's in simulation, else the one the unit last saw (the doctor does not open the
+    module's port, which the kiosk holds). Stale, missing or another module's: a warning, not a failure (the
+    unit screens without it); unreadable: a failure."""
+    from device.capture import calibration as optics
+    from hardware.optic_module_sim import DEFAULT_SERIAL
+
+    serial = DEFAULT_SERIAL if cfg.simulate else optics.module_last_seen(cfg)
+    found = optics.state(cfg, serial)
+    out = found.to_dict(cfg.calibration.max_age_days)
+    out["file"] = str(optics.calibration_file(cfg))
+    if serial is None:
+        out["module_serial"] = "not known yet: the unit has not run with its optic module"
+    out["ok"] = found.error is None
+    return out
+
+
 def _import_state(module: str) -> dict:
     try:
         m = importlib.import_module(module)
@@ -192,6 +210,7 @@ def report(cfg: Config) -> dict:
         "inference": _check(lambda: inference(cfg)),
         "models": _check(lambda: models(cfg)),
         "data_dir": _check(lambda: data_dir(cfg)),
+        "calibration": _check(lambda: calibration(cfg)),
     }
     checks["ok"] = all(c.get("ok") for c in checks.values() if isinstance(c, dict))
     return checks
@@ -219,7 +238,8 @@ def as_text(report: dict) -> str:
     for name, check in report.items():
         if name == "ok" or not isinstance(check, dict):
             continue
-        lines.append(f"{'ok    ' if check.get('ok') else 'FAILED'} {name.replace('_', ' ')}")
+        mark = ("WARN  " if check.get("warnings") else "ok    ") if check.get("ok") else "FAILED"
+        lines.append(f"{mark} {name.replace('_', ' ')}")
         facts(check, 7)
     lines.append("All checks passed." if report.get("ok") else "Some checks FAILED: see above.")
     return "\n".join(lines)

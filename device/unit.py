@@ -13,8 +13,11 @@ import signal
 import threading
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
+from calibration.optical import OpticalCalibration
 from device import sdnotify
+from device.capture import calibration as optics
 from device.capture.loop import CapturedPhoto, CaptureLoop
 from device.capture.metered import MeteredCamera
 from device.config import Config
@@ -24,6 +27,7 @@ from device.screening.quality import QualityGate
 from device.visits.datadir import DataDir
 from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
+from hardware.light_dose import EyeDose
 from hardware.rig import Rig, open_rig
 from models.runtime import tensorrt as trt_runtime
 from models.runtime.engine import EngineError
@@ -127,8 +131,10 @@ class Unit:
         self._binding_lock = threading.Lock()
         self._binding: tuple[str, str, str] | None = None  # (capture token, visit, eye) the camera is armed for
         self.frames = MeteredCamera(rig.camera)
+        # the optic module's calibration: its LED response to the lights now, its correction to every frame
+        self.calibration = optics.put_to_work(config, rig)
         self.capture = CaptureLoop(self.frames, QualityGate(config.quality), config.capture, illumination=rig.illumination,
-                                   optic_module=rig.optic_module)
+                                   optic_module=rig.optic_module, correction=self.calibration.correction)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -192,10 +198,26 @@ class Unit:
         if self.simulated and hasattr(self.camera, "present_eye"):
             ident = self.visits.get_visit(visit_uuid)["patient"]["identifier"]
             self.camera.present_eye(seed=zlib.crc32(f"{ident}:{eye}".encode()), laterality=eye)
+        earlier = self.visits.light_dose(visit_uuid, eye)  # this eye's light earlier in the visit (a retake, a restart)
         with self._binding_lock:
-            token = self.capture.begin(eye)
+            self._book_light()  # the eye lit until now has had all its light
+            token = self.capture.begin(eye, dose_key=f"{visit_uuid}/{eye}",
+                                       prior_dose=EyeDose.from_dict(earlier) if earlier else None)
             self._binding = (token, visit_uuid, eye)
         return token
+
+    def _book_light(self) -> None:
+        """Record in the visit log the light the bound eye has had so far (under the binding lock)."""
+        if self._binding is None:
+            return
+        _, visit_uuid, eye = self._binding
+        dose = self.capture.light_dose()
+        if dose is None:
+            return
+        try:
+            self.visits.record_light_dose(visit_uuid, eye, dose)
+        except (LookupError, ValueError) as exc:
+            log.error("the light dose of visit %s, %s eye, was not recorded: %s", visit_uuid, eye, exc)
 
     def capture_bound_to(self, token: str) -> tuple[str, str] | None:
         """The (visit, eye) the camera is armed for, if `token` is the page that armed it; else None: the
@@ -216,6 +238,7 @@ class Unit:
         """Disarm the camera if it is armed for this visit; a visit being left never disarms another's."""
         with self._binding_lock:
             if self._binding is not None and self._binding[1] == visit_uuid:
+                self._book_light()
                 self.capture.cancel(self._binding[0])
                 self._binding = None
 
@@ -230,8 +253,39 @@ class Unit:
             # the capture loop's report on this still: the gate has judged it once, with the same settings
             result = self.pipeline.screen(photo.rgb, quality=photo.quality, history=history, progression=self.progression,
                                           eye=eye)
-            ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera")
+            ids = record_eye(self.visits, visit_uuid, eye, photo.rgb, result, source="simulator" if self.simulated else "camera",
+                             raw=photo.raw, calibration=photo.calibration)
+            if photo.trace.get("light_dose"):
+                self.visits.record_light_dose(visit_uuid, eye, photo.trace["light_dose"])
         return result.to_dict() | ids | {"capture_trace": photo.trace}
+
+    def calibrate(self, *, light_meter_mw_cm2: float | None = None) -> OpticalCalibration:
+        """Calibrate the optic module now, from the admin's page: the capture loop pauses (the calibration needs
+        the camera and the lights to itself), and starts again with the new correction whatever happened.
+        In simulation the grey target is put in front of the module, and the model eye's light meter read.
+        Refused (CalibrationRefused, in words) while a screening has the camera armed: a patient is in front."""
+        from calibration.measure import CalibrationRefused
+
+        with self._binding_lock:
+            if self._binding is not None and self.capture.owner() == self._binding[0]:
+                raise CalibrationRefused("a screening is using the camera: finish or cancel it, then calibrate")
+            self.capture.stop()
+            try:
+                meter: Callable[[float], float] | None = None
+                if light_meter_mw_cm2 is not None:
+                    reading = float(light_meter_mw_cm2)
+                    meter = lambda _level: reading  # noqa: E731 - the reading a person took with the ring at the light limit
+                if self.simulated and hasattr(self.camera, "present_target"):
+                    self.camera.present_target()
+                    meter = meter or self.rig.light_meter  # the simulator's model eye reads itself
+                made = optics.run(self.config, self.rig, light_meter=meter)
+                self.calibration = optics.put_to_work(self.config, self.rig)
+                self.capture.set_correction(self.calibration.correction)
+                return made
+            finally:
+                if self.simulated and hasattr(self.camera, "remove_target"):
+                    self.camera.remove_target()
+                self.capture.start()
 
     def engines(self) -> list:
         """The inference engines this unit has loaded: segmentation, disc classifier, progression."""
@@ -254,6 +308,7 @@ class Unit:
                            {"not_loaded": dict(self.model_errors)} if self.model_errors else {}),
             "disk_free_bytes": shutil.disk_usage(self.config.data_dir).free,
             "outbox": self.visits.outbox_counts(),
+            "calibration": self.calibration.to_dict(self.config.calibration.max_age_days),
         }
         try:
             out["optic_module"] = {"ok": True, **self.optic_module.identify()} if self.optic_module else {"ok": False, "error": "none configured"}

@@ -1,9 +1,14 @@
 """The optic module's lights, buzzer and capture button over GPIO (gpiozero).
 
 Light safety lives here, next to the pins, rather than in the capture loop: the white ring is never
-driven above `max_level`, a flash never lasts longer than `max_flash_s`, and leaving the `with`
-block (normally or through an exception) turns every light off. Whatever code above gets wrong, the
-patient's retina does not get more light than the unit's configuration allows.
+driven above `max_level`, nor above the level whose irradiance at the pupil reaches the continuous-light
+limit (`hardware.light_dose`: ISO 15004-2:2007 clause 5.4.1, Table 2, Group 1 continuous-wave limits,
+whose values there must be checked against the standard's text), a flash never lasts longer than
+`max_flash_s`, and leaving the `with` block (normally or through an exception) turns every light off.
+Every change of the ring's level is booked in a dose ledger per eye; when an eye's radiant exposure in
+its visit would pass the configured cap, the ring goes off by itself (a timer set for the moment it
+would) and stays off for that eye, and a flash that would pass it is never fired. Whatever code above
+gets wrong, the patient's retina does not get more light than the unit's configuration allows.
 """
 from __future__ import annotations
 
@@ -12,14 +17,17 @@ import math
 import numbers
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from gpiozero import LED, PWMLED, Button, Buzzer, Device
 from gpiozero.pins import Factory
 
 from hardware import pwm
 from hardware.boards import BoardProfile
+from hardware.light_dose import DoseLedger, EyeDose, LedResponse, LightLimitReached, LightLimits
 from hardware.pwm import HardwarePWMFactory, HardwarePWMPin, PWMUnavailable
 
 log = logging.getLogger(__name__)
@@ -136,7 +144,8 @@ class Illumination:
     """White LED ring (PWM), infrared alignment LED, status LED, buzzer and capture button."""
 
     def __init__(self, profile: BoardProfile, pin_factory: Factory | None = None,
-                 max_level: float = 0.8, max_flash_s: float = 0.5):
+                 max_level: float = 0.8, max_flash_s: float = 0.5, *, limits: LightLimits | None = None,
+                 response: LedResponse | None = None, clock: Callable[[], float] = time.monotonic):
         if not 0.0 < max_level <= 1.0:
             raise ValueError(f"max_level must be in (0, 1], got {max_level}")
         if not max_flash_s > 0.0:
@@ -144,6 +153,12 @@ class Illumination:
         self.profile = profile
         self.max_level = float(max_level)
         self.max_flash_s = float(max_flash_s)
+        self.limits = limits if limits is not None else LightLimits()
+        self.response = response if response is not None else LedResponse.nominal()
+        self.ledger = DoseLedger(clock)
+        self._stopped: str | None = None  # why the white light is stopped for the eye exposed now
+        self._cap_deadline: float | None = None  # when (time.monotonic) the eye's exposure reaches its cap
+        self._cap_watch: threading.Thread | None = None  # waits for that moment; one thread for the unit's life
         factory = pin_factory if pin_factory is not None else make_pin_factory(profile)
         self._own_factory = factory if pin_factory is None else None  # made here: closed here
         self._closed = False
@@ -151,6 +166,7 @@ class Illumination:
         self._lock = threading.RLock()
         self._flash: Flash | None = None
         self._flash_timer: threading.Timer | None = None
+        self._cap_wake = threading.Condition(self._lock)
         self._level_before_flash = 0.0
         opened: list[Device] = []
         try:
@@ -173,9 +189,12 @@ class Illumination:
         (less than asked where its PWM is coarser than the request)."""
         applied = self._clamp(level)
         with self._lock:
+            if self._stopped is not None and applied > 0:
+                raise LightLimitReached(self._stopped)
             self._cancel_flash_timer()
             self._flash = None
             self.white.value = applied
+            self._light_changed()
             return float(self.white.value)
 
     def flash(self, level: float, duration_s: float) -> Flash:
@@ -194,12 +213,16 @@ class Illumination:
             log.warning("flash cut to the light-safety limits: asked %.2f for %.3f s, gave %.2f for %.3f s",
                         level, duration_s, applied, seconds)
         with self._lock:
+            if self._stopped is not None:
+                raise LightLimitReached(self._stopped)
+            self._refuse_a_flash_past_the_cap(applied, seconds)
             if self._flash is None:
                 self._level_before_flash = self.white.value
             self._cancel_flash_timer()
             flash = Flash(self, report)
             self._flash = flash
             self.white.value = applied
+            self._light_changed(kind="flash")
             self._flash_timer = threading.Timer(seconds, self._end_flash, args=(flash,))
             self._flash_timer.daemon = True
             self._flash_timer.start()
@@ -212,7 +235,8 @@ class Illumination:
             self._cancel_flash_timer()
             self._flash = None
             if not self.white.closed:
-                self.white.value = self._level_before_flash
+                self.white.value = 0.0 if self._stopped is not None else self._level_before_flash
+                self._light_changed()
 
     def _cancel_flash_timer(self) -> None:
         if self._flash_timer is not None:
@@ -222,7 +246,104 @@ class Illumination:
     def _clamp(self, level: float) -> float:
         if not (isinstance(level, numbers.Real) and math.isfinite(level)):
             raise ValueError(f"light level must be a number between 0 and 1, got {level!r}")
-        return min(max(float(level), 0.0), self.max_level)
+        return min(max(float(level), 0.0), self.max_level, self.safe_level())
+
+    def safe_level(self) -> float:
+        """The highest level whose irradiance at the pupil stays within the continuous-light limit."""
+        return self.response.level_for(self.limits.max_irradiance_mw_cm2)
+
+    # -- the dose ledger ------------------------------------------------------------------------
+    def expose(self, key: str | None, prior: EyeDose | None = None) -> None:
+        """The ring's light goes to this eye from now on (None: to nobody's, between captures). `prior`: what
+        the eye already had in its visit. A new eye starts with the light allowed again; an eye that has had
+        its visit's cap already is stopped at once."""
+        with self._lock:
+            self.ledger.switch(key, prior)
+            self._stopped = None
+            self._set_cap_deadline()
+
+    def dose(self) -> EyeDose:
+        """What the eye lit now has had in its visit so far."""
+        return self.ledger.dose()
+
+    def use_response(self, response: LedResponse) -> None:
+        """The module's measured LED response (from its calibration) from now on: the dose is booked with it
+        and the continuous-light limit holds by it. The ring's present level is re-clamped."""
+        with self._lock:
+            self.response = response
+            if not self.white.closed and self.white.value > self.safe_level():
+                self.white.value = self.safe_level()
+            self._light_changed(kind="flash" if self._flash is not None else "preview")
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the white light is stopped for the eye exposed now (None: it is not)."""
+        with self._lock:
+            return self._stopped
+
+    def _light_changed(self, kind: str = "preview") -> None:
+        """Book the time at the old level, then watch the new one against the cap (under the lock)."""
+        level = 0.0 if self.white.closed else float(self.white.value)
+        self.ledger.change(self.response.irradiance(level), kind)
+        self._set_cap_deadline()
+
+    def _set_cap_deadline(self) -> None:
+        """Set the ring to go off when the eye's exposure would reach its cap at the present irradiance (under
+        the lock): the moment is handed to the watching thread, which needs no new thread per change of level."""
+        self._cap_deadline = None
+        if self.ledger.key is not None and self._stopped is None:
+            left = self.limits.visit_exposure_mj_cm2 - self.ledger.dose().total_mj_cm2
+            irradiance = self.ledger.irradiance_now
+            if left <= 0:
+                self._stop(self._over_cap_reason())
+            elif irradiance > 0:
+                self._cap_deadline = time.monotonic() + left / irradiance
+                if self._cap_watch is None:
+                    self._cap_watch = threading.Thread(target=self._watch_cap, name="light-cap", daemon=True)
+                    self._cap_watch.start()
+        self._cap_wake.notify_all()
+
+    def _watch_cap(self) -> None:
+        with self._lock:
+            while not self._closed:
+                deadline = self._cap_deadline
+                if deadline is None:
+                    self._cap_wake.wait()
+                    continue
+                now = time.monotonic()
+                if now < deadline:
+                    self._cap_wake.wait(deadline - now)
+                    continue
+                self._cap_deadline = None
+                self._stop(self._over_cap_reason())
+
+    def _over_cap_reason(self) -> str:
+        had = self.ledger.dose().total_mj_cm2
+        return (f"the light was stopped: this eye has had {had:.3g} mJ/cm2 of light in this visit, the most one eye "
+                f"may have in a visit ({self.limits.visit_exposure_mj_cm2:g} mJ/cm2)")
+
+    def _refuse_a_flash_past_the_cap(self, level: float, seconds: float) -> None:
+        if self.ledger.key is None:
+            return
+        had = self.ledger.dose().total_mj_cm2
+        would = had + self.response.irradiance(level) * seconds
+        if would > self.limits.visit_exposure_mj_cm2:
+            reason = (f"the light was stopped: a flash would bring this eye to {would:.3g} mJ/cm2 of light in this "
+                      f"visit, over the most one eye may have in a visit ({self.limits.visit_exposure_mj_cm2:g} mJ/cm2)")
+            self._stop(reason)
+            raise LightLimitReached(reason)
+
+    def _stop(self, reason: str) -> None:
+        """Every light off and kept off for this eye (under the lock)."""
+        log.warning("%s; the lights are off", reason)
+        self._stopped = reason
+        self._cancel_flash_timer()
+        self._flash = None
+        for device in (self.white, self.infrared):
+            if not device.closed:
+                device.off()
+        self.ledger.change(0.0)
+        self._cap_deadline = None
 
     # -- modes ----------------------------------------------------------------------------------
     def alignment_mode(self) -> None:
@@ -231,6 +352,7 @@ class Illumination:
             self._cancel_flash_timer()
             self._flash = None
             self.white.off()
+            self._light_changed()
             self.infrared.on()
 
     def off(self) -> None:
@@ -240,6 +362,7 @@ class Illumination:
             for device in (self.white, self.infrared, self.status, self.buzzer):
                 if not device.closed:
                     device.off()
+            self._light_changed()
 
     def state(self) -> dict:
         with self._lock:
@@ -257,6 +380,11 @@ class Illumination:
                 "button_pressed": bool(self.button.is_pressed),
                 "max_level": self.max_level,
                 "max_flash_s": self.max_flash_s,
+                "safe_level": round(self.safe_level(), 6),
+                "irradiance_mw_cm2": round(self.ledger.irradiance_now, 6),
+                "response": self.response.source,
+                "limits": self.limits.to_dict(),
+                "stopped": self._stopped,
             }
 
     def close(self) -> None:
@@ -265,6 +393,8 @@ class Illumination:
             if self._closed:
                 return
             self._closed = True
+            self._cap_deadline = None
+            self._cap_wake.notify_all()  # the watching thread ends
         self.off()
         for device in reversed(self._devices):
             device.close()

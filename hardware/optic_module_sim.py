@@ -8,6 +8,11 @@ simulated camera) reach into the model directly; the client only ever sees the s
 
 Line trouble can be injected on purpose: garbage bytes, replies lost on the wire, replies with a
 corrupted checksum, and a controller that stops answering.
+
+Each simulated module also has optics of its own (`ModuleOptics`, drawn from its serial number, as
+every real module's lens, LEDs and sensor differ): a vignetting that is stronger, off-centre or tilted,
+a colour cast, a non-linear LED response and a sensor black level. The simulated camera photographs
+through them, so a module's calibration has something to correct.
 """
 from __future__ import annotations
 
@@ -18,8 +23,14 @@ import select
 import threading
 import time
 import tty
+import zlib
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
 
 from hardware.optic_module import FrameError, LineReader, decode, encode
+from models.fundus import FALLOFF, FALLOFF_POWER
 
 PROTOCOL_VERSION = "1"
 TICK_S = 0.02
@@ -30,6 +41,100 @@ FAULT_TEXT = {
     "LED_OVERTEMP": "LED ring too hot",
     "FIXATION_OPEN": "fixation LED open circuit",
 }
+
+
+DEFAULT_SERIAL = "GSO-SIM-0001"
+DESIGN_FALLOFF, DESIGN_FALLOFF_POWER = FALLOFF, FALLOFF_POWER  # the reference camera's falloff (models.fundus)
+DESIGN_FULL_IRRADIANCE_MW_CM2 = 0.2  # the design's irradiance at the pupil with the ring at full level (a light meter in a model eye)
+
+
+@dataclass(frozen=True)
+class ModuleOptics:
+    """What makes one optic module's photos its own, on top of the retina.
+
+    The light across the field falls off as `1 - falloff * r**falloff_power` about `centre` (field radii
+    off the field's own centre: a decentred lens or LED ring), times `1 + tilt . (x, y)` (a tilted ring),
+    times `colour` per channel (the LEDs' and the sensor's colour); the LEDs give `efficiency *
+    level**led_power` of the design's light (an LED driver that fails: less above `led_droop_above`); the
+    sensor adds `dark` (linear, per channel). `design()` is the reference module the simulator always drew;
+    `ideal()` a perfect one: flat, neutral, linear, no black level."""
+
+    falloff: float = DESIGN_FALLOFF
+    falloff_power: float = DESIGN_FALLOFF_POWER
+    centre: tuple[float, float] = (0.0, 0.0)
+    tilt: tuple[float, float] = (0.0, 0.0)
+    colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    led_power: float = 1.0
+    efficiency: float = 1.0
+    led_droop_above: float | None = None
+    dark: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    full_irradiance_mw_cm2: float = DESIGN_FULL_IRRADIANCE_MW_CM2
+
+    @classmethod
+    def design(cls) -> "ModuleOptics":
+        return cls()
+
+    @classmethod
+    def ideal(cls) -> "ModuleOptics":
+        return cls(falloff=0.0)
+
+    @classmethod
+    def for_serial(cls, serial: str, severity: float = 1.0) -> "ModuleOptics":
+        """The module of this serial number: the design, put off by that unit's own draw. `severity` scales
+        how far (1: an ordinary unit; 3: a badly made or aged one, strongly vignetted and colour-cast)."""
+        rng = np.random.default_rng([zlib.crc32(serial.encode()), 0x0971C5])
+        s = float(severity)
+        u = rng.uniform(0.0, 1.0, 8)
+        angle = float(rng.uniform(0.0, 2.0 * math.pi))
+        tilt_angle = angle + float(rng.uniform(-0.5, 0.5))  # a ring tilted towards where the lens is off-centre
+        cast = 1.0 if rng.random() < 0.5 else -1.0  # bluish (ageing white LEDs) or reddish
+        return cls(
+            falloff=float(min(0.92, DESIGN_FALLOFF + 0.05 * s * (0.5 + 0.5 * u[0]))),
+            centre=(0.1 * s * math.cos(angle), 0.1 * s * math.sin(angle)),
+            tilt=(0.12 * s * math.cos(tilt_angle), 0.12 * s * math.sin(tilt_angle)),
+            colour=(float(max(0.4, 1.0 - cast * 0.11 * s * (0.8 + 0.4 * u[1]))), 1.0,
+                    float(max(0.4, 1.0 + cast * 0.13 * s * (0.8 + 0.4 * u[2])))),
+            led_power=float(1.05 + 0.15 * s * u[3]),
+            efficiency=float(np.clip(1.0 + 0.08 * s * (2.0 * u[4] - 1.0), 0.5, 1.5)),
+            dark=(float(0.005 * s * (0.7 + 0.6 * u[5])), float(0.005 * s * (0.7 + 0.6 * u[6])),
+                  float(0.005 * s * (0.7 + 0.6 * u[7]))),
+        )
+
+    def with_led_droop(self, above: float) -> "ModuleOptics":
+        """This module with a failing LED driver: the light falls back above `above`."""
+        return replace(self, led_droop_above=float(above))
+
+    def led_light(self, level: float) -> float:
+        """The ring's light at `level`, relative to the design's at full level."""
+        level = max(0.0, float(level))
+        out = self.efficiency * level ** self.led_power
+        if self.led_droop_above is not None and level > self.led_droop_above:
+            out *= max(0.05, 1.0 - 2.5 * (level - self.led_droop_above))
+        return out
+
+    def irradiance_mw_cm2(self, level: float) -> float:
+        """What a light meter in a model eye reads at the pupil with the ring at `level`."""
+        return self.full_irradiance_mw_cm2 * self.led_light(level)
+
+    def illumination(self, h: int, w: int, center: tuple[float, float], radius: float) -> np.ndarray | None:
+        """The light across a frame of this size (HxWx3 float32, 0 outside the field); None for the design,
+        which `models.fundus.apply_optics` draws itself."""
+        if self == ModuleOptics.design():
+            return None
+        return _illumination(self, h, w, float(center[0]), float(center[1]), float(radius))
+
+
+@lru_cache(maxsize=8)
+def _illumination(optics: ModuleOptics, h: int, w: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = (xs - cx) / radius, (ys - cy) / radius
+    edge = np.clip((1.0 - np.hypot(x, y)) * radius + 0.5, 0.0, 1.0)  # the field stop, as models.fundus draws it
+    r = np.minimum(np.hypot(x - optics.centre[0], y - optics.centre[1]), 1.0)  # the edge's light, never none
+    light = (1.0 - optics.falloff * r ** optics.falloff_power) * (1.0 + optics.tilt[0] * x + optics.tilt[1] * y)
+    light = np.clip(light, 0.02, None) * edge
+    out = np.stack([light * c for c in optics.colour], axis=-1).astype(np.float32)
+    out.setflags(write=False)
+    return out
 
 
 class FocusMotor:
@@ -74,13 +179,14 @@ class FocusMotor:
 class OpticModuleSimulator:
     """The optic module's controller, served on `.port` (a pty slave path) while started."""
 
-    def __init__(self, *, serial_number: str = "GSO-SIM-0001", firmware: str = "1.0.0-sim",
+    def __init__(self, *, serial_number: str = DEFAULT_SERIAL, firmware: str = "1.0.0-sim",
                  focus_limits: tuple[int, int] = FOCUS_TRAVEL, start_focus: int = 500, best_focus: int = NOMINAL_FOCUS,
                  focus_steps_per_s: float = 4000.0, ambient_c: float = 28.0, warmup_c: float = 8.0,
-                 warmup_s: float = 900.0, overtemp_c: float = 55.0, seed: int = 0):
+                 warmup_s: float = 900.0, overtemp_c: float = 55.0, seed: int = 0, optics: ModuleOptics | None = None):
         if not focus_limits[0] <= start_focus <= focus_limits[1]:
             raise ValueError(f"start_focus {start_focus} is outside the focus limits {focus_limits}")
         self.serial_number = serial_number
+        self.optics = optics if optics is not None else ModuleOptics.for_serial(serial_number)
         self.firmware = firmware
         self.motor = FocusMotor(start_focus, focus_steps_per_s, focus_limits)
         self.best_focus = int(best_focus)  # where the eye in front of the module is sharp (its refraction)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from hardware.camera import Camera
     from hardware.illumination import Illumination
+    from hardware.light_dose import LedResponse, LightLimits
     from hardware.optic_module import OpticModule
+    from hardware.optic_module_sim import ModuleOptics
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Rig:
     optic_module: OpticModule | None
     simulated: bool
     simulator: object | None = None
+    # the model eye's light meter at the pupil (mW/cm2 at a ring level) where the rig has one: the simulator's
+    light_meter: Callable[[float], float] | None = None
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def close(self) -> None:
@@ -38,32 +42,38 @@ class Rig:
         self.close()
 
 
-def simulated_rig(*, max_led_level: float, max_flash_s: float, **camera_options) -> Rig:
+def simulated_rig(*, max_led_level: float, max_flash_s: float, light_limits: LightLimits | None = None,
+                  led_response: LedResponse | None = None, module_serial: str | None = None,
+                  module_optics: ModuleOptics | None = None, **camera_options) -> Rig:
+    """The simulators together. `module_serial` draws the module's own optics (`ModuleOptics.for_serial`);
+    `module_optics` gives them outright (a perfect module, a failing LED driver)."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     from hardware import boards
     from hardware.illumination import Illumination
     from hardware.optic_module import OpticModule
-    from hardware.optic_module_sim import OpticModuleSimulator
+    from hardware.optic_module_sim import DEFAULT_SERIAL, OpticModuleSimulator
     from hardware.simulated_camera import SimulatedCamera
 
     stack = ExitStack()
     try:
-        sim = stack.enter_context(OpticModuleSimulator())
+        sim = stack.enter_context(OpticModuleSimulator(serial_number=module_serial or DEFAULT_SERIAL, optics=module_optics))
         assert sim.port is not None  # entering started it, which opened its pty
         module = OpticModule(sim.port)
         stack.callback(module.close)
         lights = Illumination(boards.PROFILES["workstation"], pin_factory=MockFactory(pin_class=MockPWMPin),
-                              max_level=max_led_level, max_flash_s=max_flash_s)
+                              max_level=max_led_level, max_flash_s=max_flash_s, limits=light_limits,
+                              response=led_response)
         stack.callback(lights.off)
         camera = SimulatedCamera(illumination=lights, optic_module=sim, **camera_options)
     except BaseException:
         stack.close()
         raise
-    return Rig(camera, lights, module, simulated=True, simulator=sim, _stack=stack)
+    return Rig(camera, lights, module, simulated=True, simulator=sim, light_meter=sim.optics.irradiance_mw_cm2, _stack=stack)
 
 
-def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float) -> Rig:
+def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float, light_limits: LightLimits | None = None,
+                 led_response: LedResponse | None = None) -> Rig:
     from hardware import boards
     from hardware.camera import open_camera
     from hardware.illumination import Illumination
@@ -72,7 +82,8 @@ def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float) -> Rig
     profile = boards.profile(board)
     stack = ExitStack()
     try:
-        lights = Illumination(profile, max_level=max_led_level, max_flash_s=max_flash_s)
+        lights = Illumination(profile, max_level=max_led_level, max_flash_s=max_flash_s, limits=light_limits,
+                              response=led_response)
         stack.callback(lights.close)  # dark, then the pins given back: the Pi's PWM unexported, the Jetson's chip closed
         module = OpticModule(profile.serial_port) if profile.serial_port else None
         if module is not None:
@@ -84,7 +95,12 @@ def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float) -> Rig
     return Rig(camera, lights, module, simulated=False, _stack=stack)
 
 
-def open_rig(*, simulate: bool, board: str, max_led_level: float, max_flash_s: float, **camera_options) -> Rig:
-    """Simulators when `simulate`, else the named board's parts; `camera_options` go to the simulated camera."""
-    light = {"max_led_level": max_led_level, "max_flash_s": max_flash_s}
-    return simulated_rig(**light, **camera_options) if simulate else hardware_rig(board, **light)
+def open_rig(*, simulate: bool, board: str, max_led_level: float, max_flash_s: float,
+             light_limits: LightLimits | None = None, led_response: LedResponse | None = None, **camera_options) -> Rig:
+    """Simulators when `simulate`, else the named board's parts; `camera_options` go to the simulated camera.
+    `light_limits` and `led_response` (the module's datasheet until its calibration is put in) go to the lights."""
+    if simulate:
+        return simulated_rig(max_led_level=max_led_level, max_flash_s=max_flash_s, light_limits=light_limits,
+                             led_response=led_response, **camera_options)
+    return hardware_rig(board, max_led_level=max_led_level, max_flash_s=max_flash_s, light_limits=light_limits,
+                        led_response=led_response)

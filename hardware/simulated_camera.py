@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import cast
 
 import cv2
 import numpy as np
 
 from hardware.camera import PREVIEW_SIZE, Camera, CameraError, FramePacer
-from models.fundus import EyeParams, Scene, apply_optics, random_eye, render_reflectance
+from hardware.optic_module_sim import ModuleOptics
+from models.fundus import EyeParams, Scene, apply_optics, field_geometry, random_eye, render_reflectance
 
 REFERENCE_LEVEL = 0.5            # LED level that, at the reference exposure and gain 1, exposes a fundus normally
 REFERENCE_EXPOSURE_US = 20000
@@ -46,6 +48,44 @@ DEFAULT_STILL_SIZE = (1152, 1536)  # 1.8 MP: a burst of stills stays around a se
 STILL_S = 0.25                   # one full-resolution still: switching the sensor's mode and reading it out
 
 
+def settled_photo(scene: Scene, optics: ModuleOptics, *, level: float, exposure_us: int = REFERENCE_EXPOSURE_US,
+                  gain: float = 1.0, seed: int = 0) -> np.ndarray:
+    """The eye still, aligned and in focus, lit at `level` through a module's `optics`: what its camera sees
+    once eye and light have settled (the lab's benches compare modules on exactly the same eye with it)."""
+    light = optics.led_light(level) / REFERENCE_LEVEL * exposure_us / REFERENCE_EXPOSURE_US * gain
+    h, w = scene.reflectance.shape[:2]
+    return apply_optics(scene, light=light, noise=0.006 * math.sqrt(gain), rng=np.random.default_rng(seed),
+                        illumination=optics.illumination(h, w, scene.field_center, scene.field_radius),
+                        dark=optics.dark if any(optics.dark) else None)
+
+
+@dataclass(frozen=True)
+class FlatTarget:
+    """A calibration target held against the module instead of an eye: a flat card of one grey
+    (`reflectance`: the grey side about 0.25, the white side about 0.9). `coverage` < 1: the card covers only
+    a disc of that share of the field's radius about `offset` (field radii), as when it is held too far or
+    askew; the rest of the field sees the dark inside of the housing. `ambient`: the room's light on the card
+    with the module's cover open, relative to the ring's at the reference level."""
+
+    reflectance: float = 0.25
+    coverage: float = 1.5
+    offset: tuple[float, float] = (0.0, 0.0)
+    ambient: float = 0.0
+
+    def scene(self, size: tuple[int, int], eye: EyeParams) -> Scene:
+        h, w = size
+        (cx, cy), radius = field_geometry(size)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = np.hypot((xs - cx) / radius - self.offset[0], (ys - cy) / radius - self.offset[1])
+        card = np.clip((self.coverage - r) * radius + 0.5, 0.0, 1.0) * self.reflectance
+        reflectance = np.repeat(card[..., None], 3, axis=2).astype(np.float32)
+        reflectance.setflags(write=False)
+        mask = np.zeros((h, w), np.uint8)
+        mask.setflags(write=False)
+        return Scene(reflectance=reflectance, mask=mask, fovea=(cx, cy), disc_center=(cx, cy), field_center=(cx, cy),
+                     field_radius=radius, eye=eye)
+
+
 class SimulatedCamera(Camera):
     """A synthetic eye in front of a simulated optic module.
 
@@ -57,13 +97,17 @@ class SimulatedCamera(Camera):
 
     `simulated_time` (needs `fps`): no waiting for the wall clock; `clock()` is the sensor's time,
     which charges the reader's time between frames and each still's readout (see the module's notes).
+
+    The photos go through the optic module's own optics (`ModuleOptics`: its vignetting, colour cast,
+    LED response and black level): the simulated module's (`optic_module.optics`), else `optics`, by
+    default the reference design. `present_target` puts a calibration target in front instead of the eye.
     """
 
     def __init__(self, eye_seed: int = 0, laterality: str = "right", size: tuple[int, int] = PREVIEW_SIZE,
                  still_size: tuple[int, int] = DEFAULT_STILL_SIZE, illumination=None, optic_module=None, seed: int = 0,
                  *, offset: tuple[float, float] = (0.0, 0.0), alignment_s: float | None = 3.0, light_scale: float = 1.0,
                  defocus_px: float = 0.0, blinks_per_s: float = 0.15, fps: float | None = 30.0,
-                 simulated_time: bool = False):
+                 simulated_time: bool = False, optics: ModuleOptics | None = None):
         if light_scale <= 0 or defocus_px < 0 or blinks_per_s < 0:
             raise ValueError("light_scale must be positive; defocus_px and blinks_per_s not negative")
         if simulated_time and not fps:
@@ -86,9 +130,12 @@ class SimulatedCamera(Camera):
         self._handed_at: float | None = None  # wall time of that hand-over (None: nothing handed yet)
         self._rng = np.random.default_rng([int(seed), 0xCA3])
         self._nominal_focus = optic_module.best_focus if optic_module is not None else None
+        module_optics = getattr(optic_module, "optics", None)
+        self.optics: ModuleOptics = module_optics if module_optics is not None else (optics or ModuleOptics.design())
+        self._target: FlatTarget | None = None
         self._lock = threading.Lock()
-        self._cache: dict[tuple[EyeParams, tuple[int, int]], Scene] = {}
-        self._render_locks: dict[tuple[EyeParams, tuple[int, int]], threading.Lock] = {}
+        self._cache: dict[tuple[object, tuple[int, int]], Scene] = {}
+        self._render_locks: dict[tuple[object, tuple[int, int]], threading.Lock] = {}
         self._exposure_us = REFERENCE_EXPOSURE_US
         self._gain = 1.0
         self._running = False
@@ -113,12 +160,27 @@ class SimulatedCamera(Camera):
     def _present(self, eye: EyeParams) -> None:
         with self._lock:
             self._eye = eye
+            self._target = None
             self._cache = {k: v for k, v in self._cache.items() if k[0] == eye}
             self._t = 0.0
             self._wander = np.zeros(2)
             self._blink_at: float | None = None
 
-    def _scene(self, eye: EyeParams, size: tuple[int, int]) -> Scene:
+    def present_target(self, target: FlatTarget | None = None) -> None:
+        """A calibration target in front of the module in place of the eye (the grey card by default)."""
+        with self._lock:
+            self._target = target if target is not None else FlatTarget()
+
+    def remove_target(self) -> None:
+        """The target taken away: the eye is in front again."""
+        with self._lock:
+            self._target = None
+
+    def _subject(self) -> EyeParams | FlatTarget:
+        """What is in front of the module now (under the lock)."""
+        return self._target if self._target is not None else self._eye
+
+    def _scene(self, eye: EyeParams | FlatTarget, size: tuple[int, int]) -> Scene:
         key = (eye, size)
         with self._lock:
             scene = self._cache.get(key)
@@ -129,9 +191,9 @@ class SimulatedCamera(Camera):
             with self._lock:
                 scene = self._cache.get(key)
             if scene is None:
-                scene = render_reflectance(eye, size)
+                scene = eye.scene(size, self._eye) if isinstance(eye, FlatTarget) else render_reflectance(eye, size)
                 with self._lock:
-                    if self._eye == eye:
+                    if self._eye == eye or self._target == eye:
                         self._cache[key] = scene
         with self._lock:
             self._render_locks.pop(key, None)
@@ -150,7 +212,7 @@ class SimulatedCamera(Camera):
         with self._lock:
             for _ in range(self._periods_until_next_frame()):
                 self._advance()
-            eye, pose = self._eye, self._pose()
+            eye, pose = self._subject(), self._pose()
         frame = self._photograph(self._scene(eye, self.size), pose)
         self._hand_over()
         return frame
@@ -164,7 +226,7 @@ class SimulatedCamera(Camera):
                 for _ in range(max(1, math.ceil((end - self._t_total) / self._dt - 1e-9))):
                     self._advance()
                 self._sensor_s = self._t_total
-            eye, pose = self._eye, self._pose()
+            eye, pose = self._subject(), self._pose()
         still = self._photograph(self._scene(eye, self.still_size), pose)
         self._hand_over()
         return still
@@ -254,8 +316,13 @@ class SimulatedCamera(Camera):
         white = float(self.illumination.white.value) if self.illumination is not None else REFERENCE_LEVEL
         infrared = bool(self.illumination.infrared.value) if self.illumination is not None else False
         sensor = self._exposure_us / REFERENCE_EXPOSURE_US * self._gain * self.light_scale
+        if self._target is not None:  # a card held against the module: still, flat, no cornea, lit by the ring alone
+            ring = self.optics.led_light(white) / REFERENCE_LEVEL + self._target.ambient
+            light = ring * self._exposure_us / REFERENCE_EXPOSURE_US * self._gain
+            return {"shift": np.zeros(2), "eyelid": 0.0, "light": light, "mono": False, "defocus": 0.0, "glare": 0.0,
+                    "noise": 0.006 * math.sqrt(self._gain), "seed": int(self._rng.integers(0, 2**31 - 1))}
         if white > 0 or not infrared:
-            light, mono = white / REFERENCE_LEVEL * sensor, False
+            light, mono = self.optics.led_light(white) / REFERENCE_LEVEL * sensor, False
         else:
             light, mono = INFRARED_LIGHT * sensor, True
         if self.optic_module is not None:
@@ -278,9 +345,14 @@ class SimulatedCamera(Camera):
         # Whole pixels: a sub-pixel shift interpolates, which blurs the frame by a varying amount
         # and would make the eye's drift look like focus changing.
         shift = np.round(pose["shift"] * scene.field_radius)
+        h, w = scene.reflectance.shape[:2]
+        illumination = self.optics.illumination(h, w, scene.field_center, scene.field_radius)
+        dark = None if not any(self.optics.dark) else self.optics.dark
         img = apply_optics(scene, light=pose["light"], defocus_px=pose["defocus"] * scale,
                            shift=(float(shift[0]), float(shift[1])), glare=pose["glare"], eyelid=pose["eyelid"],
-                           noise=pose["noise"], rng=np.random.default_rng(pose["seed"]))
+                           noise=pose["noise"], rng=np.random.default_rng(pose["seed"]), illumination=illumination,
+                           dark=dark)
         if pose["mono"]:
             img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         return img
+

@@ -565,6 +565,11 @@ class _Camera:
 
 
 _COARSE = 4  # pixels per coarse-grid block
+# The reference camera's light falloff across its field: 1 - FALLOFF * r ** FALLOFF_POWER (r in field radii).
+# Real fundus cameras fall off like this; the quality gate's thresholds and the networks were tuned on such
+# photos, so a unit's calibration gives every optic module this falloff (calibration/optical.py).
+FALLOFF = 0.75
+FALLOFF_POWER = 2.2
 
 
 @lru_cache(maxsize=8)
@@ -573,7 +578,7 @@ def _camera(h: int, w: int, cx: float, cy: float, radius: float) -> _Camera:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     r = np.hypot(xs - cx, ys - cy) / radius
     edge = np.clip((1.0 - r) * radius + 0.5, 0.0, 1.0)  # one-pixel soft field stop
-    vig = ((1.0 - 0.75 * np.minimum(r, 1.0) ** 2.2) * edge).astype(np.float32)
+    vig = ((1.0 - FALLOFF * np.minimum(r, 1.0) ** FALLOFF_POWER) * edge).astype(np.float32)
     vignette = cv2.merge([vig, vig, vig])
     aperture = cv2.merge([((edge > 0) * 255).astype(np.uint8)] * 3)
     hs, ws = -(-h // _COARSE), -(-w // _COARSE)
@@ -587,12 +592,15 @@ def _camera(h: int, w: int, cx: float, cy: float, radius: float) -> _Camera:
 
 def apply_optics(scene: Scene, *, light: float = 1.0, defocus_px: float = 0.0,
                  shift: tuple[float, float] = (0.0, 0.0), glare: float = 0.0, eyelid: float = 0.0,
-                 noise: float = 0.01, rng: np.random.Generator | None = None) -> np.ndarray:
+                 noise: float = 0.01, rng: np.random.Generator | None = None, illumination: np.ndarray | None = None,
+                 dark: tuple[float, float, float] | None = None) -> np.ndarray:
     """Photograph the scene: HxWx3 uint8 RGB. Without `rng` the noise is that of seed 0 (reproducible).
 
     Order follows the light path: the eye moves (shift) behind a fixed field stop, the retina is
     imaged out of focus, lit with the camera's falloff and exposure, the lid shades it, the cornea
-    adds its reflex, the sensor adds noise and clips, and the display gamma is applied.
+    adds its reflex, the sensor adds noise and its black level (`dark`, linear, per channel) and
+    clips, and the display gamma is applied. `illumination` (HxWx3 float32, 0 outside the field)
+    stands for the reference camera's falloff: one optic module's own vignetting and colour.
     """
     if light < 0:
         raise ValueError(f"light must be zero or more, not {light}")
@@ -612,7 +620,7 @@ def apply_optics(scene: Scene, *, light: float = 1.0, defocus_px: float = 0.0,
         img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if defocus_px > 0:
         img = _defocus(img, defocus_px)
-    img = cv2.multiply(img, cam.vignette, scale=float(light))
+    img = cv2.multiply(img, cam.vignette if illumination is None else illumination, scale=float(light))
     if eyelid > 0:
         lid = cv2.resize(_lid_shadow(cam, eyelid), (w, h), interpolation=cv2.INTER_LINEAR)
         cv2.multiply(img, cv2.merge([lid, lid, lid]), dst=img)
@@ -624,6 +632,8 @@ def apply_optics(scene: Scene, *, light: float = 1.0, defocus_px: float = 0.0,
         oy, ox = (int(v) for v in rng.integers(0, _NOISE_PAD, 2))
         sign = 1.0 if rng.random() < 0.5 else -1.0
         cv2.scaleAdd(bank[oy:oy + h, ox:ox + w], sign * float(noise), img, dst=img)
+    if dark is not None:
+        img = cv2.add(img, (float(dark[0]), float(dark[1]), float(dark[2]), 0.0))
     cv2.max(img, 0.0, dst=img)
     cv2.sqrt(img, dst=img)  # the display gamma
     photo = cv2.convertScaleAbs(img, alpha=255.0)

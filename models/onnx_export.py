@@ -74,7 +74,8 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     if network == "progression":
         from models.progression_net import ProgressionNet
 
-        net: torch.nn.Module = ProgressionNet(dropout=float(state["config"].get("dropout", 0.5)))
+        net: torch.nn.Module = ProgressionNet(dropout=float(state["config"].get("dropout", 0.5)),
+                                              change_features=len(state["config"].get("change_features") or []))
     else:
         from models.train import build_network
 
@@ -85,6 +86,23 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
 
 def network_of(state: dict) -> str:
     return state["config"].get("network", "segmentation")
+
+
+REGISTERED = ("the earlier visit's photo registered onto today's (device.screening.registration) and both cut through "
+              "today's disc crop at 160 px, as device.screening.progression.crop_input frames it; years between them")
+
+
+def spec_of(state: dict) -> Spec:
+    """What this checkpoint's network takes: a progression network trained on registered pairs takes them, and
+    its noise-aware change measures (`change_features`, in that order) beside the years."""
+    spec = SPECS[network_of(state)]
+    config = state["config"]
+    if network_of(state) != "progression" or config.get("inputs") != "registered":
+        return spec
+    names = list(config.get("change_features") or [])
+    inputs = {**spec.inputs, **({"change": ("N", len(names))} if names else {})}
+    said = REGISTERED + (f"; change: {', '.join(names)} (device.screening.progression.features)" if names else "")
+    return Spec(inputs, spec.outputs, spec.version_base, said)
 
 
 def export_onnx(net: torch.nn.Module, out: Path, spec: Spec = SPECS["segmentation"]) -> float:
@@ -130,8 +148,9 @@ def best_entry(log: list[dict]) -> dict:
 def manifest_entry(onnx_path: Path, manifest_path: Path, net: torch.nn.Module, state: dict, error: float) -> dict:
     digest = sha256(onnx_path)
     config = state["config"]
-    spec = SPECS[network_of(state)]
-    chosen = best_entry(state.get("log", []))
+    spec = spec_of(state)
+    log = state.get("log", [])
+    chosen = log[-1] if config.get("keep") == "last" and log else best_entry(log)  # a run that keeps its last epoch
     training = {
         "name": config.get("name"), "mode": config.get("mode"), "seed": config.get("seed"),
         "epochs": config.get("epochs"), "best_epoch": chosen.get("epoch"), "batch_size": config.get("batch_size"),
@@ -141,8 +160,11 @@ def manifest_entry(onnx_path: Path, manifest_path: Path, net: torch.nn.Module, s
         training["sources"] = [{k: s[k] for k in ("folder", "splits", "weight") if k in s} for s in config["sources"]]
         training["synthetic_photos"] = config.get("synthetic", {}).get("count", 0)
     else:
-        training["sources"] = [{"folder": config.get("grape_folder"), "splits": ["train"], "by": "patient"}]
+        training["sources"] = [{"folder": config.get("grape_folder", "grape"), "splits": ["train"], "by": "patient",
+                                **({"pairs": "registered"} if config.get("inputs") == "registered" else {})}]
         training["synthetic_eyes"] = config.get("synthetic_eyes", 0)
+        if config.get("change_features"):
+            training["change_features"] = list(config["change_features"])
     return {
         "file": onnx_path.resolve().relative_to(manifest_path.parent.resolve()).as_posix(),
         "sha256": digest,
@@ -179,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {args.checkpoint}")
     net, state = load_checkpoint(args.checkpoint)
-    error = export_onnx(net, args.out, SPECS[network_of(state)])
+    error = export_onnx(net, args.out, spec_of(state))
     manifest_path = args.manifest or args.out.parent / "manifest.json"
     entry = manifest_entry(args.out, manifest_path, net, state, error)
     update_manifest(manifest_path, args.name, entry)

@@ -1,18 +1,27 @@
 """The progression engine: has this eye's optic disc changed since an earlier visit?
 
-    python -m models.progression_net train --config models/configs/progression.json [--out runs/progression]
+    glaucoscreen retrain-progression --grape DIR --work DIR   (builds the registered pairs, trains, measures, ships if earned)
+    python -m models.progression_net train --config models/configs/progression.json --pairs PAIRS.npz [--out DIR]
 
 Why this shape: glaucoma progresses as the cup widens and the rim thins, slowly, while the photos of
-two visits differ far more in framing, exposure and camera. A siamese encoder (the first stages of
-the same ImageNet-pretrained EfficientNet-Lite0, shared by both visits) sees the current disc and the
-difference from the earlier one, so the head can learn change rather than appearance; the years
-between the visits go in beside the pooled features. 265 k parameters: GRAPE has 54 progressing eyes,
-and a larger network would only memorise them.
+two visits differ far more in framing, exposure and camera. So the network compares two photos that
+are already lined up: the earlier photo is registered onto today's with the unit's own registration
+(`device.screening.registration`) and both are cut through today's disc crop, so that a pixel of one
+is the same place of the eye in the other. A siamese encoder (the first stages of the same
+ImageNet-pretrained EfficientNet-Lite0, shared by both visits) sees the current disc and the
+difference from the earlier one; beside the pooled features go the years between the visits and the
+noise-aware change measures the unit computes on the same pair (`change_features`: each measure's
+change towards worsening in units of its noise, `device.screening.progression.features`). 265 k
+parameters: GRAPE has 54 progressing eyes, and a larger network would only memorise them.
 
-Data: GRAPE's disc crops (an eye progresses if PLR2, PLR3 or MD says so; patients split into
-train/val/test, `models.grape`) and synthetic longitudinal eyes whose cup grows at a known rate.
-A training pair is any earlier and later photo of one eye; evaluation uses each eye's first and last
-photo, as the unit compares a visit with the eye's first.
+Data: a file of registered pairs (`write_pairs`, built by `device.lab.progression_pairs` from GRAPE:
+every earlier photo of an eye registered onto its last, as the unit measures a visit against the
+eye's earlier ones), with the patient split of `models.grape` (train / val / test by patient). The
+geometric augmentation is the same for both photos of a pair, so that it never undoes the
+registration; the colour augmentation is each photo's own, as two visits' exposures differ. The
+validation score is the eye's first-against-last pair, as the unit compares a visit with the eye's
+first; the checkpoint kept is the last epoch's (`keep`), so that the validation interval the ship rule
+reads was not also used to choose the epoch.
 """
 from __future__ import annotations
 
@@ -30,22 +39,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.augment import Colour, recolour
-from models.datasets import DEFAULT_DATA
-from models.grape import Eye, patient_split, read_grape
 from models.metrics import auc
 from models.net import LiteStem, load_pretrained_encoder, parameter_count
-from models.runtime.images import read_rgb
 from models.runtime.preprocess import normalize
 
 SIZE = 160
+MARGIN = 1.2  # the pairs file holds each crop 1.2 times wider than the network's view: room to turn and zoom
+PAIR_SIDE = int(round(SIZE * MARGIN))
 ENCODER_BLOCKS = 8  # through the 80-channel stage: stride 16
 REPO = Path(__file__).resolve().parents[1]
 
 DEFAULTS: dict = {
     "name": "progression",
     "network": "progression",
+    "inputs": "registered",  # the earlier photo registered onto today's, both cut through today's disc crop
+    "change_features": ["z_vcdr", "z_cup_area", "z_rim_superior", "z_rim_inferior"],
     "seed": 3,
-    "epochs": 30,
+    "epochs": 8,
     "batch_size": 32,
     "lr": 1e-3,
     "encoder_lr_scale": 0.3,
@@ -53,33 +63,37 @@ DEFAULTS: dict = {
     "threads": 2,
     "pretrained": True,
     "dropout": 0.5,
-    "grape_folder": "grape",
-    "synthetic_eyes": 240,
-    "synthetic_seed": 11,
+    "keep": "last",  # "last" epoch, or "best_val" (the epoch with the best validation AUC)
     "device": "auto",
-    "limit_eyes": 0,  # first N eyes of each split, for quick runs; 0 = all
 }
 
 
 class ProgressionNet(nn.Module):
-    """forward(earlier, current, years) -> progression logit (N x 1)."""
+    """forward(earlier, current, years[, change]) -> progression logit (N x 1). `change_features`: how many
+    noise-aware change measures go in beside the years (0: none, the first network's inputs)."""
 
-    def __init__(self, dropout: float = 0.5, width: int = 64):
+    def __init__(self, dropout: float = 0.5, width: int = 64, change_features: int = 0):
         super().__init__()
         self.encoder = LiteStem(ENCODER_BLOCKS)
+        self.change_features = change_features
         c = self.encoder.out_channels
         self.mix = nn.Sequential(nn.Conv2d(2 * c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width + 1, 1))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width + 1 + change_features, 1))
 
-    def forward(self, earlier: torch.Tensor, current: torch.Tensor, years: torch.Tensor) -> torch.Tensor:
+    def forward(self, earlier: torch.Tensor, current: torch.Tensor, years: torch.Tensor,
+                change: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.encoder(earlier), self.encoder(current)
         y = self.mix(torch.cat([b, b - a], dim=1))
-        pooled = torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3)), torch.log1p(years.clamp_min(0))], dim=1)
-        return self.head(pooled)
+        parts = [y.mean(dim=(2, 3)), y.amax(dim=(2, 3)), torch.log1p(years.clamp_min(0))]
+        if self.change_features:
+            if change is None:
+                raise ValueError(f"this network takes {self.change_features} change measures beside the photos")
+            parts.append(change)
+        return self.head(torch.cat(parts, dim=1))
 
 
-def build_progression_net(pretrained: bool = True, dropout: float = 0.5) -> ProgressionNet:
-    net = ProgressionNet(dropout=dropout)
+def build_progression_net(pretrained: bool = True, dropout: float = 0.5, change_features: int = 0) -> ProgressionNet:
+    net = ProgressionNet(dropout=dropout, change_features=change_features)
     if pretrained:
         load_pretrained_encoder(net.encoder)
     return net
@@ -87,166 +101,193 @@ def build_progression_net(pretrained: bool = True, dropout: float = 0.5) -> Prog
 
 # ---------------------------------------------------------------- data
 
+PAIR_ARRAYS = ("earlier", "current", "years", "change", "change_names", "progressed", "patient", "eye", "split", "first",
+               "correlation")
+
+
 @dataclass
-class Series:
-    """One eye's disc crops (uint8 RGB, square, SIZE * 1.2 for augmentation room) and visit years."""
+class Pairs:
+    """Registered visit pairs, one row each: the earlier photo lined up with the later one and both cut through
+    the later photo's disc crop, MARGIN times wider than the network's view (uint8 RGB, PAIR_SIDE square);
+    the years between them, the change measures (`change_names`) of the pair, whether the eye progressed, its
+    patient, split and key, whether the pair is the eye's first photo against its last (`first`: what is
+    scored), and the registration's vessel correlation."""
 
-    key: str
-    patient: str
-    progressed: int
-    crops: list[np.ndarray]
-    years: list[float]
+    earlier: np.ndarray
+    current: np.ndarray
+    years: np.ndarray
+    change: np.ndarray
+    change_names: np.ndarray
+    progressed: np.ndarray
+    patient: np.ndarray
+    eye: np.ndarray
+    split: np.ndarray
+    first: np.ndarray
+    correlation: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.years)
 
-def square_crop(rgb: np.ndarray, side: int) -> np.ndarray:
-    """The centred square of a disc crop, resampled to `side` pixels."""
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    return cv2.resize(rgb[y0:y0 + s, x0:x0 + s], (side, side), interpolation=cv2.INTER_AREA)
+    def subset(self, keep: np.ndarray) -> "Pairs":
+        return Pairs(**{k: getattr(self, k) if k == "change_names" else getattr(self, k)[keep] for k in PAIR_ARRAYS})
 
+    def part(self, split: str, first_only: bool = False) -> "Pairs":
+        keep = self.split == split
+        return self.subset(keep & self.first if first_only else keep)
 
-def grape_series(eyes: list[Eye], side: int) -> list[Series]:
-    out = []
-    for e in eyes:
-        crops = [square_crop(read_rgb(v.photo), side) for v in e.visits]
-        out.append(Series(e.key, e.patient, e.progressed, crops, [v.years for v in e.visits]))
-    return out
-
-
-def synthetic_series(count: int, seed: int, side: int) -> list[Series]:
-    """Eyes photographed at three visits over 2-5 years; half progress at 0.02-0.05 vCDR a year, half
-    stay within 0.003 (age and measurement drift)."""
-    from models.datasets import decode_mask, disc_geometry
-    from models.runtime.preprocess import disc_crop_box, warp
-    from models.synthetic import progress, random_eye, render
-
-    out = []
-    for i in range(count):
-        rng = np.random.default_rng([seed, i])
-        progressed = int(i % 2)
-        eye = random_eye(int(rng.integers(0, 2**31 - 1)), glaucoma=bool(rng.random() < 0.5))
-        span = float(rng.uniform(2.0, 5.0))
-        years = [0.0, span / 2, span]
-        rate = float(rng.uniform(0.02, 0.05)) if progressed else float(rng.uniform(0.0, 0.003))
-        crops = []
-        for t in years:
-            s = render(progress(eye, t, rate=rate), (512, 512), seed=int(rng.integers(0, 2**31 - 1)))
-            cx, cy, d = disc_geometry(decode_mask(s.mask)[0])
-            crops.append(warp(s.image, disc_crop_box(cx, cy, d * float(rng.uniform(0.85, 1.15)), s.image.shape), side))
-        out.append(Series(f"synthetic_{i}", f"synthetic_{i}", progressed, crops, years))
-    return out
+    def features(self, names: list[str]) -> np.ndarray:
+        """The change measures `names` (N x len(names)); one the file does not hold is an error, not a zero."""
+        have = [str(n) for n in self.change_names]
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise ValueError(f"the pairs file has no change measure {missing}; it has {have}")
+        return self.change[:, [have.index(n) for n in names]].astype(np.float32).reshape(len(self), len(names))
 
 
-def augment(rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
-    """Random rotation, zoom and shift inside the cached margin, a flip, then `models.augment`'s colours."""
-    side = crop.shape[0]
+def write_pairs(path: Path, rows: list[dict], change_names: list[str]) -> Pairs:
+    """`rows`: one dict a pair with the fields of `Pairs` (crops, years, change as a list in `change_names`
+    order, ...). Written compressed: 350 pairs of 192 px crops."""
+    n = len(rows)
+    empty = np.zeros((0, PAIR_SIDE, PAIR_SIDE, 3), np.uint8)
+    pairs = Pairs(
+        earlier=np.stack([r["earlier"] for r in rows]) if n else empty,
+        current=np.stack([r["current"] for r in rows]) if n else empty,
+        years=np.array([r["years"] for r in rows], np.float32),
+        change=np.array([r["change"] for r in rows], np.float32).reshape(n, len(change_names)),
+        change_names=np.array(change_names, dtype=str),
+        progressed=np.array([r["progressed"] for r in rows], np.int8),
+        patient=np.array([r["patient"] for r in rows], dtype=str),
+        eye=np.array([r["eye"] for r in rows], dtype=str),
+        split=np.array([r["split"] for r in rows], dtype=str),
+        first=np.array([r["first"] for r in rows], bool),
+        correlation=np.array([r["correlation"] for r in rows], np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: getattr(pairs, k) for k in PAIR_ARRAYS})
+    return pairs
+
+
+def read_pairs(path: Path) -> Pairs:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no registered pairs at {path}: `glaucoscreen retrain-progression --grape DIR --work DIR` "
+                                f"builds them from GRAPE")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in PAIR_ARRAYS if k not in f]
+        if missing:
+            raise ValueError(f"{path} is not a registered pairs file: {missing} missing")
+        return Pairs(**{k: f[k] for k in PAIR_ARRAYS})
+
+
+def augment_pair(rng: np.random.Generator, earlier: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One random turn, zoom, shift and flip for both photos (they stay lined up), then each photo's own colours."""
+    side = earlier.shape[0]
     c = (side / 2 + rng.uniform(-0.04, 0.04) * side, side / 2 + rng.uniform(-0.04, 0.04) * side)
-    m = cv2.getRotationMatrix2D(c, rng.uniform(-15, 15), rng.uniform(0.9, 1.15) * SIZE * 1.2 / side)
+    m = cv2.getRotationMatrix2D(c, rng.uniform(-15, 15), rng.uniform(0.9, 1.15) * PAIR_SIDE / side)
     m[:, 2] += (SIZE / 2 - c[0], SIZE / 2 - c[1])
-    out = cv2.warpAffine(crop, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    return recolour(rng, np.ascontiguousarray(out), Colour())
+    flip = rng.random() < 0.5
+    out = []
+    for crop in (earlier, current):
+        view = cv2.warpAffine(crop, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if flip:
+            view = view[:, ::-1]
+        out.append(recolour(rng, np.ascontiguousarray(view), Colour()))
+    return out[0], out[1]
 
 
 def centre(crop: np.ndarray) -> np.ndarray:
-    """The nominal view of a cached crop: its central SIZE/(1.2 SIZE), as the unit's crop is framed."""
+    """The nominal view of a cached crop: its central 1/MARGIN, as the unit's crop is framed."""
     side = crop.shape[0]
-    inner = int(round(side / 1.2))
+    inner = int(round(side / MARGIN))
     o = (side - inner) // 2
     return cv2.resize(crop[o:o + inner, o:o + inner], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
 
-def training_pairs(series: list[Series]) -> list[tuple[Series, int, int]]:
-    return [(s, i, j) for s in series for i in range(len(s.crops)) for j in range(i + 1, len(s.crops))]
+def to_tensors(earlier: list[np.ndarray], current: list[np.ndarray], years: np.ndarray, change: np.ndarray,
+               labels: np.ndarray) -> dict[str, torch.Tensor]:
+    return {"earlier": torch.from_numpy(np.concatenate([normalize(a) for a in earlier])),
+            "current": torch.from_numpy(np.concatenate([normalize(b) for b in current])),
+            "years": torch.from_numpy(np.asarray(years, np.float32).reshape(-1, 1)),
+            "change": torch.from_numpy(np.asarray(change, np.float32).reshape(len(years), -1)),
+            "label": torch.from_numpy(np.asarray(labels, np.float32).reshape(-1, 1))}
 
 
-def to_tensors(pairs: list[tuple[np.ndarray, np.ndarray, float, int]]) -> dict[str, torch.Tensor]:
-    a = np.concatenate([normalize(p[0]) for p in pairs])
-    b = np.concatenate([normalize(p[1]) for p in pairs])
-    return {"earlier": torch.from_numpy(a), "current": torch.from_numpy(b),
-            "years": torch.tensor([[p[2]] for p in pairs], dtype=torch.float32),
-            "label": torch.tensor([[float(p[3])] for p in pairs])}
+def _run(net: ProgressionNet, t: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    change = t["change"].to(device) if net.change_features else None
+    return net(t["earlier"].to(device), t["current"].to(device), t["years"].to(device), change)
 
 
 @torch.no_grad()
-def eye_scores(net: ProgressionNet, series: list[Series], batch_size: int = 64) -> np.ndarray:
-    """The logit of each eye's first-vs-last photo (eyes with one photo score 0, 'no evidence')."""
+def pair_scores(net: ProgressionNet, pairs: Pairs, names: list[str], batch_size: int = 64) -> np.ndarray:
+    """The logit of each pair, through its nominal (unaugmented) view."""
     net.eval()
     device = next(net.parameters()).device
-    scores = np.zeros(len(series), np.float32)
-    idx = [i for i, s in enumerate(series) if len(s.crops) > 1]
-    for k in range(0, len(idx), batch_size):
-        chunk = [series[i] for i in idx[k:k + batch_size]]
-        t = to_tensors([(centre(s.crops[0]), centre(s.crops[-1]), s.years[-1] - s.years[0], s.progressed)
-                        for s in chunk])
-        logits = net(t["earlier"].to(device), t["current"].to(device), t["years"].to(device))
-        scores[idx[k:k + batch_size]] = logits.float().cpu().numpy()[:, 0]
-    return scores
-
-
-def split_series(config: dict, data: Path) -> dict[str, list[Series]]:
-    eyes = read_grape(data / config["grape_folder"])
-    split = patient_split(eyes)
-    side = int(round(SIZE * 1.2))
-    eyes = [e for e in eyes if len(e.visits) >= 2]  # after the split, so the split never depends on this rule
-    limit = int(config.get("limit_eyes") or 0) or None
-    out = {name: grape_series([e for e in eyes if split[e.patient] == name][:limit], side)
-           for name in ("train", "val", "test")}
+    feats = pairs.features(names)
+    out = np.zeros(len(pairs), np.float32)
+    for k in range(0, len(pairs), batch_size):
+        s = slice(k, k + batch_size)
+        t = to_tensors([centre(a) for a in pairs.earlier[s]], [centre(b) for b in pairs.current[s]], pairs.years[s],
+                       feats[s], pairs.progressed[s])
+        out[s] = _run(net, t, device).float().cpu().numpy()[:, 0]
     return out
 
 
 # ---------------------------------------------------------------- training
 
-def train(config: dict, out: Path, data: Path = DEFAULT_DATA) -> list[dict]:
+def train(config: dict, out: Path, pairs_file: Path) -> list[dict]:
     from models.train import pick_device, seed_everything
 
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(config["threads"]))
     seed_everything(int(config["seed"]))
     device = pick_device(config["device"])
-    started = time.time()
-    splits = split_series(config, data)
-    synthetic = synthetic_series(int(config["synthetic_eyes"]), int(config["synthetic_seed"]), int(round(SIZE * 1.2)))
-    pairs = training_pairs(splits["train"] + synthetic)
-    print(f"{len(splits['train'])} GRAPE training eyes, {len(synthetic)} synthetic, {len(pairs)} pairs; "
-          f"val {len(splits['val'])} eyes; cached in {time.time() - started:.0f}s", flush=True)
-    net = build_progression_net(bool(config["pretrained"]), float(config["dropout"])).to(device)
+    names = list(config["change_features"])
+    pairs = read_pairs(pairs_file)
+    training, val = pairs.part("train"), pairs.part("val", first_only=True)
+    train_feats = training.features(names)
+    if not len(training) or not len(val):
+        raise ValueError(f"{pairs_file} has {len(training)} training pairs and {len(val)} validation eyes; both are needed")
+    progressing = {e for e, y in zip(training.eye, training.progressed) if y}
+    print(f"{len(training)} registered training pairs of {len(set(training.eye))} eyes ({len(progressing)} progressing); "
+          f"val {len(val)} eyes ({int(val.progressed.sum())} progressing)", flush=True)
+    net = build_progression_net(bool(config["pretrained"]), float(config["dropout"]), len(names)).to(device)
     enc = list(net.encoder.parameters())
     ids = {id(p) for p in enc}
     opt = torch.optim.AdamW([{"params": enc, "lr": config["lr"] * config["encoder_lr_scale"]},
                              {"params": [p for p in net.parameters() if id(p) not in ids]}],
                             lr=config["lr"], weight_decay=config["weight_decay"])
-    steps = math.ceil(len(pairs) / config["batch_size"]) * config["epochs"]
+    batch_size = int(config["batch_size"])
+    steps = math.ceil(len(training) / batch_size) * int(config["epochs"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[config["lr"] * config["encoder_lr_scale"], config["lr"]],
                                                 total_steps=steps, pct_start=0.1)
-    positives = sum(s.progressed for s, _, _ in pairs)
-    pos_weight = torch.tensor([(len(pairs) - positives) / max(1, positives)], device=device)
-    log, best = [], -math.inf
+    positives = int(training.progressed.sum())
+    pos_weight = torch.tensor([(len(training) - positives) / max(1, positives)], device=device)
+    log: list[dict] = []
+    best = -math.inf
     for epoch in range(int(config["epochs"])):
         net.train()
         rng = np.random.default_rng([int(config["seed"]), epoch])
-        order = rng.permutation(len(pairs))
+        order = rng.permutation(len(training))
         total, t0 = 0.0, time.time()
-        for b in range(0, len(order), int(config["batch_size"])):
-            chunk = [pairs[i] for i in order[b:b + int(config["batch_size"])]]
-            batch = to_tensors([(augment(rng, s.crops[i]), augment(rng, s.crops[j]), s.years[j] - s.years[i],
-                                 s.progressed) for s, i, j in chunk])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = F.binary_cross_entropy_with_logits(net(batch["earlier"], batch["current"], batch["years"]),
-                                                      batch["label"], pos_weight=pos_weight)
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            views = [augment_pair(rng, training.earlier[i], training.current[i]) for i in idx]
+            batch = to_tensors([v[0] for v in views], [v[1] for v in views], training.years[idx], train_feats[idx],
+                               training.progressed[idx])
+            loss = F.binary_cross_entropy_with_logits(_run(net, batch, device), batch["label"].to(device), pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(chunk)
-        val_auc = auc([s.progressed for s in splits["val"]], list(eye_scores(net, splits["val"])))
-        entry = {"epoch": epoch + 1, "loss": total / len(pairs), "val_auc": val_auc, "seconds": round(time.time() - t0, 1)}
+            total += float(loss.detach()) * len(idx)
+        val_auc = auc(val.progressed, pair_scores(net, val, names))
+        entry = {"epoch": epoch + 1, "loss": total / len(training), "val_auc": val_auc, "seconds": round(time.time() - t0, 1)}
         log.append(entry)
         print(json.dumps(entry), flush=True)
+        last = epoch + 1 == int(config["epochs"])
+        better = False
         if val_auc is not None and val_auc > best:
-            best = val_auc
+            better, best = True, val_auc
+        if (config["keep"] == "best_val" and better) or (config["keep"] == "last" and last):
             torch.save({"model": net.state_dict(), "config": config, "log": log, "epoch": epoch + 1,
                         "parameters": parameter_count(net)}, out / "best.pt")
     (out / "log.json").write_text(json.dumps(log, indent=2))
@@ -260,20 +301,28 @@ def load_config(path: Path | None, overrides: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; known: {sorted(DEFAULTS)}")
     config.update(given)
+    if config["keep"] not in ("last", "best_val"):
+        raise ValueError(f"keep must be 'last' or 'best_val', not {config['keep']!r}")
+    if config["inputs"] != "registered":
+        raise ValueError(f"the progression network trains on registered pairs only (inputs 'registered', not {config['inputs']!r})")
     return config
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train or evaluate the progression engine.")
+    parser = argparse.ArgumentParser(description="Train the progression engine on registered visit pairs.")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--config", type=Path, required=True)
+    t.add_argument("--pairs", type=Path, help="registered pairs (`glaucoscreen retrain-progression` builds them)")
     t.add_argument("--out", type=Path)
-    t.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    t.add_argument("--data", type=Path, help=argparse.SUPPRESS)  # `glaucoscreen train` passes it; the pairs carry the photos
     args = parser.parse_args(argv)
     if args.command == "train":
+        if args.pairs is None:
+            parser.error("the progression network trains on registered visit pairs: give --pairs, or run "
+                         "`glaucoscreen retrain-progression --grape DIR --work DIR`, which builds them and trains")
         config = load_config(args.config)
-        train(config, args.out or REPO / "runs" / config["name"], args.data)
+        train(config, args.out or REPO / "runs" / config["name"], args.pairs)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ full-resolution stills is taken under a time-limited flash and the sharpest one 
 for the autofocus matters: the gate's focus bar is what a grader can still read, while the cup's
 edge, measured on the still, wants the sharpest the optics can give.
 
+Every frame and still is corrected with the optic module's calibration (`correction`: dark level, flat
+field, white balance) before the gate sees it, so the gate and the screening see every unit's photos alike;
+the still as the camera gave it is kept beside the corrected one. The light each eye gets is booked by the
+lights' dose ledger from `begin` on; when the lights stop because an eye has had its visit's light (or a
+flash would pass it), the loop stops that eye's capture and says why, with the lights off.
+
 `python -m device.lab.capture_trials` measures how fast this gets a gradable photo from a hard start.
 """
 from __future__ import annotations
@@ -33,6 +39,7 @@ from device.capture.light import LightController
 from device.config import CaptureConfig
 from device.screening.quality import QualityGate, QualityReport
 from device.screening.wording import N_
+from hardware.light_dose import EyeDose, LightLimitReached
 from models.runtime.images import encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ log = logging.getLogger(__name__)
 PREVIEW_JPEG_INTERVAL_S = 0.08  # ~12 preview frames/s to the kiosk is plenty and saves CPU
 # Frames whose focus measure means nothing: no usable light, or the field cut or shaded.
 _NOT_MEASURABLE = {"no_fundus", "field_too_small", "too_dark", "too_bright", "uneven_light"}
+LIGHT_STOPPED = N_("The light limit for this eye is reached, so the lights are off. Do not photograph this eye again "
+                   "today: skip it with a reason.")
 
 
 @dataclass
@@ -49,6 +58,8 @@ class CapturedPhoto:
     quality: QualityReport
     trace: dict = field(default_factory=dict)
     token: str = ""  # the capture token of the `begin` that armed it
+    raw: np.ndarray | None = None  # the still as the camera gave it, before the calibration's correction
+    calibration: dict | None = None  # the calibration that corrected it (version, date, module serial); None: none
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -68,8 +79,10 @@ class CaptureLoop:
     check is always wall time: it is about this process, not the eye.
     """
 
-    def __init__(self, camera, gate: QualityGate, settings: CaptureConfig, *, illumination=None, optic_module=None):
+    def __init__(self, camera, gate: QualityGate, settings: CaptureConfig, *, illumination=None, optic_module=None,
+                 correction=None):
         self.camera = camera
+        self.correction = correction  # calibration.optical.FrameCorrection, or None: frames as the camera gives them
         self._clock = getattr(camera, "clock", None) or time.monotonic
         self.gate = gate
         self.settings = settings
@@ -93,7 +106,7 @@ class CaptureLoop:
         self._state: dict = {"running": False, "armed_eye": None, "gradable": False, "instruction": N_("Starting the camera"),
                              "reasons": [], "streak": 0, "light": 0.0,
                              "exposure_us": self.light.exposure_us, "gain": 1.0, "focus": None,
-                             "focus_search": self.focus.state, "captured": False, "error": None}
+                             "focus_search": self.focus.state, "captured": False, "error": None, "light_stopped": None}
         self._armed: str | None = None
         self._token: str | None = None
         self._armed_at = 0.0
@@ -101,6 +114,7 @@ class CaptureLoop:
         self._trace: dict = {}
         self._last_frame = time.monotonic()
         self._light_sent: tuple | None = None  # what _set_light last sent
+        self._light_stop: str | None = None  # why the lights stopped for the eye armed (None: they did not)
         if illumination is not None and getattr(illumination, "button", None) is not None:
             illumination.button.when_pressed = self.press_button
 
@@ -118,11 +132,17 @@ class CaptureLoop:
             self._thread.join(timeout=5)
         self._lights_off()
 
-    def begin(self, eye: str) -> str:
+    def begin(self, eye: str, *, dose_key: str | None = None, prior_dose: EyeDose | None = None) -> str:
         """Arm the capture for one eye; returns the token that alone can take the photo it leads to.
-        A new `begin` supersedes the last one, whose token then takes nothing."""
+        A new `begin` supersedes the last one, whose token then takes nothing. The light goes to this eye's
+        account from now on (`dose_key`: the eye of a visit, by default the eye's name; `prior_dose`: what it
+        had earlier in its visit)."""
         if eye not in ("right", "left"):
             raise ValueError("eye must be 'right' or 'left'")
+        stopped = None
+        if self.illumination is not None and hasattr(self.illumination, "expose"):
+            self.illumination.expose(dose_key or eye, prior_dose)
+            stopped = self.illumination.stopped
         if self.optic_module is not None:
             try:
                 self.optic_module.fixation("disc", eye)
@@ -138,8 +158,13 @@ class CaptureLoop:
             self._button.clear()
             self._trace = {"eye": eye, "frames": 0, "rejected": Counter(), "seconds": [], "gate": [],
                            "brightness": [], "light_state": [], "sharpness": [], "light": [], "exposure_us": [],
-                           "gain": [], "focus": [], "focus_search": []}
-            self._state.update(armed_eye=eye, captured=False, streak=0)
+                           "gain": [], "focus": [], "focus_search": [],
+                           "calibration": self.correction.calibration.summary() if self.correction is not None else None}
+            self._light_stop = None
+            self._light_sent = None  # the loop sends the light again on its next frame (it may have been stopped)
+            self._state.update(armed_eye=eye, captured=False, streak=0, light_stopped=None)
+        if stopped:
+            self._stop_light(stopped)
         return token
 
     def owner(self) -> str | None:
@@ -158,6 +183,8 @@ class CaptureLoop:
             self._captured = None
             self._button.clear()
             self._state.update(armed_eye=None, captured=False, streak=0)
+        if self.illumination is not None and hasattr(self.illumination, "expose"):
+            self.illumination.expose(None)  # the light from now on is nobody's eye's
 
     def press_button(self, token: str | None = None) -> bool:
         """The capture button (on the module, or on screen). With `token`, only if the camera is armed for
@@ -219,16 +246,51 @@ class CaptureLoop:
             return photo
 
     def wait_photo(self, timeout: float) -> CapturedPhoto | None:
-        """Block until a photo is captured (for the command line; the kiosk polls instead)."""
+        """Block until a photo is captured (for the command line; the kiosk polls instead); None when the loop
+        stopped with an error or the lights stopped for this eye."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             photo = self.take_photo()
             if photo is not None:
                 return photo
-            if self.state()["error"]:
+            state = self.state()
+            if state["error"] or state["light_stopped"]:
                 return None
             time.sleep(0.02)
         return None
+
+    def light_dose(self) -> dict | None:
+        """The light the armed (or last armed) eye has had, and the limits it was held to; None without a ledger."""
+        lights = self.illumination
+        if lights is None or not hasattr(lights, "dose"):
+            return None
+        dose = lights.dose()
+        limits = lights.limits
+        figures = dose.to_dict()
+        return {**figures, "limits": limits.to_dict(), "led_response": lights.response.source,
+                "within_limits": (dose.peak_irradiance_mw_cm2 <= limits.max_irradiance_mw_cm2 + 1e-12
+                                  and dose.total_mj_cm2 <= limits.visit_exposure_mj_cm2 + 1e-12),
+                "stopped": lights.stopped}
+
+    def set_correction(self, correction) -> None:
+        """A new calibration's correction, from the next frame on."""
+        self.correction = correction
+
+    def _corrected(self, frame: np.ndarray) -> np.ndarray:
+        """The one place frames meet the calibration: every preview frame and still passes here."""
+        return frame if self.correction is None else self.correction(frame)
+
+    def _stop_light(self, reason: str) -> None:
+        """The lights stopped for the armed eye: no photo of it now, the worker told why, the dose recorded."""
+        log.warning("capture stopped: %s", reason)
+        dose = self.light_dose()
+        with self._lock:
+            self._light_stop = reason  # no photo of this eye now: the capture below waits for a new `begin`
+            if self._trace:
+                self._trace["light_stopped"] = reason
+                self._trace["light_dose"] = dose
+            self._button.clear()
+            self._state.update(light_stopped=reason, instruction=LIGHT_STOPPED, gradable=False, streak=0)
 
     # -- loop side ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -255,8 +317,11 @@ class CaptureLoop:
                 self._state["running"] = False
 
     def _step(self) -> None:
-        frame = self.camera.read()
+        frame = self._corrected(self.camera.read())
         self._last_frame = time.monotonic()
+        stopped = getattr(self.illumination, "stopped", None)
+        if stopped and not self._light_stop and self._trace:  # the lights' own timer stopped them
+            self._stop_light(stopped)
         report = self.gate.assess(frame)
         m = report.metrics
         codes = {r.code for r in report.reasons}
@@ -282,6 +347,8 @@ class CaptureLoop:
                 self._jpeg = jpeg
             streak = self._state["streak"] + 1 if report.gradable else 0
             instruction = report.reasons[0].message if report.reasons else N_("Hold still - taking the photo")
+            if self._light_stop:
+                instruction, streak = LIGHT_STOPPED, 0
             self._state.update(gradable=report.gradable, reasons=[r.code for r in report.reasons], streak=streak,
                                instruction=instruction, light=round(level, 3), exposure_us=exposure,
                                gain=round(self.light.gain, 2), focus_search=self.focus.state,
@@ -302,7 +369,9 @@ class CaptureLoop:
                 t["gain"].append(round(self.light.gain, 2))
                 t["focus"].append(self._state["focus"])
                 t["focus_search"].append(self.focus.state)
-        if armed and ((ready and streak >= self.settings.consecutive_gradable) or self._button.is_set()):
+        if self._light_stop:
+            self._button.clear()  # the lights are off for this eye: no photo, whoever presses
+        elif armed and ((ready and streak >= self.settings.consecutive_gradable) or self._button.is_set()):
             self._capture(armed, token, manual=self._button.is_set())
 
     def _capture(self, eye: str, token: str | None, manual: bool) -> None:
@@ -311,12 +380,18 @@ class CaptureLoop:
         stills = []
         for _ in range(max(1, self.settings.burst)):
             if self.illumination is not None:
-                self.illumination.flash(self.light.level, self.settings.max_flash_s)
-            still = self.camera.capture_still()
-            stills.append((sharpness(still), still))
+                try:
+                    self.illumination.flash(self.light.level, self.settings.max_flash_s)
+                except LightLimitReached as exc:
+                    self._stop_light(str(exc))
+                    return
+            raw = self.camera.capture_still()
+            still = self._corrected(raw)
+            stills.append((sharpness(still), still, raw))
         self._set_light(force=True)
-        best = max(stills, key=lambda s: s[0])[1]
+        _, best, best_raw = max(stills, key=lambda s: s[0])
         quality = self.gate.assess(best)
+        dose = self.light_dose()
         with self._lock:
             if token != self._token:
                 return  # re-armed or cancelled during the burst: this still belongs to nobody now
@@ -330,7 +405,10 @@ class CaptureLoop:
             trace["rejected"] = dict(trace["rejected"])
             trace["seconds_to_capture"] = round(self._clock() - self._armed_at, 2)
             trace["manual"] = manual
-            self._captured = CapturedPhoto(eye, best, quality, trace, token=token or "")
+            trace["light_dose"] = dose
+            calibration = self.correction.calibration.summary() if self.correction is not None else None
+            self._captured = CapturedPhoto(eye, best, quality, trace, token=token or "",
+                                           raw=best_raw if self.correction is not None else None, calibration=calibration)
             self._armed = None
             self._button.clear()
             self._state.update(captured=True, armed_eye=None, streak=0, instruction=N_("Photo taken"))
@@ -349,8 +427,11 @@ class CaptureLoop:
         except Exception as exc:  # noqa: BLE001 - retried on the next frame
             log.debug("camera exposure not set: %s", exc)
             sent = None  # try again on the next frame
-        if self.illumination is not None:
-            self.illumination.set_white(self.light.level)
+        if self.illumination is not None and not self._light_stop:
+            try:
+                self.illumination.set_white(self.light.level)
+            except LightLimitReached as exc:
+                self._stop_light(str(exc))
         self._light_sent = sent
 
     def _lights_off(self) -> None:

@@ -9,7 +9,7 @@ from flask_babel import gettext
 from device.accounts import check_pin, check_username
 from device.kiosk import get_accounts, get_unit
 from device.kiosk.home import device_problems, unit_status
-from device.kiosk.languages import LANGUAGES, current_language, known, use_language
+from device.kiosk.languages import current_language, filled, known, language_name, use_language
 from device.kiosk.security import admin_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -60,9 +60,13 @@ def add_user():
         name = _check_name(values["username"])
         pin = _check_new_pin(request.form)
         accounts = get_accounts()
+        taken = ValueError(gettext("there is already a health worker called %(name)s", name=name))
         if accounts.get(name) is not None:
-            raise ValueError(gettext("there is already a health worker called %(name)s", name=name))
-        accounts.add(name, pin, admin=values["admin"], language=values["language"])
+            raise taken
+        try:
+            accounts.add(name, pin, admin=values["admin"], language=values["language"])
+        except ValueError:  # added on another screen in the moment since (the accounts say so in English)
+            raise taken from None
     except ValueError as exc:
         return _page(values, gettext("Not added: %(reason)s.", reason=exc), 422)
     log.info("kiosk: %s added user %s", session["user"], name)
@@ -103,8 +107,8 @@ def set_language():
     log.info("kiosk: %s set %s's language to %s", session["user"], username, language)
     if username.lower() == session["user"].lower():
         use_language(language)
-    flash(gettext("%(name)s's kiosk is in %(language)s from their next sign-in.", name=username, language=LANGUAGES[language]),
-          "info")
+    flash(filled(gettext("%(name)s's kiosk is in %(language)s from their next sign-in."), name=username,
+                 language=language_name(language)), "info")
     return redirect(url_for("admin.index"))
 
 

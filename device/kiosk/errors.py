@@ -1,5 +1,9 @@
 """What the worker sees when something fails: what happened in plain words and what to do next,
-never a stack trace. The details go to the unit's log for the IT person."""
+never a stack trace. The details go to the unit's log for the IT person.
+
+Every word of these pages is in the worker's language. What a part of the unit said in its own words (a camera's
+or a model's error, a file's name: English, written for the IT person) is shown apart, under a heading in the
+worker's language and marked as English, so that it is never taken for the page's own sentence."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +13,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 from flask_babel import gettext
 from werkzeug.exceptions import HTTPException
 
+from device.kiosk.languages import size
 from device.kiosk.security import CSRFError, UnknownHost
 from device.visits.imagestore import CorruptImageError, DiskFullError, is_disk_full
 from device.visits.visitlog import DatabaseCorruptError
@@ -19,16 +24,17 @@ from models.runtime.engine import EngineError
 log = logging.getLogger(__name__)
 
 
-
 def call_support() -> str:
     return gettext("If it happens again, write down the time and call the person who looks after the unit.")
 
 
-def error_page(title: str, message: str, steps: list[str], status: int, *, retry: bool = False):
-    """The error as a page (or JSON for what pages fetch); `retry` offers to load the page again."""
+def error_page(title: str, message: str | None, steps: list[str], status: int, *, retry: bool = False,
+               detail: str | None = None):
+    """The error as a page (or JSON for what pages fetch); `retry` offers to load the page again; `detail` is what
+    the part that failed said, in English, for the person who looks after the unit."""
     if request.path.startswith("/capture/") or request.accept_mimetypes.best == "application/json":
-        return jsonify(error=title, message=message, steps=steps), status
-    return render_template("error.html", title=title, message=message, steps=steps,
+        return jsonify(error=title, message=message, steps=steps, detail=detail), status
+    return render_template("error.html", title=title, message=message, steps=steps, detail=detail,
                            retry=retry and request.method == "GET"), status
 
 
@@ -40,7 +46,10 @@ def storage_full(message: str):
 
 
 def _disk_full(exc: DiskFullError):
-    return storage_full(str(exc))
+    """The visit log and the image store say it in English for the log; the worker reads it in their language."""
+    log.error("kiosk request %s %s: %s", request.method, request.path, exc)
+    return storage_full(gettext("There is not enough free space on the unit's storage to record this: %(free)s free, "
+                                "%(needed)s needed.", free=size(exc.free), needed=size(exc.needed)))
 
 
 def _sqlite(exc: sqlite3.OperationalError):
@@ -55,22 +64,24 @@ def _sqlite(exc: sqlite3.OperationalError):
                                 "Everything recorded before is kept and can still be looked at."))
 
 
-def model_trouble(message: str):
+def model_trouble(detail: str | None, message: str | None = None):
+    """`detail`: the model's own error (English, for the IT person)."""
     return error_page(gettext("The screening model is not working"), message,
                       [gettext("Restart the unit (switch it off and on). This visit is kept: find the patient to go on."),
-                       call_support() + " " + gettext("The models may need reinstalling.")], 503, retry=True)
+                       call_support() + " " + gettext("The models may need reinstalling.")], 503, retry=True, detail=detail)
 
 
-def camera_trouble(message: str):
-    return error_page(gettext("The camera is not working"), message,
+def camera_trouble(detail: str | None):
+    """`detail`: the camera's or the optic module's own error (English, for the IT person)."""
+    return error_page(gettext("The camera is not working"), None,
                       [gettext("Check that the optic module's cable is plugged in firmly."),
                        gettext("Restart the unit (switch it off and on). This visit is kept: find the patient to go on."),
-                       call_support()], 503, retry=True)
+                       call_support()], 503, retry=True, detail=detail)
 
 
 def _engine(exc: EngineError):
     log.error("screening model failed: %s", exc)
-    return model_trouble(gettext("The photo could not be checked: %(error)s.", error=exc))
+    return model_trouble(str(exc), gettext("The photo could not be checked."))
 
 
 def _camera(exc: Exception):
@@ -80,9 +91,12 @@ def _camera(exc: Exception):
 
 def _damaged(exc: Exception):
     log.error("stored data damaged: %s", exc)
-    return error_page(gettext("Stored data is damaged"), str(exc),
+    what = (gettext("A stored photo is damaged: its bytes no longer match its name.") if isinstance(exc, CorruptImageError)
+            else gettext("The visit log is damaged and cannot be trusted until it is restored from a backup."))
+    return error_page(gettext("Stored data is damaged"), what,
                       [gettext("Stop screening on this unit."),
-                       gettext("Call the person who looks after the unit: the storage may be failing.")], 500)
+                       gettext("Call the person who looks after the unit: the storage may be failing.")], 500,
+                      detail=str(exc))
 
 
 def _csrf(exc: CSRFError):
@@ -105,7 +119,7 @@ def _http(exc: HTTPException):
                           [gettext("Ask an administrator of the unit.")], 403)
     # HTTP's own name for the answer, which a browser's request rarely meets here (the detail is for the IT person)
     return error_page(gettext("The unit could not answer this request (%(code)s %(name)s)", code=exc.code, name=exc.name),
-                      exc.description or "", [], exc.code or 500)
+                      None, [], exc.code or 500, detail=exc.description)
 
 
 def _unexpected(exc: Exception):

@@ -11,6 +11,7 @@ from flask_babel import gettext
 from device.kiosk import get_unit
 from device.kiosk.languages import day
 from device.kiosk.outcome import EYE_NAME, VERDICT_SAYS
+from device.kiosk.wording import said
 from device.visits.followup import ATTENDED, OVERDUE, follow_up
 
 bp = Blueprint("followup", __name__)
@@ -39,9 +40,15 @@ def attended(visit_uuid: str):
     text = (request.form.get("attended_on") or "").strip()
     try:
         on = dt.date.fromisoformat(text) if text else dt.date.today()
+    except ValueError:
+        flash(gettext("Not recorded: the day seen must be a date written year-month-day."), "warning")
+        return redirect(url_for("followup.referred", show=request.args.get("show", "waiting")))
+    try:
         get_unit().visits.mark_attended(visit_uuid, on=on, by=session["user"])
-    except (ValueError, LookupError) as exc:
-        flash(gettext("Not recorded: %(reason)s.", reason=exc), "warning")
+    except LookupError:
+        flash(gettext("Not recorded: this visit is not on this unit."), "warning")
+    except ValueError as exc:  # the visit log says why in English
+        flash(gettext("Not recorded: %(reason)s.", reason=said(str(exc))), "warning")
     else:
         flash(gettext("Recorded: seen at the eye clinic on %(day)s.", day=day(on, "long")), "info")
     return redirect(url_for("followup.referred", show=request.args.get("show", "waiting")))

@@ -6,10 +6,11 @@ import logging
 
 from flask import Blueprint, jsonify, render_template
 from flask_babel import gettext
+from markupsafe import Markup
 
 from device.kiosk import get_unit
 from device.kiosk.followup import referred_list
-from device.kiosk.languages import gib
+from device.kiosk.languages import english, filled, gib
 from device.kiosk.outcome import EYE_NAME, VERDICT_SAYS, visit_outcome
 from device.visits.followup import ATTENDED, OVERDUE
 
@@ -19,20 +20,28 @@ log = logging.getLogger(__name__)
 LOW_DISK_BYTES = 2 * 2**30   # about 1000 visits' photos: time to sync and free space before it runs out
 
 
+def _part_says(template: str, detail: str | None, otherwise: str) -> Markup:
+    """`template` (the part in the worker's words, "Camera: %(problem)s", translated) with what the part itself
+    said, which is English for the person who looks after the unit and marked so; or, when it said nothing,
+    `otherwise` in the worker's words."""
+    return filled(template, problem=english(detail) if detail else otherwise)
+
+
 def device_problems(status: dict) -> list[str]:
     """What is wrong with the unit, in words; an empty list when it is ready to screen."""
-    problems = []
+    problems: list[str] = []
     camera = status.get("camera", {})
-    # the part in the worker's words; what the part itself says is for the person who looks after the unit
+    # (gettext without values leaves the template's %(problem)s for _part_says to fill)
     if not camera.get("ok"):
-        problems.append(gettext("Camera: %(problem)s", problem=camera.get("error") or gettext("not ready yet")))
+        problems.append(_part_says(gettext("Camera: %(problem)s"), camera.get("error"), gettext("not ready yet")))
     if not status.get("models", {}).get("ok"):
-        problems.append(gettext("Screening model: %(problem)s", problem=status.get("models", {}).get("error") or gettext("not loaded")))
+        problems.append(_part_says(gettext("Screening model: %(problem)s"), status.get("models", {}).get("error"),
+                                   gettext("not loaded")))
     if not status.get("illumination", {}).get("ok", True):
-        problems.append(gettext("Lights: %(problem)s", problem=status["illumination"].get("error") or gettext("not working")))
+        problems.append(_part_says(gettext("Lights: %(problem)s"), status["illumination"].get("error"), gettext("not working")))
     module = status.get("optic_module", {})
     if not module.get("ok"):
-        problems.append(gettext("Optic module: %(problem)s", problem=module.get("error") or gettext("not answering")))
+        problems.append(_part_says(gettext("Optic module: %(problem)s"), module.get("error"), gettext("not answering")))
     if status.get("disk_free_bytes", LOW_DISK_BYTES) < LOW_DISK_BYTES:
         problems.append(gettext("Storage nearly full: %(free)s free. Let the unit sync.", free=gib(status["disk_free_bytes"])))
     return problems

@@ -11,6 +11,8 @@ Words are gettext catalogs under translations/ (Flask-Babel; see the README for 
 compile`). English is the source language and has no catalog. Numbers, percentages, dates and times are
 written by Babel for the locale (0,72 and 4 mars 2025 in French). The scripts get their words from a JSON
 block in every page (`script_words`): the `_("...")` calls Babel finds in them, in the page's language.
+
+The reading centre's review app (device/reading_centre) speaks from the same catalogs, through the same rules.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import datetime as dt
 import functools
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlencode
 
 from babel import Locale
 from babel.dates import format_date, format_time
@@ -26,6 +29,7 @@ from babel.messages.extract import extract_from_file
 from babel.numbers import format_decimal, format_percent
 from flask import Flask, request, session
 from flask_babel import Babel, force_locale, get_locale, gettext, ngettext, refresh
+from markupsafe import Markup, escape
 
 # Each language in its own words, as a worker who reads only that language looks for it.
 LANGUAGES = {"en": "English", "hi": "हिन्दी", "sw": "Kiswahili", "es": "Español", "fr": "Français"}
@@ -35,6 +39,8 @@ SESSION_KEY = "lang"
 # 24-hour clock), which is British usage.
 FORMAT_LOCALE = {"en": "en_GB"}
 STATIC = Path(__file__).resolve().parent / "static"
+# the one set of catalogs: the kiosk's, which the reading centre's review app speaks from too
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 
 def known(code: object) -> str | None:
@@ -80,6 +86,14 @@ def in_language(language: str | None) -> Iterator[str]:
     chosen = known(language) or current_language()
     with force_locale(locale_for(chosen)):
         yield chosen
+
+
+def page_in(language: str) -> str:
+    """The address of this page in `language`, for a language switch: its own query with `lang=` added (after a
+    form was sent, the page it came from is not one to go back to: the first page instead)."""
+    args = request.args.to_dict() if request.method == "GET" else {}
+    args["lang"] = language
+    return request.script_root + (request.path if request.method == "GET" else "/") + "?" + urlencode(args)
 
 
 def _switch_from_query() -> None:
@@ -155,6 +169,25 @@ def gib(n: float) -> str:
     return f"{decimal(n / 2**30, '0.0')} GB"
 
 
+# -- what a part of the unit said in its own words -------------------------------------------------
+def english(text: object) -> Markup:
+    """What a part of the unit said in its own words (English, written for the person who looks after the unit: a
+    camera's or a server's error, a file's name), marked as English so that a page in another language does not
+    pass it off as its own sentence (and a screen reader reads it as English)."""
+    return Markup('<span lang="en">{}</span>').format(text)
+
+
+def language_name(code: str) -> Markup:
+    """A language's name in its own words, marked as that language (inside a sentence in another one)."""
+    return Markup('<span lang="{}">{}</span>').format(code, LANGUAGES[code])
+
+
+def filled(template: str, **values: object) -> Markup:
+    """A translated `template` (gettext's without values, which leaves its %(name)s) filled with `values`: words are
+    escaped, an `english(...)` detail keeps its mark. For a notice that carries such a detail."""
+    return escape(template) % values
+
+
 # -- the scripts' words ---------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def script_messages() -> tuple[str, ...]:
@@ -173,8 +206,10 @@ def script_words() -> dict[str, str]:
 
 
 def init_app(app: Flask) -> None:
-    Babel(app, locale_selector=_select_locale)
+    Babel(app, locale_selector=_select_locale, default_translation_directories=str(TRANSLATIONS))
     app.before_request(_switch_from_query)
-    app.jinja_env.globals.update(LANGUAGES=LANGUAGES, current_language=current_language, script_words=script_words)
+    app.jinja_env.globals.update(LANGUAGES=LANGUAGES, current_language=current_language, script_words=script_words,
+                                 page_in=page_in, language_name=language_name)
     app.jinja_env.filters.update(local_time=local_time, local_date=local_date, day=day, percent=percent,
-                                 ratio=ratio, signed_ratio=signed_ratio, decimal=decimal, number=number, gib=gib)
+                                 ratio=ratio, signed_ratio=signed_ratio, decimal=decimal, number=number, gib=gib,
+                                 english=english)

@@ -1,5 +1,6 @@
-"""The administrator's view of the unit's insides: which models run and on what (and installing new ones, or
-going back), the camera, lights and optic module as they are now, and the storage.
+"""The administrator's view of the unit's insides: which models run and on what (and installing new ones, from a
+file chosen in the browser or from a USB stick, or going back), the camera, lights and optic module as they are
+now, and the storage.
 
 Everything is read from the running unit (the engine it loaded, the capture loop's published state,
 the lights' own state) or from `glaucoscreen doctor`'s checks, so the page shows what the unit is
@@ -8,18 +9,21 @@ doing rather than what a second look at the hardware would find.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext
 
 from device import doctor
 from device.kiosk import get_unit, languages
 from device.kiosk.home import LOW_DISK_BYTES, unit_status
+from device.kiosk.languages import english, filled
 from device.kiosk.security import require_admin
+from device.kiosk.usb_export import find_drives
 from device.screening import model_update
 from device.visits.datadir import DataDir
 from models.runtime import registry
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 MAX_BUNDLE_BYTES = 2 * 2**30
 UPLOAD_PREFIX = "upload-"
+BUNDLE_SUFFIX = ".tar"  # what `glaucoscreen models pack` writes
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA GPU", "TensorrtExecutionProvider": "TensorRT"}
 
 
@@ -113,11 +118,28 @@ def models():
     versions = unit.pipeline.model_versions if unit.pipeline is not None else {}
     installed = _checked(lambda: {"ok": True, "versions": model_update.listing(unit.config)})
     return render_template("models.html", rows=rows, manifest_error=manifest_error, model_error=unit.model_error,
-                           installed=installed, update_error=getattr(unit, "model_errors", {}).get("update"),
+                           installed=installed, on_sticks=bundles_on_sticks(), update_error=getattr(unit, "model_errors", {}).get("update"),
                            inference=_checked(doctor.inference, unit.config), precision_setting=unit.config.precision,
                            referral=versions.get("referral"), policy=files.get("referral_policy", {}),
                            measured_on=unit.pipeline.policy.operating_point.get("cameras") if unit.pipeline is not None else None,
                            decides_on=unit.pipeline.policy.described() if unit.pipeline is not None else None)
+
+
+def bundles_on_sticks() -> list[dict]:
+    """The model bundles (.tar files at the top of a stick) on the USB drives the export page offers. The Models
+    page lists them to install with one touch: a touch screen has no good way to drive a browser's file dialog,
+    and the programme sends its releases on a stick to a unit that never reaches the network."""
+    found = []
+    for drive in find_drives(current_app.config["EXPORT_ROOTS"], current_app.config["EXPORT_MOUNTED_ONLY"]):
+        try:
+            files = sorted((p for p in Path(drive["path"]).iterdir()
+                            if p.suffix.lower() == BUNDLE_SUFFIX and not p.name.startswith(".") and not p.is_symlink()
+                            and p.is_file()), key=lambda p: p.name)
+            found += [{"drive": drive["path"], "drive_name": drive["name"], "name": p.name, "bytes": p.stat().st_size}
+                      for p in files]
+        except OSError:  # a stick pulled while it was being looked at
+            continue
+    return found
 
 
 @bp.url_value_preprocessor
@@ -145,17 +167,41 @@ def install_models():
     os.close(fd)
     try:
         upload.save(temp)
-        report = model_update.install(unit.config, Path(temp))
-    except model_update.UpdateRefused as exc:
-        flash(str(exc).replace(Path(temp).name, upload.filename), "warning")
-        return redirect(url_for("operations.models"))
+        _install(unit, Path(temp), upload.filename)
     finally:
         Path(temp).unlink(missing_ok=True)
+    return redirect(url_for("operations.models"))
+
+
+@bp.post("/models/install-from-usb")
+def install_models_from_usb():
+    """Install a bundle the page found on a USB stick, read where it lies (a pulled stick is a refusal like a
+    damaged bundle: nothing changes). Only a file the page offers is taken: the form names a drive and a file,
+    never a path the unit would follow elsewhere."""
+    unit = get_unit()
+    drive, name = request.form.get("drive", ""), request.form.get("name", "")
+    if (drive, name) not in {(b["drive"], b["name"]) for b in bundles_on_sticks()}:
+        flash(gettext("%(name)s is not on a USB stick any more: plug the stick in again and look again.",
+                      name=name or "?"), "warning")
+    else:
+        _install(unit, Path(drive) / name, name)
+    return redirect(url_for("operations.models"))
+
+
+def _install(unit, bundle: Path, shown_as: str) -> None:
+    """Install as `glaucoscreen models install` does, then load it: the next screening already uses it. A refused
+    bundle changes nothing, and the page says why under the name the administrator knows it by."""
+    try:
+        report = model_update.install(unit.config, bundle)
+    except model_update.UpdateRefused as exc:
+        flash(filled(gettext("Refused; nothing was changed. %(reason)s"), reason=english(str(exc).replace(bundle.name, shown_as))),
+              "warning")  # why, in the update's own words: for the IT person
+        return
     unit.reload_models()
-    log.info("models %s installed from the kiosk by %s (was %s)", report["installed"], session.get("user"), report["previous"])
+    log.info("models %s installed from the kiosk (%s) by %s (was %s)", report["installed"], shown_as, session.get("user"),
+             report["previous"])
     flash(gettext("Models version %(version)s are installed and in use (before: %(before)s).", version=report["installed"],
                   before=report["previous"]), "info")
-    return redirect(url_for("operations.models"))
 
 
 @bp.post("/models/rollback")
@@ -164,7 +210,7 @@ def rollback_models():
     try:
         report = model_update.rollback(unit.config)
     except model_update.UpdateRefused as exc:
-        flash(str(exc), "warning")
+        flash(filled(gettext("Refused; nothing was changed. %(reason)s"), reason=english(exc)), "warning")
         return redirect(url_for("operations.models"))
     unit.reload_models()
     log.info("models rolled back from the kiosk by %s: %s -> %s", session.get("user"), report["previous"], report["version"])
@@ -184,7 +230,42 @@ def devices():
         "devices.html", status=status, camera=status.get("camera", {}), lights=status.get("illumination", {}),
         module=unit.optic_module_state(identity=status.get("optic_module")), capture=capture, led_cap=cfg.led_safety_cap, settings=cfg.capture,
         board=_checked(doctor.board, cfg), camera_check=_checked(doctor.camera, cfg),
-        gpio=_checked(doctor.gpio, cfg), serial=_checked(doctor.serial_port, cfg))
+        gpio=_checked(doctor.gpio, cfg), serial=_checked(doctor.serial_port, cfg),
+        calibration=status.get("calibration", {}))
+
+
+@bp.post("/devices/calibrate")
+def calibrate():
+    """Calibrate the optic module while the administrator holds the grey target against it, as the page says:
+    the capture loop pauses for the seconds it takes. A refused calibration saves nothing, and the page says why
+    in the calibration's own words (for the IT person)."""
+    from calibration.measure import CalibrationRefused
+
+    unit = get_unit()
+    text = request.form.get("light_meter", "").strip().replace(",", ".")
+    reading = None
+    if text:
+        try:
+            reading = float(text)
+        except ValueError:
+            reading = -1.0
+        if not (math.isfinite(reading) and reading > 0):
+            flash(gettext("The light meter reading must be a number of mW/cm², such as 0.15, or left empty. Nothing "
+                          "was calibrated."), "warning")
+            return redirect(url_for("operations.devices"))
+    try:
+        made = unit.calibrate(light_meter_mw_cm2=reading)
+    except CalibrationRefused as exc:
+        flash(filled(gettext("Calibration refused; nothing was saved. %(reason)s"), reason=english(exc)), "warning")
+        return redirect(url_for("operations.devices"))
+    except Exception as exc:  # noqa: BLE001 - a camera or module failing mid-way is said on the page, not a crash
+        log.exception("calibration from the kiosk failed")
+        flash(filled(gettext("Calibration refused; nothing was saved. %(reason)s"), reason=english(exc)), "warning")
+        return redirect(url_for("operations.devices"))
+    log.info("optic module calibrated from the kiosk by %s: version %d", session.get("user"), made.version)
+    flash(gettext("The optic module is calibrated (version %(version)s). Every photo is corrected with it from now on.",
+                  version=made.version), "info")
+    return redirect(url_for("operations.devices"))
 
 
 # -- storage ------------------------------------------------------------------------------------

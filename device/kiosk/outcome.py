@@ -39,6 +39,8 @@ def eye_outcome(eye: str, state: dict) -> dict:
         "photos": state["captures"],
         "verdict": state.get("verdict"),
         "verdict_says": VERDICT_SAYS[state["verdict"]["verdict"]] if state.get("verdict") else None,
+        # what the eye doctor said before correcting it: the worker may have told the patient so already
+        "verdicts_before": [v | {"says": VERDICT_SAYS[v["verdict"]]} for v in state.get("verdicts_before", [])],
     }
 
 

@@ -11,6 +11,7 @@ from device.kiosk.errors import error_page
 from device.kiosk.languages import known
 from device.kiosk.patients import SEXES, check_details
 from device.kiosk.security import admin_required
+from device.kiosk.wording import said
 
 bp = Blueprint("patient_edits", __name__, url_prefix="/admin/patients")
 
@@ -52,8 +53,9 @@ def edit():
                     person["identifier"], by=session["user"], new_identifier=values["identifier"], name=values["name"],
                     year_of_birth=int(values["year_of_birth"]), sex=values["sex"], phone=values["phone"],
                     address=values["address"], language=known(request.form.get("language")))  # none sent: as it was
-            except ValueError as exc:
-                errors["identifier"] = str(exc)[0].upper() + str(exc)[1:] + "."
+            except ValueError as exc:  # the visit log says it in English, as a clause
+                reason = said(str(exc)) or ""
+                errors["identifier"] = reason[:1].upper() + reason[1:] + "."
             else:
                 if done["changes"]:
                     flash(gettext("Saved.") + _queued_words(done["requeued"]), "info")
@@ -86,12 +88,12 @@ def merge():
         return redirect(url_for("patient_edits.edit", patient=person["identifier"]))
     assert other is not None
     done = visits.merge_patients(person["identifier"], other["identifier"], by=session["user"])
-    said = ngettext("%(other)s merged into %(kept)s: %(num)d visit moved.", "%(other)s merged into %(kept)s: %(num)d visits moved.",
-                    done["visits_moved"], other=other["identifier"], kept=person["identifier"])
+    words = ngettext("%(other)s merged into %(kept)s: %(num)d visit moved.", "%(other)s merged into %(kept)s: %(num)d visits moved.",
+                     done["visits_moved"], other=other["identifier"], kept=person["identifier"])
     if done["sent_under_old_identifier"]:
-        said += " " + ngettext("%(num)d eye was already sent to the PACS under %(other)s; ask the PACS administrator to merge "
-                               "it there too.",
-                               "%(num)d eyes were already sent to the PACS under %(other)s; ask the PACS administrator to merge "
-                               "them there too.", done["sent_under_old_identifier"], other=other["identifier"])
-    flash(said + _queued_words(done["requeued"]), "info")
+        words += " " + ngettext("%(num)d eye was already sent to the PACS under %(other)s; ask the PACS administrator to merge "
+                                "it there too.",
+                                "%(num)d eyes were already sent to the PACS under %(other)s; ask the PACS administrator to merge "
+                                "them there too.", done["sent_under_old_identifier"], other=other["identifier"])
+    flash(words + _queued_words(done["requeued"]), "info")
     return redirect(url_for("patients.patient", identifier=person["identifier"]))

@@ -98,7 +98,7 @@ def capture(visit_uuid: str, eye: str):
         return camera_trouble(error)
     models = unit.status().get("models", {})
     if not models.get("ok"):
-        return model_trouble(models.get("error") or gettext("The screening model did not load."))
+        return model_trouble(models.get("error"), gettext("The screening model did not load."))
     token = unit.begin_capture(visit_uuid, eye)
     return render_template("capture.html", visit=visit, outcome=visit_outcome(visit), eye=eye, eye_name=EYE_NAME[eye],
                            capture_token=token, camera_taken=gettext(CAMERA_TAKEN))

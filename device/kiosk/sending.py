@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, sess
 from flask_babel import gettext, ngettext
 
 from device.kiosk import get_unit
+from device.kiosk.languages import english, filled
 from device.kiosk.security import admin_required
 from device.outbox.dicomweb import redact
 from device.outbox.sync import SyncConfigError, client_from_config, ehr_client_from_config, sync_once
@@ -81,8 +82,8 @@ def send_now():
         return redirect(url_for("sending.page"))
     try:
         client_from_config(unit.config.sync).close()  # settings that cannot work are said now, not in a log
-    except SyncConfigError as exc:
-        flash(gettext("Cannot send: %(reason)s.", reason=exc), "warning")
+    except SyncConfigError as exc:  # which setting to fix, in the configuration's own words: for the IT person
+        flash(filled(gettext("Cannot send: %(reason)s."), reason=english(exc)), "warning")
         return redirect(url_for("sending.page"))
     waiting = unit.visits.outbox_due_now()
     _send_now().start(unit)
@@ -96,8 +97,8 @@ def send_now():
 def retry(item_id: int):
     try:
         get_unit().visits.outbox_requeue(item_id)
-    except (ValueError, LookupError) as exc:
-        flash(gettext("Not queued again: %(reason)s.", reason=exc), "warning")
+    except (ValueError, LookupError):  # sent again or sent meanwhile, from another screen or by sync
+        flash(gettext("Not queued again: it is no longer held back."), "warning")
         return redirect(url_for("sending.page"))
     log.info("kiosk: %s queued outbox item %d again", session["user"], item_id)
     flash(gettext("Queued again: it goes with the next sync."), "info")

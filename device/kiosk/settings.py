@@ -28,6 +28,7 @@ from device.config import (
 )
 from device.kiosk import get_unit
 from device.kiosk.security import require_admin
+from device.kiosk.wording import said
 from device.visits.datadir import DataDir
 
 bp = Blueprint("settings", __name__, url_prefix="/admin/settings")
@@ -81,7 +82,7 @@ def _fields(current: dict, base: dict, entered: dict | None, problems: dict) -> 
             rows.append({"section": section, "name": name, "key": key, "label": label, "hint": hint,
                          "value": entered.get(key, _show(value)) if entered else _show(value),
                          "file_value": _show(base[section].get(name)), "changed": base[section].get(name) != value,
-                         "error": problems.get(key)})
+                         "error": said(problems.get(key))})  # the configuration says it in English
     return rows
 
 

@@ -25,6 +25,7 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from flask_babel import gettext, ngettext
 
 from device.kiosk import get_unit
+from device.kiosk.languages import english, filled
 from device.kiosk.security import passive, require_admin
 from device.outbox import health
 from device.outbox.usb import ExportError, export
@@ -69,7 +70,7 @@ def describe_drive(path: Path) -> dict:
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        out["problem"] = gettext("cannot be read (%(reason)s)", reason=exc.strerror)
+        out["problem"] = filled(gettext("cannot be read (%(reason)s)"), reason=english(exc.strerror))  # the system's words
         return out
     out["free"], out["total"] = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     if st.f_flag & os.ST_RDONLY:
@@ -234,6 +235,7 @@ def state():
 def progress_words(state: dict) -> str:
     done, total = state.get("done") or 0, state.get("total")
     if total is None:
-        return gettext("%(done)s visits written so far. Do not pull the stick out.", done=done)
+        return ngettext("%(num)d visit written so far. Do not pull the stick out.",
+                        "%(num)d visits written so far. Do not pull the stick out.", done)
     return ngettext("%(done)s of %(num)d visit written. Do not pull the stick out.",
                     "%(done)s of %(num)d visits written. Do not pull the stick out.", total, done=done)

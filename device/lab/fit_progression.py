@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,26 @@ from device.lab.evaluate import auc_interval, resample_weights
 from device.lab.fit_referral import fit_logistic_features
 from device.lab.repeatability import EYES, simulated_repeatability
 from device.lab.roc import auc, threshold_at_specificity, weighted_auc
-from device.screening.change import CALLED_ON, MEASURES, VIEWS, WORSENING, NoiseModel, event, measure_visits, registered_views, trend
+from device.screening.change import (
+    CALLED_ON,
+    MEASURES,
+    VIEWS,
+    WORSENING,
+    Measured,
+    NoiseModel,
+    event,
+    measure_visits,
+    registered_views,
+    trend,
+)
 from device.screening.measurements import measure
 from device.screening.pipeline import ScreeningPipeline
 from device.screening.progression import PROGRESSION_POLICY, ProgressionAssessor, ProgressionPolicy, crop_input
-from device.screening.registration import register
+from device.screening.registration import Registration, register
 from models.grape import Eye, patient_split, read_grape
 from models.runtime import preprocess
 from models.runtime.images import read_rgb
+from models.runtime.preprocess import Box
 
 GRAPE_DISC_FRACTION = 0.4  # GRAPE's crops are about 2.5 disc diameters wide
 MACULA_SIDE = {"OD": -1, "OS": 1}  # in an upright photo the macula lies left of a right eye's disc
@@ -59,6 +72,33 @@ def disc_of_crop(pipeline: ScreeningPipeline, rgb: np.ndarray) -> tuple[dict, fl
     return {"cx": m.disc.cx, "cy": m.disc.cy, "vertical_diameter": m.disc.vertical_diameter}, m.vcdr
 
 
+@dataclass(frozen=True)
+class LinedUp:
+    """An eye's photos in its last photo's frame: that photo's disc crop `box`, each earlier photo's
+    registration onto it, the visits measured (`kept`: the aligned earlier ones, then the last) and their
+    measures with a shared disc, in that order."""
+
+    box: Box
+    registrations: list[Registration]
+    kept: list[int]
+    measured: list[Measured]
+
+
+def line_up(pipeline: ScreeningPipeline, photos: list[np.ndarray], disc: dict, laterality: str, views=VIEWS) -> LinedUp | None:
+    """Register every earlier photo onto the last one (GRAPE's photos are disc crops: the whole crop is matched)
+    and measure the aligned ones with it through the last photo's disc crop windows, as the unit measures a
+    visit; `disc`: the last photo's disc (`disc_of_crop`). None where no disc is found once lined up."""
+    current = photos[-1]
+    box = preprocess.disc_crop_box(disc["cx"], disc["cy"], disc["vertical_diameter"], current.shape)
+    regs = [register(rgb, current) for rgb in photos[:-1]]
+    aligned = [k for k, r in enumerate(regs) if r.aligned]
+    measured = measure_visits(pipeline.outline_views, registered_views(current, box, [(photos[k], regs[k]) for k in aligned], views),
+                              MACULA_SIDE.get(laterality))
+    if measured is None:
+        return None
+    return LinedUp(box, regs, aligned + [len(photos) - 1], measured)
+
+
 def measure_eye(pipeline: ScreeningPipeline, assessor: ProgressionAssessor | None, eye: Eye,
                 views=VIEWS) -> dict | None:
     """One eye's visits measured in its last visit's frame, as a JSON-ready row; None where the last photo
@@ -68,26 +108,18 @@ def measure_eye(pipeline: ScreeningPipeline, assessor: ProgressionAssessor | Non
     plain = [disc_of_crop(pipeline, rgb) for rgb in photos]  # each photo on its own, as before registration
     if plain[-1] is None:
         return None
-    disc, _ = plain[-1]
-    current = photos[-1]
-    box = preprocess.disc_crop_box(disc["cx"], disc["cy"], disc["vertical_diameter"], current.shape)
-    regs = [register(rgb, current) for rgb in photos[:-1]]
-    kept = [k for k, r in enumerate(regs) if r.aligned]
-    measured = measure_visits(pipeline.outline_views,
-                              registered_views(current, box, [(photos[k], regs[k]) for k in kept], views),
-                              MACULA_SIDE.get(eye.laterality))
-    if measured is None:
+    lined = line_up(pipeline, photos, plain[-1][0], eye.laterality, views)
+    if lined is None:
         return None
-    order = kept + [len(photos) - 1]
     logit = None
     if assessor is not None and assessor.engine is not None and plain[0] is not None:
         crops = [crop_input(rgb, d["cx"], d["cy"], d["vertical_diameter"])
                  for rgb, (d, _) in ((photos[0], plain[0]), (photos[-1], plain[-1]))]
         logit = assessor.engine_logit(crops[0], crops[1], eye.visits[-1].years - eye.visits[0].years)
     return {"eye": eye.key, "patient": eye.patient, "progressed": eye.progressed,
-            "years": [eye.visits[k].years for k in order],
-            "values": [m.values for m in measured], "spread": [m.spread for m in measured],
-            "registrations": [r.to_dict() for r in regs],
+            "years": [eye.visits[k].years for k in lined.kept],
+            "values": [m.values for m in lined.measured], "spread": [m.spread for m in lined.measured],
+            "registrations": [r.to_dict() for r in lined.registrations],
             "plain_vcdr": [None if p is None else p[1] for p in plain], "plain_years": [v.years for v in eye.visits],
             "engine_logit": logit}
 
@@ -159,8 +191,6 @@ def eye_features(row: dict, noise: NoiseModel) -> dict:
     if len(row["values"]) < 2:
         out.update({f"z_{m}": 0.0 for m in MEASURES}, event=False, trend=None, called=False)
         return out
-    from device.screening.change import Measured
-
     a = Measured(first, row["spread"][0])
     b = Measured(last, row["spread"][-1])
     called = False

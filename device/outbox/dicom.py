@@ -88,6 +88,8 @@ PROGRESSION = hd.sr.CodedConcept("progression", LOCAL_SCHEME, "Change since the 
 PROGRESSION_CHANGE = hd.sr.CodedConcept("disc-change", LOCAL_SCHEME, "Change measured in the registered frame")
 PROGRESSION_TREND = hd.sr.CodedConcept("disc-trend", LOCAL_SCHEME, "Trend across visits")
 REGISTRATION_QUALITY = hd.sr.CodedConcept("registration", LOCAL_SCHEME, "Registration of the earlier photo")
+OPTICAL_CALIBRATION = hd.sr.CodedConcept("calibration", LOCAL_SCHEME, "Optical calibration of the photo")
+LIGHT_DOSE = hd.sr.CodedConcept("light-dose", LOCAL_SCHEME, "Light delivered to the eye")
 CHANGE_NAMES = {"vcdr": "Cup-to-disc ratio (vertical)", "cup_area": "Cup area (share of the disc)",
                 "rim_superior": "Rim, superior quarter (share of the disc)",
                 "rim_inferior": "Rim, inferior quarter (share of the disc)",
@@ -105,7 +107,9 @@ class EyeStudy:
     boolean and the photo's size, or both None when nothing was segmented. `result` is the
     screening JSON as the visit log stores it (`ScreeningResult.to_dict()`); the objects are built
     from its typed reading, `screening`. `pixel_spacing_mm` is the unit's nominal spacing at the
-    retina from its optical calibration, where known.
+    retina from its optical calibration, where known. `calibration` (version, date, module serial) is the
+    optical calibration the photo was corrected with (None: not corrected); `light_dose` the light the eye
+    got in the visit and the limits it was held to (`VisitLog.light_dose`; None: not recorded).
     """
 
     visit_uuid: str
@@ -121,6 +125,8 @@ class EyeStudy:
     cup_mask: np.ndarray | None
     result: dict
     pixel_spacing_mm: float | None = None
+    calibration: dict | None = None
+    light_dose: dict | None = None
 
     @property
     def screening(self) -> StoredResult:
@@ -354,6 +360,12 @@ def _photo(study: EyeStudy, uids: dict[str, str]) -> Dataset:
     ds.SOPInstanceUID = uids["photo"]
     ds.InstanceCreationDate, ds.InstanceCreationTime = _da(when), _tm(when)
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    if study.calibration:  # corrected pixel by pixel from what the sensor gave: derived, and said how
+        ds.ImageType = ["DERIVED", "PRIMARY"]
+        ds.DerivationDescription = _calibration_text(study.calibration)[:1024]
+        calibrated = _calibration_time(study.calibration)
+        if calibrated is not None:
+            ds.DateOfLastCalibration, ds.TimeOfLastCalibration = _da(calibrated), _tm(calibrated)
     ds.Modality = "OP"
     ds.SeriesInstanceUID = uids["photo_series"]
     ds.SeriesNumber = 1
@@ -551,7 +563,7 @@ def _report(study: EyeStudy, result: StoredResult, uids: dict[str, str], photo: 
                 manufacturer_name=MANUFACTURER, model_name=MODEL_NAME, serial_number=study.device_id))),
         procedure_reported=SCREENING, imaging_measurements=groups, referenced_images=[photo])
     root = report[0]
-    root.ContentSequence.append(_qualitative_evaluations(result))
+    root.ContentSequence.append(_qualitative_evaluations(result, study))
     evidence = [photo] if seg is None else [photo, seg]
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=root, series_instance_uid=uids["sr_series"], series_number=3,
@@ -630,10 +642,11 @@ def _progression_items(p: Assessment) -> list[hd.sr.TextContentItem]:
     return items
 
 
-def _qualitative_evaluations(result: StoredResult) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(result: StoredResult, study: EyeStudy) -> hd.sr.ContainerContentItem:
     """TID 1500's root "Qualitative Evaluations": the referral's reasons, the comparison with the eye's
     first visit (the verdict, how well the photos lined up, each measure's change against its noise and
-    the trend) and the model versions, in words."""
+    the trend), the model versions, the optical calibration the photo was corrected with and the light the
+    eye got, in words."""
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [hd.sr.TextContentItem(REFERRAL_REASON, str(reason), relationship_type="CONTAINS")
              for reason in result.reasons]
@@ -641,5 +654,36 @@ def _qualitative_evaluations(result: StoredResult) -> hd.sr.ContainerContentItem
         items += _progression_items(result.progression)
     items += [hd.sr.TextContentItem(MODEL_VERSION, f"{name}: {version}", relationship_type="CONTAINS")
               for name, version in sorted(result.model_versions.items())]
+    items.append(hd.sr.TextContentItem(OPTICAL_CALIBRATION, (_calibration_text(study.calibration) if study.calibration
+                                                             else "Not corrected: the optic module had no calibration")[:1024],
+                                       relationship_type="CONTAINS"))
+    if study.light_dose:
+        items.append(hd.sr.TextContentItem(LIGHT_DOSE, _light_dose_text(study.light_dose), relationship_type="CONTAINS"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _calibration_text(calibration: dict) -> str:
+    return (f"Corrected for dark level, flat field and white balance with optical calibration version "
+            f"{calibration.get('version')} of {calibration.get('date')} (optic module {calibration.get('module_serial')})")
+
+
+def _calibration_time(calibration: dict) -> datetime | None:
+    try:
+        return _utc(datetime.fromisoformat(str(calibration.get("date"))))
+    except ValueError:
+        return None
+
+
+def _light_dose_text(dose: dict) -> str:
+    """The light the eye got in the visit, in physical units, and the limits it was checked against."""
+    preview, flash, limits = dose.get("preview", {}), dose.get("flash", {}), dose.get("limits", {})
+    text = (f"Preview {preview.get('seconds', 0):.1f} s, {preview.get('radiant_exposure_mj_cm2', 0):.4g} mJ/cm2 "
+            f"(mean {preview.get('mean_irradiance_mw_cm2', 0):.4g} mW/cm2); {flash.get('count', 0)} flashes, "
+            f"{flash.get('seconds', 0):.2f} s, {flash.get('radiant_exposure_mj_cm2', 0):.4g} mJ/cm2; in all "
+            f"{dose.get('radiant_exposure_mj_cm2', 0):.4g} mJ/cm2, at most {dose.get('peak_irradiance_mw_cm2', 0):.4g} "
+            f"mW/cm2 at the pupil. Limits: {limits.get('max_irradiance_mw_cm2', '?')} mW/cm2 continuous, "
+            f"{limits.get('visit_exposure_mj_cm2', '?')} mJ/cm2 per eye per visit ({limits.get('basis', '')})")
+    if dose.get("stopped"):
+        text += f". The lights were stopped: {dose['stopped']}"
+    return text[:1024]

@@ -6,9 +6,11 @@ person asks first about a unit far away: which software and models it runs (and 
 still match their hashes), how full its disk is, how many results wait to be sent or were refused, the
 last sending errors, the last check for new models, and how long the unit has been up.
 
-A figure the unit does not keep is left out rather than guessed: the per-unit optical calibration
-(reported as "none" while the unit has none) and light-dose totals (absent: the capture loop does not
-record them yet).
+A figure the unit does not keep is null rather than guessed. `calibration` is what the unit's own optical
+calibration file (DataDir.calibration) says, as it says it, with its age in days where it names its date, or
+null where the unit has none. `light_dose_totals` adds up the visit log's light ledger (every eye's radiant
+exposure, the highest one eye got, the highest irradiance, the eyes whose light was stopped at a limit); null
+on a unit that has no visit log yet.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def report(config: Config, visits: VisitLog | None = None) -> dict:
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "software": {"version": shipped_release(), "python": platform.python_version()},
         "models": _models(files),
-        "calibration": "none",  # no per-unit optical calibration is recorded on this unit
+        "calibration": _calibration(files),
+        "light_dose_totals": None,
         "disk": _disk(files.root),
         "uptime_s": _uptime(),
     }
@@ -79,6 +82,26 @@ def _models(files: DataDir) -> dict:
             "versions": registry.versions(folder), **({"damaged": damaged} if damaged else {})}
 
 
+def _calibration(files: DataDir) -> dict | None:
+    """The optical calibration file as it stands, or None where there is none; one that cannot be read says so
+    (the report goes out all the same)."""
+    try:
+        found = json.loads(files.calibration.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"error": f"{files.calibration.name} cannot be read: {exc}"}
+    if not isinstance(found, dict):
+        return {"error": f"{files.calibration.name} is not a JSON object"}
+    try:
+        when = dt.datetime.fromisoformat(str(found["date"]))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+    except (KeyError, ValueError):
+        return found  # a file that names no date: its age is not ours to guess
+    return found | {"age_days": round((dt.datetime.now(dt.timezone.utc) - when).total_seconds() / 86400, 1)}
+
+
 def _disk(root: Path) -> dict:
     probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
     usage = shutil.disk_usage(probe)
@@ -88,7 +111,7 @@ def _disk(root: Path) -> dict:
 
 def _queue(visits: VisitLog) -> dict:
     return {"queue": visits.outbox_counts(), "last_errors": visits.outbox_recent_failures(RECENT_ERRORS),
-            "last_attempt": visits.outbox_last_attempt()}
+            "last_attempt": visits.outbox_last_attempt(), "light_dose_totals": visits.light_dose_totals()}
 
 
 def _uptime() -> float | None:
@@ -105,6 +128,14 @@ def _release_check(files: DataDir) -> dict | None:
         return None
 
 
+def _calibration_text(calibration: dict | None) -> str:
+    if calibration is None:
+        return "none on this unit"
+    if "error" in calibration:
+        return f"UNREADABLE: {calibration['error']}"
+    return json.dumps(calibration, sort_keys=True)
+
+
 def as_text(health: dict) -> str:
     """The report as an IT person reads it on a terminal (`glaucoscreen health --json` gives the JSON)."""
     models = health["models"]
@@ -118,7 +149,9 @@ def as_text(health: dict) -> str:
         state = "files match their hashes" if models.get("ok") else "DAMAGED: " + "; ".join(models.get("damaged", []))
         lines.append(f"models    release {models['release']}{' (shipped)' if models.get('shipped') else ''}, {state}")
         lines += [f"          {name} {version}" for name, version in sorted(models.get("versions", {}).items())]
-    lines.append(f"calibration {health['calibration']}")
+    lines.append(f"calibration {_calibration_text(health['calibration'])}")
+    doses = health.get("light_dose_totals")
+    lines.append(f"light dose {'not recorded yet' if doses is None else json.dumps(doses, sort_keys=True)}")
     lines.append(f"disk      {disk['free_bytes'] / 2**30:.1f} GB free of {disk['total_bytes'] / 2**30:.1f} GB")
     lines.append(f"queue     {queue['pending']} waiting to be sent, {queue['quarantined']} quarantined, {queue['sent']} sent")
     for error in health.get("last_errors", []):

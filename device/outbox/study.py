@@ -28,7 +28,7 @@ def eye_study(visits: VisitLog, item_id: int, *, device_id: str) -> EyeStudy:
         patient_id=patient["identifier"], patient_name=patient["name"], year_of_birth=patient["year_of_birth"],
         sex=patient["sex"], captured_at=dt.datetime.fromisoformat(capture["captured_at"]),
         photo_jpeg=visits.images.get(capture["photo_sha256"]), disc_mask=disc, cup_mask=cup,
-        result=result["screening"])
+        result=result["screening"], calibration=capture.get("calibration"), light_dose=eye.get("light_dose"))
 
 
 UNENCODABLE = (ValueError, LookupError, FileNotFoundError, CorruptImageError, ImageError)

@@ -6,12 +6,13 @@ the same study as a Comprehensive SR of its own series: a root container "Readin
 verdict as a coded item, the note as text and the grader as the person observer, with the eye's photo and the
 unit's report as its evidence. The codes are `device.outbox.codes`'.
 
-The unit's sync asks the PACS (QIDO-RS, by study UID) for the SR instances of each study it sent that has no
-verdict yet, fetches those it has not seen (WADO-RS), and keeps each verdict once in the visit log, keyed by
-the SR's SOP Instance UID: a run killed half-way, or asked again, records nothing twice. A study is asked
-about until its verdict comes, for at most VERDICT_WAIT_DAYS after it was sent, and each run asks about at
-most ASKED_PER_RUN studies, those asked about longest ago first: a busy unit's questions stay bounded, and
-each waiting study is still asked about in turn. A verdict corrected after the unit has one is not fetched.
+The unit's sync asks the PACS (QIDO-RS, by study UID) for the SR instances of each study it sent, fetches those
+it has not seen (WADO-RS), and keeps each verdict once in the visit log, keyed by the SR's SOP Instance UID: a
+run killed half-way, or asked again, records nothing twice. A grader corrects a verdict by writing another SR
+in the study; the unit keeps both, and the later one (by its content date and time) is the one that counts. So
+a study is asked about for VERDICT_WAIT_DAYS after it was sent, verdict or not, and each run asks about at most
+ASKED_PER_RUN studies, those never asked first, then those asked about longest ago: a busy unit's questions
+stay bounded, and every study is still asked about in turn.
 """
 from __future__ import annotations
 
@@ -116,7 +117,11 @@ def read_verdict(ds: Dataset) -> Verdict | None:
     if verdict is None:
         return None
     try:
-        when = dt.datetime.strptime(f"{ds.ContentDate}{str(ds.ContentTime).split('.')[0]:0<6}", "%Y%m%d%H%M%S")
+        # the fraction of a second too: a grader who corrects a verdict within the second must still be the latest
+        seconds, _, fraction = str(ds.ContentTime).partition(".")
+        when = dt.datetime.strptime(f"{ds.ContentDate}{seconds:0<6}", "%Y%m%d%H%M%S")
+        if fraction:
+            when = when.replace(microsecond=int(f"{fraction:0<6}"[:6]))
     except (AttributeError, ValueError):
         log.warning("verdict %s has no readable content date and time: not kept", ds.get("SOPInstanceUID"))
         return None
@@ -137,10 +142,10 @@ class VerdictReport:
 
 
 def fetch_verdicts(visits: VisitLog, client: DicomWebClient, *, now: dt.datetime | None = None) -> VerdictReport:
-    """Ask the PACS for the verdicts on this unit's studies that have none yet, and keep each new one once."""
+    """Ask the PACS for the verdicts on this unit's studies (new ones and corrections), and keep each new one once."""
     now = now or dt.datetime.now(dt.timezone.utc)
     report = VerdictReport()
-    for eye in visits.eyes_awaiting_verdict(sent_since=now - dt.timedelta(days=VERDICT_WAIT_DAYS), limit=ASKED_PER_RUN):
+    for eye in visits.eyes_to_ask_for_verdicts(sent_since=now - dt.timedelta(days=VERDICT_WAIT_DAYS), limit=ASKED_PER_RUN):
         uids = study_uids(eye["visit_uuid"], eye["eye"])
         try:
             report.studies_asked += 1

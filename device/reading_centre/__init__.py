@@ -4,7 +4,9 @@ verdict that goes back to the unit (`device.outbox.verdicts`).
 It holds no patient data of its own: the worklist, the photos and the verdicts are the PACS's, over DICOMweb.
 It keeps the kiosk's conventions: accounts with a PIN (`device.accounts`, in this machine's data folder;
 `glaucoscreen user add NAME` makes a grader), sign-in on every page but the sign-in page, a CSRF token on every
-form, only its own host names, and no caching of patient pages (`device.kiosk.security`).
+form, only its own host names, and no caching of patient pages (`device.kiosk.security`), and its languages
+(`device.kiosk.languages`: the same catalogs, `?lang=xx` on any page, a switch in the bar, and each grader's account
+language from sign-in on).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ DEFAULT_PORT = 8090
 def create_app(room: ReadingRoom, accounts: Accounts, *, host: str = "127.0.0.1", allowed_hosts: list[str] | None = None,
                session_timeout_min: float = 30, secret_key: bytes | None = None, testing: bool = False) -> Flask:
     """The review app over `room`'s PACS, signing graders in with `accounts`."""
-    from device.kiosk import security
+    from device.kiosk import languages, security
+    from device.kiosk.wording import said
     from device.reading_centre import review, signin
 
     app = Flask(__name__)
@@ -38,6 +41,8 @@ def create_app(room: ReadingRoom, accounts: Accounts, *, host: str = "127.0.0.1"
         ALLOWED_HOSTS=security.allowed_hosts(host, allowed_hosts or []))
     app.extensions["glaucoscreen.accounts"] = accounts  # what device.kiosk.security checks each session against
     app.extensions["glaucoscreen.reading_room"] = room
+    languages.init_app(app)  # first: the language a page is in is chosen before anything answers
+    app.jinja_env.filters["said"] = said  # the unit's reasons, recorded in English, in the grader's language
     security.init_app(app)
     review.init_app(app)
     app.register_blueprint(signin.bp)

@@ -8,6 +8,7 @@ each and kept in memory: an instance never changes under its UID.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pydicom import Dataset
 from pydicom.encaps import generate_frames
 
 from device.outbox import codes
+from device.outbox.dicom import PROGRESSION, PROGRESSION_CHANGE, PROGRESSION_TREND, REGISTRATION_QUALITY
 from device.outbox.dicomweb import DicomWebClient, StoreResult
 from device.outbox.verdicts import SERIES_DESCRIPTION, Verdict, build_verdict_sr, read_verdict
 from models.runtime.images import decode_rgb, encode_jpeg
@@ -27,9 +29,15 @@ REFERRAL_ORDER = {"refer": 0, "rescreen": 1, "normal": 2}
 PROBABILITY = ("122157", "DCM")
 VCDR = (codes.VCDR.code, "DCM")
 REFERRAL_REASON = ("referral-reason", codes.LOCAL_DESIGNATOR)
+# the comparison with the eye's first visit, as the unit wrote it (device.outbox.dicom): the verdict with its figures,
+# how well the photos lined up, each measure's change against its noise, the trend
+_CHANGE_ITEMS = {(c.value, c.scheme_designator): name for c, name in (
+    (PROGRESSION, "summary"), (REGISTRATION_QUALITY, "registration"), (PROGRESSION_CHANGE, "changes"),
+    (PROGRESSION_TREND, "trend"))}
 _LISTED = ["SeriesDescription", "StudyDate", "StudyTime", "StudyDescription", "PatientName", "PatientID",
            "ContentDate", "ContentTime"]
 _KEPT = 2000  # reports and verdicts kept in memory (tens of kB each): a worklist's worth
+_SIDE = re.compile(r"\b(right|left) eye\b")  # in the unit's study description: "Glaucoma screening, right eye"
 
 
 @dataclass
@@ -47,6 +55,24 @@ class Eye:
     vcdr: float | None = None
     reasons: list[str] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    # the unit's comparison with the eye's first visit, in its words: summary, registration, trend (one each) and
+    # changes (one a measure); empty where the eye was not compared
+    progression: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def side(self) -> str | None:
+        """"right" or "left", from the unit's study description (which is English, so the page names the eye in
+        the grader's words); None for a description the unit did not write."""
+        found = _SIDE.search(self.description)
+        return found.group(1) if found else None
+
+    @property
+    def study_day(self) -> dt.date | None:
+        """The study's date (DICOM's YYYYMMDD), or None when the PACS holds none or a malformed one."""
+        try:
+            return dt.datetime.strptime(self.study_date[:8], "%Y%m%d").date()
+        except ValueError:
+            return None
 
     @property
     def verdict(self) -> Verdict | None:
@@ -70,7 +96,8 @@ def _concept(item: Dataset) -> tuple[str, str] | None:
 
 
 def read_unit_report(eye: Eye, report: Dataset) -> None:
-    """The unit's referral, glaucoma probability, vCDR and reasons, from its TID 1500 report."""
+    """The unit's referral, glaucoma probability, vCDR and reasons, and its comparison with the eye's first visit,
+    from its TID 1500 report."""
     referral_code = (codes.REFERRAL.code, codes.LOCAL_DESIGNATOR)
     for item in _walk(report.get("ContentSequence")):
         concept = _concept(item)
@@ -84,6 +111,8 @@ def read_unit_report(eye: Eye, report: Dataset) -> None:
                 eye.vcdr = value
         elif concept == REFERRAL_REASON:
             eye.reasons.append(str(item.get("TextValue", "")))
+        elif concept in _CHANGE_ITEMS:
+            eye.progression.setdefault(_CHANGE_ITEMS[concept], []).append(str(item.get("TextValue", "")))
 
 
 class ReadingRoom:

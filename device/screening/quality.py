@@ -89,6 +89,12 @@ class Reason:
         return cls(code, MESSAGES[code])
 
 
+# what is said of a threshold out of its range, after the setting's name (the kiosk's settings page shows it in the
+# administrator's language, device/kiosk/wording.py)
+SETTING_RANGE = N_("must lie between {low} and {high}, not {value}")
+SETTING_RADII = N_("is in field radii, between {low} and {high}, not {value}")
+
+
 @dataclass
 class QualitySettings:
     """Every threshold of the gate, in one place (the unit's config can override each by name).
@@ -125,12 +131,12 @@ class QualitySettings:
                 raise ValueError(f"quality setting {f.name} must be a number, not {value!r}")
             if f.name == "min_red_ratio":
                 if not 0.5 <= value <= 3.0:
-                    raise ValueError(f"quality setting min_red_ratio must lie between 0.5 and 3, not {value}")
+                    raise ValueError(f"quality setting {f.name} " + SETTING_RANGE.format(low="0.5", high="3", value=value))
             elif f.name == "max_disc_offset":
                 if not 0.0 < value <= 1.0:
-                    raise ValueError(f"quality setting max_disc_offset is in field radii, between 0 and 1, not {value}")
+                    raise ValueError(f"quality setting {f.name} " + SETTING_RADII.format(low="0", high="1", value=value))
             elif not 0.0 <= value <= 1.0:
-                raise ValueError(f"quality setting {f.name} must lie between 0 and 1, not {value}")
+                raise ValueError(f"quality setting {f.name} " + SETTING_RANGE.format(low="0", high="1", value=value))
 
 
 @dataclass

@@ -11,6 +11,9 @@ Everything the unit writes at run time lives under one folder (/var/lib/glaucosc
         engines/                  TensorRT engines built for this GPU, and the precision the pipeline measured
         sync.lock                 held by the one sync that is sending
         installed-models/         model versions installed from signed bundles, and which one is active
+        calibration.json          the unit's own optical calibration, where it has one (the health report carries it)
+        calibration/              its flat-field maps and every earlier version (calibration/optical.py names them
+                                  from calibration.json's path), and the serial number of the module last seen
 
 The kiosk, the sync service and the command are separate processes that meet only in these files;
 naming them here keeps a renamed file from splitting them without anyone noticing. Only the paths
@@ -33,6 +36,7 @@ class DataDir:
     ENGINES = "engines"
     SYNC_LOCK = "sync.lock"
     MODELS = "installed-models"
+    CALIBRATION = "calibration.json"
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -79,10 +83,14 @@ class DataDir:
     def models(self) -> Path:
         return self.root / self.MODELS
 
+    @property
+    def calibration(self) -> Path:
+        return self.root / self.CALIBRATION
+
     @classmethod
     def names(cls) -> dict[str, str]:
         """Each entry's name directly under the root, by property: the whole layout, for the storage page
         and for the test that keeps it the only place the names are spelled out."""
         return {"visits_db": cls.VISITS_DB, "images": cls.IMAGES, "accounts_db": cls.ACCOUNTS_DB,
                 "settings_overrides": cls.SETTINGS_OVERRIDES, "engines": cls.ENGINES, "sync_lock": cls.SYNC_LOCK,
-                "models": cls.MODELS}
+                "models": cls.MODELS, "calibration": cls.CALIBRATION}

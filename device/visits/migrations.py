@@ -170,8 +170,33 @@ def m007_patient_language(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE patients ADD COLUMN language TEXT")
 
 
+def m008_optics_and_light(db: sqlite_utils.Database) -> None:
+    """Each capture names the still as the camera gave it (`raw_sha256`, in the image store; the photo itself is
+    the one corrected with the optic module's calibration) and that calibration (`calibration`, JSON: version,
+    date, module serial; NULL where the photo was not corrected). And the light each eye of each visit got: the
+    preview's and the flashes', as time and radiant exposure, the highest irradiance, the limits it was held to
+    and, where the lights were stopped at a limit, why. Captures and visits from before this version have none."""
+    db.execute("ALTER TABLE captures ADD COLUMN raw_sha256 TEXT")
+    db.execute("ALTER TABLE captures ADD COLUMN calibration TEXT")
+    db.execute("""CREATE TABLE light_doses (
+        visit_uuid TEXT NOT NULL REFERENCES visits(uuid),
+        eye TEXT NOT NULL CHECK (eye IN ('right', 'left')),
+        preview_s REAL NOT NULL CHECK (preview_s >= 0),
+        preview_mj_cm2 REAL NOT NULL CHECK (preview_mj_cm2 >= 0),
+        flashes INTEGER NOT NULL CHECK (flashes >= 0),
+        flash_s REAL NOT NULL CHECK (flash_s >= 0),
+        flash_mj_cm2 REAL NOT NULL CHECK (flash_mj_cm2 >= 0),
+        peak_irradiance_mw_cm2 REAL NOT NULL CHECK (peak_irradiance_mw_cm2 >= 0),
+        limits TEXT NOT NULL,
+        led_response TEXT,
+        stopped TEXT,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (visit_uuid, eye)
+    )""")
+
+
 MIGRATIONS: tuple[Migration, ...] = (m001_visit_log, m002_result_masks, m003_patient_edits, m004_follow_up,
-                                     m005_closed_visits, m006_verdicts, m007_patient_language)
+                                     m005_closed_visits, m006_verdicts, m007_patient_language, m008_optics_and_light)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

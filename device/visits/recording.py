@@ -25,10 +25,14 @@ def eye_history(visits: VisitLog, patient: str, eye: str) -> EyeHistory:
 
 
 def record_eye(visits: VisitLog, visit_uuid: str, eye: str, rgb: np.ndarray, result: ScreeningResult,
-               *, original: bytes | None = None, source: str = "camera") -> dict:
+               *, original: bytes | None = None, source: str = "camera", raw: np.ndarray | None = None,
+               calibration: dict | None = None) -> dict:
     """Photo -> image store, capture row, result row with the disc/cup overlay (JPEG, for the worker) and the
-    disc/cup masks (for the reading centre's Segmentation)."""
-    capture_id = visits.add_capture(visit_uuid, eye, photo_bytes(rgb, original), quality=result.quality.to_dict(), source=source)
+    disc/cup masks (for the reading centre's Segmentation). `raw`: the still before the optic module's
+    `calibration` corrected it into `rgb`, kept beside it (the PACS gets the corrected photo)."""
+    capture_id = visits.add_capture(visit_uuid, eye, photo_bytes(rgb, original), quality=result.quality.to_dict(), source=source,
+                                    raw_jpeg=encode_jpeg(raw, quality=95) if raw is not None else None,
+                                    calibration=calibration)
     overlay = encode_jpeg(result.overlay(rgb), quality=88)
     masks = None
     if result.segmentation is not None:

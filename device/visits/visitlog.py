@@ -53,6 +53,11 @@ VERDICTS_CALLING_BACK = ("urgent", "refer", "retake")  # those that need the pat
 _SEX = {"f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O"}
 # why a visit left unfinished was closed: recorded in English, shown in the reader's language
 ABANDONED = N_("Abandoned: not finished within {hours} hours")
+# why a patient's visit to the eye clinic was not recorded (the kiosk says it in the worker's language)
+NOT_REFERRED = N_("visit {visit} did not refer its patient")
+SEEN_OUTSIDE = N_("the day seen ({day}) must lie between the visit and today")
+# why a correction of a registration was refused (the kiosk checks first; this is two admins at once)
+ANOTHER_REGISTRATION = N_("clinic number {number} belongs to another registration: merge the two instead")
 _BUSY_TIMEOUT_S = 10.0
 
 
@@ -172,6 +177,20 @@ def fold(text: str | None) -> str:
     folding), so "Ánh" and "anh", "Nguyễn" and "NGUYEN" are one."""
     decomposed = unicodedata.normalize("NFKD", text or "")
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _dose(row: dict) -> dict:
+    """A light_doses row in the shape the capture report gives (`hardware.light_dose.EyeDose.to_dict`)."""
+    def mean(mj: float, s: float) -> float:
+        return round(mj / s, 6) if s > 0 else 0.0
+
+    return {"preview": {"seconds": row["preview_s"], "radiant_exposure_mj_cm2": row["preview_mj_cm2"],
+                        "mean_irradiance_mw_cm2": mean(row["preview_mj_cm2"], row["preview_s"])},
+            "flash": {"count": row["flashes"], "seconds": row["flash_s"], "radiant_exposure_mj_cm2": row["flash_mj_cm2"],
+                      "mean_irradiance_mw_cm2": mean(row["flash_mj_cm2"], row["flash_s"])},
+            "radiant_exposure_mj_cm2": round(row["preview_mj_cm2"] + row["flash_mj_cm2"], 6),
+            "peak_irradiance_mw_cm2": row["peak_irradiance_mw_cm2"], "limits": json.loads(row["limits"]),
+            "led_response": row["led_response"], "stopped": row["stopped"], "recorded_at": row["recorded_at"]}
 
 
 class VisitLog:
@@ -319,8 +338,7 @@ class VisitLog:
             if "identifier" in changes:
                 other = self.get_patient(new_identifier)
                 if other is not None and other["id"] != patient["id"]:
-                    raise ValueError(f"clinic number {other['identifier']!r} belongs to another registration: "
-                                     "merge the two instead")
+                    raise ValueError(ANOTHER_REGISTRATION.format(number=repr(other["identifier"])))
             if not changes:
                 return {"changes": {}, "requeued": 0}
             db.table("patients").update(patient["id"], {k: v for k, (_, v) in changes.items()})
@@ -405,19 +423,29 @@ class VisitLog:
                                  "device_id": device_id, "status": "open", "started_at": self._now()})
         return visit_uuid
 
-    def add_capture(self, visit_uuid: str, eye: str, photo_jpeg: bytes, *, quality: dict, source: str = "camera") -> int:
-        """Store the photo durably, then commit the capture; a retake is another capture, and the latest counts."""
+    def add_capture(self, visit_uuid: str, eye: str, photo_jpeg: bytes, *, quality: dict, source: str = "camera",
+                    raw_jpeg: bytes | None = None, calibration: dict | None = None) -> int:
+        """Store the photo durably, then commit the capture; a retake is another capture, and the latest counts.
+        `raw_jpeg`: the still as the camera gave it, where `photo_jpeg` is that still corrected with the optic
+        module's `calibration` (its version, date and module serial); both are kept."""
         _check_eye(eye)
-        if not isinstance(photo_jpeg, (bytes, bytearray)) or bytes(photo_jpeg[:2]) != b"\xff\xd8":
-            raise ValueError("the photo must be the bytes of a JPEG file")
+        for what, data in (("photo", photo_jpeg), ("raw still", raw_jpeg)):
+            if (data is not None or what == "photo") and (not isinstance(data, (bytes, bytearray))
+                                                          or bytes(data[:2]) != b"\xff\xd8"):
+                raise ValueError(f"the {what} must be the bytes of a JPEG file")
         if not isinstance(quality, dict):
             raise ValueError("quality must be the quality gate's report as a dict")
+        if calibration is not None and not (isinstance(calibration, dict) and "version" in calibration):
+            raise ValueError("the calibration must say its version, as OpticalCalibration.summary() does")
         quality_json = _to_json(quality, "quality report")
+        calibration_json = _to_json(calibration, "calibration") if calibration is not None else None
         with self._write() as db:
             self._writable_visit(visit_uuid)
             sha = self.images.put(photo_jpeg)
+            raw_sha = self.images.put(raw_jpeg) if raw_jpeg is not None else None
             capture_id = db.table("captures").insert({"visit_uuid": visit_uuid, "eye": eye, "photo_sha256": sha,
                                                       "quality": quality_json, "source": source,
+                                                      "raw_sha256": raw_sha, "calibration": calibration_json,
                                                       "captured_at": self._now()}).last_pk
             assert capture_id is not None  # an insert into a rowid table always sets last_pk
             db.execute("DELETE FROM skipped_eyes WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
@@ -462,6 +490,57 @@ class VisitLog:
             result_id = db.table("results").insert(row).last_pk
             assert result_id is not None  # an insert into a rowid table always sets last_pk
             return result_id
+
+    # -- the light each eye got ---------------------------------------------------------------------
+    def record_light_dose(self, visit_uuid: str, eye: str, dose: dict) -> None:
+        """Record the light one eye of the visit has had so far (`CaptureLoop.light_dose()`: the figures, the limits
+        they were checked against, why the lights were stopped if they were). The ledger only grows, so a record
+        that says less than the one kept (a late, stale report) leaves it as it is; a finished visit still takes
+        the last light of its eyes, which the unit books when it moves on."""
+        _check_eye(eye)
+        try:
+            preview, flash = dose["preview"], dose["flash"]
+            total = float(preview["radiant_exposure_mj_cm2"]) + float(flash["radiant_exposure_mj_cm2"])
+            row: dict[str, Any] = {
+                "visit_uuid": visit_uuid, "eye": eye, "preview_s": float(preview["seconds"]),
+                "preview_mj_cm2": float(preview["radiant_exposure_mj_cm2"]), "flashes": int(flash["count"]),
+                "flash_s": float(flash["seconds"]), "flash_mj_cm2": float(flash["radiant_exposure_mj_cm2"]),
+                "peak_irradiance_mw_cm2": float(dose["peak_irradiance_mw_cm2"]),
+                "limits": _to_json(dose["limits"], "light limits"), "led_response": dose.get("led_response"),
+                "stopped": dose.get("stopped")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"a light dose needs its preview, flash, peak irradiance and limits ({exc})") from None
+        with self._write() as db:
+            self._visit_row(visit_uuid)
+            known = self._one("SELECT preview_mj_cm2 + flash_mj_cm2 AS total, stopped FROM light_doses "
+                              "WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
+            if known is not None and known["total"] > total + 1e-12:
+                return
+            if known is not None and row["stopped"] is None:
+                row["stopped"] = known["stopped"]
+            row["recorded_at"] = self._now()
+            db.table("light_doses").upsert(row, pk=("visit_uuid", "eye"))
+
+    def light_dose(self, visit_uuid: str, eye: str) -> dict | None:
+        """What one eye of the visit got, as `record_light_dose` took it (with its total); None: none recorded."""
+        row = self._one("SELECT * FROM light_doses WHERE visit_uuid = ? AND eye = ?", (visit_uuid, eye))
+        return None if row is None else _dose(row)
+
+    def light_doses(self, visit_uuid: str) -> dict[str, dict]:
+        """Per eye of the visit, the light it got (eyes without a record left out)."""
+        return {row["eye"]: _dose(row) for row in self._rows("SELECT * FROM light_doses WHERE visit_uuid = ?",
+                                                             (visit_uuid,))}
+
+    def light_dose_totals(self) -> dict:
+        """The light this unit has put into eyes, all visits together: what a programme's health page shows
+        beside each unit, so one whose doses creep up (an ageing LED, a worker who leaves the preview on) stands out."""
+        [row] = self._rows("""SELECT count(*) AS eyes, coalesce(sum(preview_mj_cm2 + flash_mj_cm2), 0) AS total,
+                                     max(preview_mj_cm2 + flash_mj_cm2) AS highest, max(peak_irradiance_mw_cm2) AS peak,
+                                     count(stopped) AS stopped
+                              FROM light_doses""")
+        return {"eyes": row["eyes"], "radiant_exposure_mj_cm2": round(row["total"], 6),
+                "highest_per_eye_mj_cm2": None if row["highest"] is None else round(row["highest"], 6),
+                "peak_irradiance_mw_cm2": row["peak"], "stopped_at_a_limit": row["stopped"]}
 
     def skip_eye(self, visit_uuid: str, eye: str, reason: str) -> None:
         """Record why an eye was not screened; a later capture of that eye clears it."""
@@ -523,7 +602,7 @@ class VisitLog:
     def _eyes(self, visit_uuid: str) -> dict[str, dict]:
         """Per eye: its latest capture, that capture's result, the skip reason and how many photos were taken."""
         eyes: dict[str, dict[str, Any]] = {eye: {"capture": None, "result": None, "skipped": None, "captures": 0,
-                                                 "verdict": None} for eye in EYES}
+                                                 "verdict": None, "verdicts_before": []} for eye in EYES}
         for c in self._rows(
                 """SELECT c.*, (SELECT count(*) FROM captures k WHERE k.visit_uuid = c.visit_uuid AND k.eye = c.eye) AS n
                    FROM captures c
@@ -532,6 +611,7 @@ class VisitLog:
                 (visit_uuid,)):
             eyes[c["eye"]]["captures"] = c.pop("n")
             c["quality"] = json.loads(c["quality"])
+            c["calibration"] = json.loads(c["calibration"]) if c.get("calibration") else None
             eyes[c["eye"]]["capture"] = c
             r = self._one("SELECT * FROM results WHERE capture_id = ?", (c["id"],))
             if r is not None:
@@ -540,8 +620,8 @@ class VisitLog:
                 eyes[c["eye"]]["result"] = r
         for s in self._rows("SELECT eye, reason FROM skipped_eyes WHERE visit_uuid = ?", (visit_uuid,)):
             eyes[s["eye"]]["skipped"] = s["reason"]
-        for eye, verdict in self.latest_verdicts(visit_uuid).items():
-            eyes[eye]["verdict"] = verdict
+        for eye, (verdict, *before) in self.verdicts_by_eye(visit_uuid).items():
+            eyes[eye]["verdict"], eyes[eye]["verdicts_before"] = verdict, before
         return eyes
 
     def get_visit(self, visit_uuid: str) -> dict:
@@ -631,25 +711,25 @@ class VisitLog:
         with self._write() as db:
             visit = self._visit_row(visit_uuid)
             if visit_uuid not in {r["visit_uuid"] for r in self.referred_visits()}:
-                raise ValueError(f"visit {visit_uuid} did not refer its patient")
+                raise ValueError(NOT_REFERRED.format(visit=visit_uuid))
             # `on` is a day of the clinic's calendar; the visit is stored in UTC, so compare local days
             visit_day = dt.datetime.fromisoformat(visit["started_at"]).astimezone().date()
             if on < visit_day or on > self._clock().astimezone().date():
-                raise ValueError(f"the day seen ({on}) must lie between the visit and today")
+                raise ValueError(SEEN_OUTSIDE.format(day=on.isoformat()))
             db.execute("""INSERT INTO attended_referrals (visit_uuid, attended_on, recorded_by, recorded_at)
                           VALUES (?, ?, ?, ?) ON CONFLICT (visit_uuid) DO UPDATE SET attended_on = excluded.attended_on,
                           recorded_by = excluded.recorded_by, recorded_at = excluded.recorded_at""",
                        (visit_uuid, on.isoformat(), by, self._now()))
 
     # -- the reading centre's verdicts ---------------------------------------------------------------
-    def eyes_awaiting_verdict(self, *, sent_since: dt.datetime, limit: int = 100) -> list[dict]:
-        """At most `limit` eyes whose DICOM reached the PACS since `sent_since` and that have no verdict yet: those
-        never asked about first, then those asked about longest ago. What sync asks the PACS about."""
+    def eyes_to_ask_for_verdicts(self, *, sent_since: dt.datetime, limit: int = 100) -> list[dict]:
+        """At most `limit` eyes whose DICOM reached the PACS since `sent_since`: those never asked about first, then
+        those asked about longest ago. What sync asks the PACS about; an eye with a verdict is asked about still,
+        because a grader may correct it."""
         return self._rows(
             """SELECT o.visit_uuid, o.eye FROM outbox o
                LEFT JOIN verdict_checks c ON c.visit_uuid = o.visit_uuid AND c.eye = o.eye
                WHERE o.kind = ? AND o.status = 'sent' AND o.sent_at >= ?
-                 AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.visit_uuid = o.visit_uuid AND d.eye = o.eye)
                ORDER BY c.checked_at IS NOT NULL, c.checked_at, o.id LIMIT ?""",
             (OUTBOX_KIND, _iso(sent_since), int(limit)))
 
@@ -678,8 +758,16 @@ class VisitLog:
 
     def latest_verdicts(self, visit_uuid: str) -> dict[str, dict]:
         """Per eye of the visit, the reading centre's latest verdict (a grader may correct one); eyes without none."""
-        rows = self._rows("SELECT * FROM verdicts WHERE visit_uuid = ? ORDER BY graded_at, received_at", (visit_uuid,))
-        return {row["eye"]: row for row in rows}
+        return {eye: verdicts[0] for eye, verdicts in self.verdicts_by_eye(visit_uuid).items()}
+
+    def verdicts_by_eye(self, visit_uuid: str) -> dict[str, list[dict]]:
+        """Per eye of the visit, every verdict the reading centre gave, the latest first: the one that counts, then
+        those it corrected, which the worker may already have told the patient."""
+        eyes: dict[str, list[dict]] = {}
+        for row in self._rows("SELECT * FROM verdicts WHERE visit_uuid = ? ORDER BY graded_at DESC, received_at DESC",
+                              (visit_uuid,)):
+            eyes.setdefault(row["eye"], []).append(row)
+        return eyes
 
     def verdicts_calling_back(self) -> list[dict]:
         """Eyes whose latest verdict asks the patient to come back and who have not: for a referral, not yet seen
@@ -749,9 +837,11 @@ class VisitLog:
         assert patient is not None and capture is not None and result is not None
         patient["consent"] = bool(patient["consent"])
         capture["quality"] = json.loads(capture["quality"])
+        capture["calibration"] = json.loads(capture["calibration"]) if capture.get("calibration") else None
         result["gradable"] = bool(result["gradable"])
         result["screening"] = json.loads(result.pop("result_json"))
-        return {"item": item, "visit": visit, "patient": patient, "capture": capture, "result": result}
+        return {"item": item, "visit": visit, "patient": patient, "capture": capture, "result": result,
+                "light_dose": self.light_dose(item["visit_uuid"], item["eye"])}
 
     def outbox_listed(self, status: str) -> list[dict]:
         """The items with this status as the sending page lists them: the patient's name and clinic number and the

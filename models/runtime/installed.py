@@ -4,7 +4,8 @@ Under the unit's data folder (`<data dir>/installed-models/`):
 
     versions/<version>/   one unpacked bundle each: models/ (what the registry loads), checks/, bundle.json, bundle.sig
     incoming/             a bundle being unpacked and checked; anything here at start is a cut-short install
-    active.json           which version is active, the ones before it (for rollback), the shipped release then
+    active.json           which version is active, the ones before it (for rollback), those a rollback left, the
+                          shipped release then
     install.lock          held by the one install or rollback under way
 
 The models shipped with the software (`models/artifacts/`) count as the first installed version, under
@@ -16,6 +17,9 @@ only then is active.json replaced (temporary file, fsync, rename). Until that re
 stands and names whole files; after it the new one does. Leftovers of a cut (a folder in incoming/, a
 version no pointer names) are removed by `recover`, which every install, rollback and the kiosk's start
 runs first.
+
+A rollback only moves the pointer: the version it leaves stays whole in versions/ (listed, with its hashes, by
+`models list`), so an IT person can see what was taken out of use and a later install of it is a plain install.
 
 A software update brings its own models: when the shipped release differs from the one recorded at the
 last switch, the shipped models are active again (an older installed bundle never outlives an update).
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 VERSIONS, INCOMING, POINTER, LOCK = "versions", "incoming", "active.json", "install.lock"
-KEEP_PREVIOUS = 3  # versions kept to roll back to, besides the active one and the shipped
+KEEP_PREVIOUS = 3  # installed versions kept besides the active one and the shipped: a rollback's first, then those it left
 
 
 def shipped_release() -> str:
@@ -121,16 +125,14 @@ class ModelStore:
         return folder, version, state.get("switch")
 
     def listing(self, verify: bool = True) -> list[dict]:
-        """Every version a rollback can reach, oldest first (the shipped one first), each with its files' sha256
-        and whether the files still match; the active one marked."""
+        """Every version the unit holds, the shipped one first, then the installed ones by version, each with its
+        files' sha256 and whether the files still match; the active one marked, and those a rollback left."""
         state = self._state()
         active = self._current(state) or self.shipped_version
-        out = [self._describe_shipped(verify) | {"active": active == self.shipped_version}]
-        chain = [v for v in state.get("previous", []) if v != self.shipped_version] if self._current(state) else []
-        if self._current(state):
-            chain.append(active)
-        for version in chain:
-            out.append(self._describe(version, verify) | {"active": version == active})
+        left = set(state.get("rolled_back", []))
+        out = [self._describe_shipped(verify) | {"active": active == self.shipped_version, "rolled_back": False}]
+        for version in sorted(_kept(state) - {self.shipped_version}, key=bundles.parse_version):
+            out.append(self._describe(version, verify) | {"active": version == active, "rolled_back": version in left})
         return out
 
     def _describe_shipped(self, verify: bool) -> dict:
@@ -186,8 +188,7 @@ class ModelStore:
             for entry in incoming.iterdir():
                 _remove(entry)
                 removed.append(str(entry))
-        state = self._state()
-        keep = set(state.get("previous", [])) | {state.get("version")}
+        keep = _kept(self._state())
         versions = self.root / VERSIONS
         if versions.is_dir():
             for entry in versions.iterdir():
@@ -230,15 +231,15 @@ class ModelStore:
         before = self.active_version()
         target = self.version_folder(version)
         (self.root / VERSIONS).mkdir(parents=True, exist_ok=True)
-        if target.exists():  # an older install of this version that a rollback left behind
-            _remove(target)
+        if target.exists():  # held already (a rollback left it, or a downgrade installs it again): moved out in one rename
+            os.rename(target, staged.folder.parent / "replaced")
         os.rename(staged.folder, target)
         bundles.fsync_dir(target.parent)
         if step is not None:
             step("renamed")
         previous = [v for v in state.get("previous", []) if v not in (version, before)] if self._current(state) else []
-        previous = (previous + [before])[-KEEP_PREVIOUS:]
-        self._point(version, previous)
+        left = [v for v in state.get("rolled_back", []) if v not in (version, before)]
+        self._point(version, previous + [before], left)
         if step is not None:
             step("switched")
         _remove(staged.folder.parent)
@@ -259,12 +260,23 @@ class ModelStore:
                 break
         else:
             target = self.shipped_version
-        self._point(target, previous)
+        left = [v for v in state.get("rolled_back", []) if v not in (current, target)] + [current]
+        self._point(target, previous, left)
         self.recover()
         return {"version": target, "previous": current}
 
-    def _point(self, version: str, previous: list[str]) -> None:
-        state = {"version": version, "previous": previous, "shipped": self.shipped_version,
+    def _point(self, version: str, previous: list[str], rolled_back: list[str]) -> None:
+        """Replace the pointer. At most KEEP_PREVIOUS installed versions stay besides the active one: those a
+        rollback left go first (oldest first), then the oldest a rollback would reach."""
+        def installed(versions: list[str]) -> list[str]:
+            return [v for v in versions if v != self.shipped_version]
+
+        while len(installed(previous)) + len(rolled_back) > KEEP_PREVIOUS:
+            if rolled_back:
+                rolled_back = rolled_back[1:]
+            else:
+                previous = previous[previous.index(installed(previous)[0]) + 1:]
+        state = {"version": version, "previous": previous, "rolled_back": rolled_back, "shipped": self.shipped_version,
                  "switched_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "switch": uuid.uuid4().hex}
         data = (json.dumps(state, indent=1) + "\n").encode("utf-8")
         fd, temp = tempfile.mkstemp(dir=self.root, prefix=f".{POINTER}.", suffix=".tmp")
@@ -278,6 +290,11 @@ class ModelStore:
             Path(temp).unlink(missing_ok=True)
             raise
         bundles.fsync_dir(self.root)
+
+
+def _kept(state: dict) -> set[str]:
+    """The versions the pointer names: the active one, those a rollback reaches, those a rollback left."""
+    return {v for v in [state.get("version"), *state.get("previous", []), *state.get("rolled_back", [])] if v}
 
 
 def _installed_at(folder: Path) -> str | None:

@@ -112,6 +112,44 @@ def test_evaluate_reports_the_figures_that_judge_a_model(shared_data, tmp_path):
     assert len(rows) == 8 and all("disc_dice" in r for r in rows)
 
 
+def test_calibrate_then_capture_in_simulation_carry_the_calibration_and_the_light_dose(tmp_path):
+    data = tmp_path / "unit"
+    out = run_cli("calibrate", "--simulate", "--data-dir", data)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((data / "calibration.json").read_text())
+    assert {"flat_field", "white_balance", "led_response", "module_serial", "version", "date"} <= set(saved)
+    assert saved["module_serial"] == "GSO-SIM-0001" and saved["version"] == 1
+    assert (data / "calibration" / saved["flat_field"]["file"]).is_file()
+    assert json.loads(out.stdout)["version"] == 1
+
+    out = run_cli("capture", "--simulate", "--eye", "right", "--out", tmp_path / "out", "--data-dir", data)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "out" / "capture.json").read_text())
+    assert report["captured"] and report["calibration"] == {"version": 1, "date": saved["date"],
+                                                            "module_serial": "GSO-SIM-0001"}
+    assert (tmp_path / "out" / report["raw_photo"]).is_file()  # the still before the correction, kept
+    dose, limits = report["light_dose"], report["light_dose"]["limits"]
+    assert dose["radiant_exposure_mj_cm2"] > 0 and dose["preview"]["seconds"] > 0 and dose["flash"]["count"] >= 1
+    assert 0 < dose["peak_irradiance_mw_cm2"] < limits["max_irradiance_mw_cm2"] == 0.22
+    assert dose["radiant_exposure_mj_cm2"] < limits["visit_exposure_mj_cm2"] and dose["within_limits"]
+    assert "ISO 15004-2:2007" in limits["basis"] and "calibration 1" in dose["led_response"]
+
+    out = run_cli("calibrate", "--simulate", "--data-dir", data, "--light-meter", "-3")
+    assert out.returncode == 2 and "a positive number" in out.stderr
+
+
+def test_a_capture_over_the_eyes_light_cap_is_stopped_and_says_why(tmp_path):
+    config = tmp_path / "glaucoscreen.toml"
+    config.write_text("[light_safety]\nvisit_exposure_mj_cm2 = 0.01\n")
+    out = run_cli("--config", config, "capture", "--simulate", "--eye", "left", "--out", tmp_path / "out",
+                  "--data-dir", tmp_path / "unit")
+    assert out.returncode == 1 and "the light was stopped" in out.stderr and "the lights are off" in out.stderr
+    report = json.loads((tmp_path / "out" / "capture.json").read_text())
+    assert not report["captured"] and "0.01 mJ/cm2" in report["light_stopped"]
+    assert report["light_dose"]["stopped"] and report["light_dose"]["limits"]["visit_exposure_mj_cm2"] == 0.01
+    assert report["calibration"] is None and "has not been calibrated" in report["calibration_warnings"][0]
+
+
 def test_doctor_reports_models_with_their_hashes(tmp_path):
     out = run_cli("doctor", "--json", "--simulate", "--data-dir", tmp_path)
     report = json.loads(out.stdout)

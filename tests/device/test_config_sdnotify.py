@@ -45,6 +45,22 @@ def test_unknown_setting_is_named(tmp_path):
 def test_shipped_example_config_loads():
     cfg = Config.load(REPO / "systemd" / "glaucoscreen.toml.example")
     assert cfg.data_dir == Path("/var/lib/glaucoscreen") and cfg.kiosk.host == "127.0.0.1"
+    limits = cfg.rig_options()["light_limits"]
+    assert limits.max_irradiance_mw_cm2 == 0.22 and limits.visit_exposure_mj_cm2 == 50.0
+    assert cfg.calibration.max_age_days == 90
+
+
+def test_light_limits_and_the_calibration_interval_are_checked_in_words(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[light_safety]\nvisit_exposure_mj_cm2 = 0\n")
+    with pytest.raises(ValueError, match=r"\[light_safety\] light limit visit_exposure_mj_cm2 must be a positive number"):
+        Config.load(f)
+    f.write_text("[light_safety]\nphotochemical_mw_cm2 = 0.1\n[calibration]\nmax_age_days = 30\n")
+    cfg = Config.load(f)
+    assert cfg.rig_options()["light_limits"].max_irradiance_mw_cm2 == 0.1 and cfg.calibration.max_age_days == 30
+    f.write_text("[calibration]\nmax_age_days = -1\n")
+    with pytest.raises(ValueError, match="max_age_days must be a positive number of days"):
+        Config.load(f)
 
 
 def test_notify_reaches_a_real_unix_socket(tmp_path, monkeypatch):

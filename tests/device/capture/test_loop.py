@@ -252,3 +252,65 @@ def test_a_settled_light_sends_no_repeat_commands(rig):
         assert sent[before] < level * 0.9, (sent[before], level)
     finally:
         loop.stop()
+
+
+def test_a_capture_that_would_pass_the_visits_light_cap_is_stopped_with_the_lights_off():
+    """The lights hold the per-visit cap themselves: here an eye may have 0.01 mJ/cm2, a fraction of a second of
+    preview. The ring goes off, the loop stops that eye's capture and tells the worker why, and stays running."""
+    from device.capture.loop import LIGHT_STOPPED
+    from hardware.light_dose import LightLimits
+
+    cfg = Config(simulate=True)
+    with simulated_rig(max_led_level=cfg.capture.max_led_level, max_flash_s=cfg.capture.max_flash_s, seed=3, eye_seed=3,
+                       laterality="right", light_limits=LightLimits(visit_exposure_mj_cm2=0.01)) as r:
+        loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module)
+        loop.start()
+        try:
+            loop.begin("right", dose_key="visit-a/right")
+            assert loop.wait_photo(30) is None
+            state = loop.state()
+            assert state["running"] and state["error"] is None and state["armed_eye"] == "right"
+            assert "0.01 mJ/cm2" in state["light_stopped"] and state["instruction"] == LIGHT_STOPPED
+            assert r.illumination.white.value == 0 and not r.illumination.infrared.value  # off, on the pins
+            frames = r.camera.info()["frames"]
+            assert wait_until(lambda: r.camera.info()["frames"] > frames + 5, 10)  # frames go on coming...
+            assert r.illumination.white.value == 0  # ...and the ring stays dark for this eye
+            assert loop.press_button() and wait_until(lambda: r.camera.info()["frames"] > frames + 10, 10)
+            assert loop.take_photo() is None and r.illumination.white.value == 0  # the button takes no photo either
+            dose = loop.trace()["light_dose"]
+            assert dose["stopped"] and dose["radiant_exposure_mj_cm2"] == pytest.approx(0.01, rel=0.3)
+            assert dose["limits"]["visit_exposure_mj_cm2"] == 0.01
+            loop.begin("right", dose_key="visit-a/right")  # the same eye again: still stopped
+            assert loop.state()["light_stopped"] and r.illumination.white.value == 0
+        finally:
+            loop.stop()
+
+
+def test_frames_and_stills_go_through_the_calibration_and_the_raw_still_is_kept(rig, tmp_path):
+    from calibration.measure import calibrate
+    from calibration.optical import FrameCorrection
+    from device.capture.calibration import led_response
+
+    cfg, r = rig
+    r.camera.present_target()
+    r.camera.start()
+    made = calibrate(r.camera, r.illumination, module_serial="GSO-SIM-0001", version=7, max_level=0.8,
+                     light_meter=r.light_meter)
+    r.camera.remove_target()
+    r.illumination.use_response(led_response(made))  # as the unit puts a calibration to work
+    loop = CaptureLoop(r.camera, QualityGate(), cfg.capture, illumination=r.illumination, optic_module=r.optic_module,
+                       correction=FrameCorrection(made))
+    loop.start()
+    try:
+        loop.begin("right")
+        photo = loop.wait_photo(40)
+        assert photo is not None, loop.state()
+    finally:
+        loop.stop()
+    assert photo.calibration == {"version": 7, "date": made.date, "module_serial": "GSO-SIM-0001"}
+    assert photo.trace["calibration"]["version"] == 7
+    assert photo.raw is not None and photo.raw.shape == photo.rgb.shape
+    assert np.array_equal(FrameCorrection(made)(photo.raw), photo.rgb)  # the photo is the raw still, corrected
+    dose = photo.trace["light_dose"]
+    assert dose["flash"]["count"] >= cfg.capture.burst and dose["radiant_exposure_mj_cm2"] > 0 and dose["within_limits"]
+    assert "calibration 7" in dose["led_response"]  # the dose was booked with the module's measured response

@@ -17,6 +17,7 @@ from device.kiosk import create_app
 from device.kiosk.operations import size
 from device.kiosk.usb_export import export_folder_name, find_drives
 from device.lab.sync_trials import add_visits, sample_eyes
+from device.visits.datadir import DataDir
 from models.runtime import registry
 from tests.device.kiosk.test_kiosk import add_workers, csrf_of, make_unit, sign_in, unit  # noqa: F401 (a fixture)
 
@@ -190,6 +191,41 @@ def test_devices_page_says_when_the_module_has_a_fault_or_the_camera_stopped(fre
     wait_for(lambda: fresh_unit.capture.state()["error"])
     page = client.get("/admin/devices").text
     assert "The camera stopped working" in page and text_of(page, "capture-running") == "No"
+
+
+def test_the_camera_and_lights_page_calibrates_the_module_as_its_instructions_say(fresh_unit):
+    unit = fresh_unit
+    client = admin_client(unit)
+    page = client.get("/admin/devices").text
+    assert text_of(page, "calibration-version") == "none" and "has not been calibrated" in page
+    for step in ("Finish or cancel any screening", "Hold the grey side of the calibration target flat against the module",
+                 "Keep the room's light out", "Press “Calibrate”"):
+        assert step in html.unescape(page), step
+    limit = text_of(page, "irradiance-limit")
+    assert limit.startswith("0.22 mW/cm²") and "ISO 15004-2" in limit and text_of(page, "visit-cap") == "50 mJ/cm²"
+    calibration_file = DataDir(unit.config.data_dir).calibration
+
+    page = client.post("/admin/devices/calibrate", data={"csrf_token": csrf_of(page), "light_meter": "bright"},
+                       follow_redirects=True).text
+    assert "must be a number of mW/cm²" in html.unescape(page) and not calibration_file.exists()
+
+    unit.visits.add_patient("CAL-K1")
+    visit = unit.visits.start_visit("CAL-K1", operator="amina")
+    unit.begin_capture(visit, "right")  # a patient in front of the module
+    page = client.post("/admin/devices/calibrate", data={"csrf_token": csrf_of(page), "light_meter": ""},
+                       follow_redirects=True).text
+    assert "Calibration refused; nothing was saved." in page and "a screening is using the camera" in page
+    assert not calibration_file.exists()
+    unit.cancel_capture(visit)
+
+    page = client.post("/admin/devices/calibrate", data={"csrf_token": csrf_of(page), "light_meter": "0.15"},
+                       follow_redirects=True).text
+    assert "The optic module is calibrated (version 1)." in page
+    assert text_of(page, "calibration-version") == "1" and text_of(page, "calibration-serial") == "GSO-SIM-0001"
+    assert text_of(page, "calibration-applied") == "Yes" and "has not been calibrated" not in page
+    assert "light meter: 0.15 mW/cm2" in page  # the reading typed in scales the LED response
+    assert calibration_file.exists()
+    assert wait_for(lambda: unit.capture.state()["running"])  # the capture loop is back
 
 
 # -- settings -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 import time
 
 import pytest
@@ -83,8 +84,50 @@ def test_a_bundle_uploaded_on_the_models_page_is_installed_and_screens_the_next_
 
     page = client.get("/admin/models").text
     assert 'id="version-0.1.0" class="build-in-use"' in page and "rollback-models" not in page
+    left = re.search(r'<li id="version-0.2.0">(.*?)</li>', page, re.S)
+    assert left is not None and "taken out of use by a rollback" in left.group(1)  # still installed, and said why
     r = client.post("/admin/models/rollback", data={"csrf_token": csrf_of(page)}, follow_redirects=True)
     assert any("there is nothing older to roll back to" in n for n in notices(r.text)), notices(r.text)
+
+
+def test_a_bundle_on_a_usb_stick_is_offered_and_installed_with_one_touch(unit, release, tmp_path):
+    media = tmp_path / "media"
+    stick = media / "PROGRAMME"
+    stick.mkdir(parents=True)
+    client = admin_client(unit, EXPORT_ROOTS=[str(media)], EXPORT_MOUNTED_ONLY=False)
+    page = client.get("/admin/models").text
+    assert "No model bundle (a .tar file) at the top of a USB stick." in page
+
+    shutil.copy(release.bundle("usb-stranger.tar", "0.2.0", key=release.stranger_key), stick / "from-elsewhere.tar")
+    shutil.copy(release.bundle("usb-0.2.0.tar", "0.2.0"), stick / "glaucoscreen-models-0.2.0.tar")
+    (stick / "read-me.txt").write_text("the programme's note")
+    page = client.get("/admin/models").text
+    offered = re.search(r'<div id="bundles-on-usb">(.*?)</div>', page, re.S).group(1)
+    assert re.findall(r'name="name" value="([^"]+)"', offered) == ["from-elsewhere.tar", "glaucoscreen-models-0.2.0.tar"]
+    token = csrf_of(page)
+
+    def install(drive, name: str):
+        return client.post("/admin/models/install-from-usb", data={"csrf_token": token, "drive": str(drive), "name": name},
+                           follow_redirects=True)
+
+    r = install(stick, "from-elsewhere.tar")
+    assert any("from-elsewhere.tar was not installed" in n and "a key this unit does not trust" in n
+               for n in notices(r.text)), notices(r.text)
+    r = install(tmp_path, "media/PROGRAMME/glaucoscreen-models-0.2.0.tar")  # a path the page never offered
+    assert any("is not on a USB stick any more" in n for n in notices(r.text)), notices(r.text)
+    assert unit.pipeline.model_versions["models_release"] == "0.1.0"
+    assert client.post("/admin/models/install-from-usb", data={"drive": str(stick), "name": "glaucoscreen-models-0.2.0.tar"}
+                       ).status_code == 400  # no form token
+
+    r = install(stick, "glaucoscreen-models-0.2.0.tar")
+    assert "Models version 0.2.0 are installed and in use (before: 0.1.0)." in notices(r.text)
+    assert unit.pipeline.model_versions["models_release"] == "0.2.0"
+    assert (stick / "glaucoscreen-models-0.2.0.tar").is_file(), "the stick keeps its bundle"
+
+    worker = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+    assert sign_in(worker, "joseph", "1357").status_code == 302
+    assert worker.post("/admin/models/install-from-usb", data={"csrf_token": csrf_of(worker.get("/").text), "drive": str(stick),
+                                                               "name": "glaucoscreen-models-0.2.0.tar"}).status_code == 403
 
 
 def test_only_an_administrator_may_upload_and_only_with_the_form_token(unit, release):

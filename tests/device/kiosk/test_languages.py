@@ -9,6 +9,7 @@ import datetime as dt
 import html
 import json
 import re
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, format_percent
+from markupsafe import escape
 
 from device.accounts import Accounts, accounts_path
+from device.config import MAX_CONSECUTIVE_GRADABLE, Config, SettingsError, check_overrides
 from device.kiosk import create_app, languages
 from device.kiosk.screening import CANCEL_REASONS, SKIP_REASONS
+from device.kiosk.usb_export import progress_words
 from device.kiosk.wording import CANCELLED, said
 from device.screening import progression, quality, referral, registration
 from device.visits.visitlog import VisitLog
@@ -219,7 +223,8 @@ def test_the_account_language_set_by_the_admin_wins_at_the_next_sign_in(unit, ap
     page = admin.get("/admin/").text
     reply = admin.post("/admin/language", data={"username": "kofi", "language": "fr", "csrf_token": csrf_of(page)},
                        follow_redirects=True)
-    assert "kofi's kiosk is in Français from their next sign-in." in html.unescape(reply.text)
+    assert "kofi's kiosk is in Français from their next sign-in." in html.unescape(re.sub(r"<[^>]+>", "", reply.text))
+    assert '<span lang="fr">Français</span>' in reply.text, "a language's name is marked as that language"
     assert accounts_of(unit).get("kofi")["language"] == "fr"
     refused = admin.post("/admin/language", data={"username": "kofi", "language": "de", "csrf_token": csrf_of(page)})
     assert refused.status_code == 422 and accounts_of(unit).get("kofi")["language"] == "fr"
@@ -296,7 +301,7 @@ def test_the_slip_is_in_the_patients_language_and_the_kiosk_in_the_workers(unit,
     assert format_decimal(0.82, "0.00", locale="sw") in slip.group(2)
     assert not DEVANAGARI.search(slip.group(2)), "nothing of the worker's language on the patient's slip"
     outside = page.replace(slip.group(0), "")
-    assert "प्रिंट करें" in outside and "पर्ची Kiswahili में है" in outside   # the buttons and the notice: the worker's
+    assert "प्रिंट करें" in outside and 'पर्ची <span lang="sw">Kiswahili</span> में है' in outside   # the worker's language
     result = client.get(f"/visits/{visit}").text
     assert page_language(result) == "hi" and "आँखों के डॉक्टर के पास भेजें" in result
 
@@ -380,6 +385,178 @@ def test_the_keyboard_is_shipped_with_its_licence_and_fetches_nothing():
     assert "http" not in "".join(imported)
 
 
+# -- every page, and what the layers below the kiosk say ---------------------------------------------
+# Words that are the same in every language the kiosk speaks: the brand, units and the names of standards and
+# products (a Hindi page writes "PACS" and "USB" as they are).
+SAME_IN_EVERY_LANGUAGE = {"GlaucoScreen", "PACS", "DICOM", "USB", "PIN", "EHR", "GB", "MB", "KB", "ms", "ONNX", "Runtime",
+                          "TensorRT", "INT", "FP", "CPU", "GPIO", "Python", "mW", "mJ", "cm"}
+# a file's name or kind, a setting's name and a visit's UUID are written as they are too
+AS_WRITTEN = re.compile(r"[\w-]*\.(?:csv|json|tar|onnx|toml)\b|\b[a-z]+(?:_[a-z]+)+\b"
+                        r"|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+WORD = re.compile(r"[^\W\d_]+")   # a word of any script: "notés" is not "not"
+# Words that no sentence of Swahili, Spanish or French holds, and most English sentences do: how an English
+# sentence shows itself on a page in a language of Latin script.
+ENGLISH_ONLY = {"the", "and", "is", "are", "of", "to", "with", "this", "not", "be", "was", "were", "for", "from", "that",
+                "your", "you", "please", "could", "must", "there", "here", "been"}
+
+
+def foreign_words(page: str, names: set[str]) -> list[str]:
+    """The English on a page in another language, outside what is marked as English (what a part of the unit
+    reported for the IT person): on a Hindi page every Latin word but names and SAME_IN_EVERY_LANGUAGE; on a page in
+    a Latin script, the words only English sentences use."""
+    page = AS_WRITTEN.sub(" ", page)
+    if page_language(page) == "hi":
+        return english_words(page, names | SAME_IN_EVERY_LANGUAGE)
+    parser = _Visible()
+    parser.feed(page)
+    own = [text for lang, text in parser.words if lang == page_language(page)]
+    return [w for text in own for w in WORD.findall(html.unescape(text)) if w.lower() in ENGLISH_ONLY]
+
+
+def names_in(unit) -> set[str]:
+    """The accounts' and the patients' names and clinic numbers: written as they are in every language."""
+    rows = unit.visits.db.execute("SELECT identifier, name FROM patients").fetchall()
+    words = {w for identifier, name in rows for w in LATIN_WORD.findall(f"{identifier} {name or ''}")}
+    return words | {u["username"] for u in accounts_of(unit).list()}
+
+
+def kiosk_tour(unit, client, monkeypatch) -> list[tuple[str, str]]:
+    """Every page of the kiosk as a signed-in administrator sees it (a finished visit, an open one), and the pages a
+    refusal leads to: a settings form with every kind of wrong value, a visit to the eye clinic that cannot be
+    recorded, and the storage page of a full disk."""
+    n = len(unit.visits.find_patients("TOUR", limit=100)) + 1
+    finished = _finished_visit(unit, f"TOUR-{n}", "sw")
+    unit.visits.add_patient(f"OPEN-{n}", name="Zawadi Achieng", year_of_birth=1970, sex="F", consent=True)
+    open_visit = unit.visits.start_visit(f"OPEN-{n}", operator="amina", device_id="test-unit")
+    patient = unit.visits.get_visit(finished)["patient"]["identifier"]
+    shown = []
+    for path in ("/", "/patients/new", "/patients?q=TOUR", f"/patients/{patient}", f"/visits/{finished}",
+                 f"/visits/{finished}/slip", f"/visits/{open_visit}/eye/right", f"/visits/{open_visit}/eye/right/skip",
+                 f"/visits/{open_visit}/cancel", "/referred?show=all", "/patients/NOBODY", "/admin/", "/admin/sync",
+                 "/admin/models", "/admin/devices", "/admin/settings/", "/admin/storage", "/admin/export/",
+                 f"/admin/patients/edit?patient={patient}", "/nowhere"):
+        shown.append((path, client.get(path).text))
+    token = csrf_of(shown[0][1])
+    refused = client.post("/admin/settings/", data={
+        "csrf_token": token, "quality.min_focus": "5", "quality.max_disc_offset": "2", "capture.max_led_level": "2",
+        "capture.consecutive_gradable": "three", "capture.target_brightness": "", "quality.min_exposure": "x"})
+    assert refused.status_code == 422
+    shown.append(("settings refused", refused.text))
+    shown.append(("attendance refused", client.post(f"/referred/{open_visit}/attended", data={"csrf_token": token},
+                                                    follow_redirects=True).text))
+    monkeypatch.setattr(unit.visits, "min_free_bytes", 2**62)  # the unit's own limit, above any disk: the disk is full
+    full = client.post("/patients/new", data={"identifier": f"FULL-{n}", "name": "Abena", "year_of_birth": "1966", "sex": "F",
+                                              "consent": "yes", "csrf_token": token})
+    monkeypatch.undo()
+    assert full.status_code == 507
+    shown.append(("storage full", full.text))
+    return shown
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_every_page_and_refusal_is_in_the_workers_language(unit, app, monkeypatch, language):
+    """No English sentence on any page, nor in what the settings, the visit log or a full disk refuse; what a part of
+    the unit says for the IT person is marked as English (lang="en") and not counted."""
+    accounts_of(unit).set_language("amina", language)
+    client = app.test_client()
+    sign_in_as(client, "amina", PIN)
+    problems = {}
+    tour = kiosk_tour(unit, client, monkeypatch)
+    names = names_in(unit) | {"NOBODY"}
+    for name, page in tour:
+        assert page_language(page) == language, name
+        if foreign_words(page, names):
+            problems[name] = foreign_words(page, names)
+    assert not problems, problems
+
+
+def test_the_check_finds_english_where_there_is_some(unit, app):
+    """The check above can fail: an English page is all English words to it, on a Hindi page or a French one."""
+    client = app.test_client()
+    english = client.get("/signin?lang=en").text
+    assert {"Who", "are", "you"} <= set(foreign_words(english.replace('lang="en"', 'lang="hi"', 1), set()))
+    assert {"are", "you"} <= set(foreign_words(english.replace('lang="en"', 'lang="fr"', 1), set()))
+
+
+def test_a_broken_camera_is_said_in_the_workers_language_with_its_own_words_for_the_it_person(tmp_path):
+    """The camera's own error (English, for the person who looks after the unit) is shown apart and marked English;
+    the page around it, and the home page's list of problems, are in Hindi."""
+    unit = make_unit(tmp_path / "unit")
+    try:
+        add_workers(unit)
+        accounts_of(unit).set_language("amina", "hi")
+        client = create_app(unit, secret_key=b"k" * 32, testing=True).test_client()
+        sign_in_as(client, "amina", PIN)
+        unit.visits.add_patient("CAM-1", name="Asha", consent=True)
+        visit = unit.visits.start_visit("CAM-1", operator="amina", device_id="test-unit")
+        unit.camera.simulate_disconnect()
+        deadline = time.monotonic() + 10
+        while not unit.capture.state()["error"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        error = unit.capture.state()["error"]
+        assert error
+        names = names_in(unit)
+        page = client.get(f"/visits/{visit}/eye/right")
+        assert page.status_code == 503 and foreign_words(page.text, names) == []
+        detail = re.search(r'<p class="detail muted" id="error-detail">(.*?)</p>', page.text, re.S).group(1)
+        assert DEVANAGARI.search(detail) and f'<span lang="en">{escape(error)}</span>' in detail
+        home = client.get("/").text
+        assert foreign_words(home, names) == [] and '<span lang="en">' in home
+    finally:
+        unit.close()
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_what_a_layer_below_the_kiosk_refuses_is_said_in_the_readers_language(tmp_path, app, language):
+    """The settings' ranges, the visit log's refusals: English templates there, said here with their figures."""
+    with VisitLog(tmp_path / "visits") as visits:
+        visits.add_patient("R-1", name="Amina", consent=True)
+        visits.add_patient("R-2", name="Baraka", consent=True)
+        visit = visits.start_visit("R-1", operator="amina", device_id="test-unit")
+        visits.skip_eye(visit, "right", SKIP_REASONS["declined"])
+        visits.skip_eye(visit, "left", SKIP_REASONS["declined"])
+        visits.finalize_visit(visit)
+        refusals = []
+        for call in (lambda: visits.mark_attended(visit, on=dt.date.today(), by="amina"),
+                     lambda: visits.edit_patient("R-1", by="amina", new_identifier="R-2")):
+            with pytest.raises(ValueError) as refused:
+                call()
+            refusals.append(str(refused.value))
+    cfg = Config(data_dir=tmp_path / "unit", device_id="test-unit", simulate=True)
+    with pytest.raises(SettingsError) as settings:
+        check_overrides(cfg, {"capture": {"consecutive_gradable": "99", "max_led_level": "5", "target_brightness": "0.9"},
+                              "quality": {"min_focus": "1.5", "max_disc_offset": "3", "min_red_ratio": "9", "min_exposure": ""}})
+    refusals += settings.value.problems.values()
+    with pytest.raises(SettingsError) as settings:
+        check_overrides(cfg, {"capture": {"target_brightness": "0.5", "consecutive_gradable": "three"},
+                              "quality": {"max_brightness": "0.4", "min_focus": "x"}})
+    refusals += settings.value.problems.values()
+    assert len(refusals) == 12
+    with app.test_request_context("/"):
+        assert [said(r) for r in refusals] == refusals, "English is shown as the layer said it"
+        with languages.in_language(language):
+            shown = [said(r) for r in refusals]
+    untranslated = [r for r, s in zip(refusals, shown) if s == r]
+    assert not untranslated, untranslated
+    # the visit's UUID is no sentence: its hex digits spell "be" or "ad" now and then
+    english = [s for s in shown if {w.lower() for w in WORD.findall(s.replace(visit, " "))} & ENGLISH_ONLY]
+    assert not english, english
+    assert any(str(MAX_CONSECUTIVE_GRADABLE) in s for s in shown) and any("0.4" in s for s in shown), "the figures stay"
+    if language == "hi":
+        assert all(DEVANAGARI.search(s) for s in shown)
+        leftover = [w for s in shown for w in LATIN_WORD.findall(AS_WRITTEN.sub(" ", s))]
+        assert not leftover, leftover
+
+
+def test_the_export_counts_its_visits_with_the_plural_of_the_language(app):
+    with app.test_request_context("/"):
+        assert progress_words({"done": 1, "total": None}) == "1 visit written so far. Do not pull the stick out."
+        assert progress_words({"done": 2, "total": None}) == "2 visits written so far. Do not pull the stick out."
+        with languages.in_language("fr"):   # French counts 0 and 1 alike
+            assert progress_words({"done": 0, "total": None}).startswith("0 visite écrite")
+            assert progress_words({"done": 2, "total": None}).startswith("2 visites écrites")
+
+
 # -- the records ------------------------------------------------------------------------------------
 def test_the_visit_log_keeps_a_patients_language(tmp_path):
     with VisitLog(tmp_path / "unit") as visits:
@@ -403,3 +580,24 @@ def test_an_account_language_must_be_a_language_code(tmp_path):
         accounts.set_language("amina", "Hindi")
     with pytest.raises(LookupError):
         accounts.set_language("nobody", "sw")
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_the_calibrations_state_and_a_stopped_light_are_said_in_the_readers_language(app, language):
+    """What the unit says of its optical calibration (none, another module's, stale, unreadable) and why the lights
+    stopped for an eye: English where recorded, the reader's language where shown, the figures kept."""
+    from device.capture import calibration
+    from device.capture.loop import LIGHT_STOPPED
+
+    recorded = [calibration.NONE, calibration.OTHER_MODULE.format(calibrated="GSO-0042", module="GSO-SIM-0001"),
+                calibration.STALE.format(days="200", limit="90"),
+                calibration.UNREADABLE.format(reason="calibration.json cannot be read"), LIGHT_STOPPED]
+    with app.test_request_context("/"):
+        assert [said(text) for text in recorded] == recorded
+        with languages.in_language(language):
+            shown = [said(text) for text in recorded]
+    assert not [s for s, r in zip(shown, recorded) if s == r]
+    assert "GSO-0042" in shown[1] and "GSO-SIM-0001" in shown[1] and "200" in shown[2] and "90" in shown[2]
+    assert "calibration.json cannot be read" in shown[3]
+    own_words = shown[:3] + shown[4:]  # the unreadable file's reason is the IT person's detail, as it comes
+    assert not [s for s in own_words if {w.lower() for w in WORD.findall(s)} & ENGLISH_ONLY]

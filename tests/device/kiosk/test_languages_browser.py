@@ -2,7 +2,8 @@
 waitress, on the real unit in simulation (issue 18): a health worker's visit in Hindi (a name typed in
 Devanagari on the on-screen keyboard, the slip printed in the patient's Swahili) and one in Swahili (an eye
 skipped with a reason), and every page in English, Hindi, Swahili, Spanish and French at 800x480, with no
-sideways scrolling and every touch target at least 44 px tall.
+sideways scrolling and every touch target at least 44 px tall; on each, every text field opens the on-screen
+keyboard with the keys it needs.
 
 Screenshots of every page in every language land in test-artifacts/screenshots/languages/ for a person
 (and a native-speaking reviewer) to look at.
@@ -84,6 +85,35 @@ def fits(page, language: str, name: str) -> None:
     assert not small, f"{language} {name}: touch targets under {MIN_TARGET_PX} px tall at 800x480: {small}"
     LANGUAGE_SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(LANGUAGE_SHOTS / f"{language}-{name}-{SMALL[0]}x{SMALL[1]}.png"), full_page=True)
+
+
+# what keyboard.js gives a keyboard: every text field but a PIN with a keypad of its own
+TEXT_FIELDS = "input:not([type]), input[type=text], input[type=search], input[type=password], input[type=tel], textarea"
+NUMERIC = ("numeric", "tel", "decimal")
+# a key of the layout a field should open on: the number pad's 7 (with no q), the English q, Devanagari र, French ù, Spanish ñ
+LETTERS = {"en": "q", "sw": "q", "hi": "र", "fr": "ù", "es": "ñ"}
+
+
+def keyboard_on_every_field(page, language: str, name: str) -> int:
+    """Touch every text field of the page: each opens the on-screen keyboard, a number pad for clinic numbers, phone
+    numbers, years, PINs and settings, the language's own letters for the rest, and Done closes it. How many fields."""
+    fields = page.locator(TEXT_FIELDS)
+    touched = 0
+    for i in range(fields.count()):
+        field = fields.nth(i)
+        own_keypad = field.get_attribute("id") and page.locator(f".keypad[data-for='{field.get_attribute('id')}']").count()
+        if own_keypad or not field.is_visible() or not field.is_enabled():
+            continue
+        field.click()
+        assert page.is_visible("#osk"), f"{language} {name}: no keyboard for field {i}"
+        numeric = field.get_attribute("data-keyboard") == "identifier" or field.get_attribute("inputmode") in NUMERIC
+        key = "7" if numeric else LETTERS[language]
+        assert page.is_visible(f"#osk [data-skbtn='{key}']"), f"{language} {name}: field {i} opens the wrong keys"
+        assert not numeric or not page.is_visible("#osk [data-skbtn='q']"), f"{language} {name}: field {i} is a number"
+        page.click("#osk [data-skbtn='{close}']")
+        assert not page.is_visible("#osk")
+        touched += 1
+    return touched
 
 
 def accounts(unit) -> Accounts:
@@ -230,12 +260,15 @@ def test_every_page_fits_the_small_screen_in_every_language(kiosk, page, shared_
              ("edit-patient", "/admin/patients/edit?patient=TOUR-1")]
     page.goto(base + "/signin")
     sign_in(page, base, "amina", PIN)
+    touched = {}
     for language in LANGUAGES:
+        touched[language] = 0
         for number, (name, path) in enumerate(pages, start=1):
             page.goto(base + path + ("&" if "?" in path else "?") + f"lang={language}")
             if name == "capture":
                 instruction_shown(page)
             fits(page, language, f"{number:02d}-{name}")
+            touched[language] += keyboard_on_every_field(page, language, name)
         # a form sent empty says what is missing; the keyboard in the language's own letters
         page.goto(base + "/patients/new")
         page.click("main button[type=submit]")
@@ -247,3 +280,5 @@ def test_every_page_fits_the_small_screen_in_every_language(kiosk, page, shared_
         keys = page.eval_on_selector_all("#osk .hg-button", "keys => keys.map(k => k.getBoundingClientRect().height)")
         assert keys and min(keys) >= MIN_TARGET_PX
     assert {p.name.split("-")[0] for p in LANGUAGE_SHOTS.glob("*-01-signin-800x480.png")} == set(LANGUAGES)
+    # search, registration, Edit details and merge, a reason of one's own, an account's name and PINs, every setting
+    assert min(touched.values()) >= 30 and len(set(touched.values())) == 1, touched

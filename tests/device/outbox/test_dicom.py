@@ -287,3 +287,26 @@ def test_a_comparison_that_did_not_line_up_says_why(photo):
     assert texts[("99GLSCR", "registration")].startswith("Not aligned: too few points of the two photos match (5;")
     assert ("99GLSCR", "disc-change") not in texts
     assert "beyond photo-to-photo noise" not in texts[("99GLSCR", "progression")]
+
+
+def test_the_photo_and_report_say_which_calibration_corrected_it_and_the_light_the_eye_got(photo):
+    from hardware.light_dose import EyeDose, LightLimits
+
+    calibration = {"version": 4, "date": "2024-04-30T15:20:00+00:00", "module_serial": "GSO-0042"}
+    dose = {**EyeDose(preview_s=12.0, preview_mj_cm2=0.9, flashes=3, flash_s=0.6, flash_mj_cm2=0.05,
+                      peak_irradiance_mw_cm2=0.083).to_dict(), "limits": LightLimits().to_dict(), "stopped": None}
+    photo_ds, *_, sr = [reread(ds) for ds in build_datasets(eye_study(photo, calibration=calibration, light_dose=dose))]
+    assert list(photo_ds.ImageType) == ["DERIVED", "PRIMARY"]
+    assert photo_ds.DerivationDescription == ("Corrected for dark level, flat field and white balance with optical "
+                                              "calibration version 4 of 2024-04-30T15:20:00+00:00 (optic module GSO-0042)")
+    assert photo_ds.DateOfLastCalibration == "20240430" and photo_ds.TimeOfLastCalibration.startswith("152000")
+    texts = {concept(i): i.TextValue for i in content_items(sr) if i.ValueType == "TEXT"}
+    assert texts[("99GLSCR", "calibration")] == photo_ds.DerivationDescription
+    said = texts[("99GLSCR", "light-dose")]
+    assert said.startswith("Preview 12.0 s, 0.9 mJ/cm2 (mean 0.075 mW/cm2); 3 flashes, 0.60 s, 0.05 mJ/cm2; in all 0.95 mJ/cm2")
+    assert "0.22 mW/cm2 continuous, 50.0 mJ/cm2 per eye per visit" in said and "ISO 15004-2:2007" in said
+    # a photo no calibration corrected is the sensor's own, and the report says it was not corrected
+    plain_photo, *_, plain_sr = [reread(ds) for ds in build_datasets(eye_study(photo))]
+    assert list(plain_photo.ImageType) == ["ORIGINAL", "PRIMARY"] and "DerivationDescription" not in plain_photo
+    plain = {concept(i): i.TextValue for i in content_items(plain_sr) if i.ValueType == "TEXT"}
+    assert plain[("99GLSCR", "calibration")].startswith("Not corrected") and ("99GLSCR", "light-dose") not in plain

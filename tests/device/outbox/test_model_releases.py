@@ -4,6 +4,7 @@ refuses a bad one once (and does not fetch it again at every run), and POSTs its
 [sync] health_url, with the PACS's credentials only where the address is the PACS's own server."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import threading
@@ -110,9 +111,9 @@ def test_the_sync_service_installs_a_newer_signed_release_and_sends_its_health(r
     report = json.loads(posted["body"])
     assert report["device_id"] == "test-unit" and report["models"]["release"] == "0.2.0" and report["models"]["ok"] is True
     assert report["models"]["versions"] == registry.versions(release.newer)
-    assert report["queue"] == {"pending": 0, "sent": 0, "quarantined": 0} and report["calibration"] == "none"
+    assert report["queue"] == {"pending": 0, "sent": 0, "quarantined": 0} and report["calibration"] is None
     assert report["model_update"]["outcome"] == "installed" and report["disk"]["free_bytes"] > 0
-    assert report["software"]["version"] == "0.1.0" and report["uptime_s"] > 0 and "light_dose" not in report
+    assert report["software"]["version"] == "0.1.0" and report["uptime_s"] > 0 and report["light_dose_totals"] is None
 
     VisitLog(cfg.data_dir).close()  # the unit has a visit log now: the check runs after each sending pass
     again = run_sync(cfg, once=True)
@@ -179,10 +180,10 @@ def test_the_health_command_and_the_usb_export_carry_the_same_report(release, tm
     report = json.loads(capsys.readouterr().out)
     assert report["models"] == {"ok": True, "release": "0.1.0", "shipped": True, "versions": registry.versions()}
     assert report["queue"] == {"pending": 0, "sent": 0, "quarantined": 0} and report["last_errors"] == []
-    assert "model_update" not in report and report["calibration"] == "none"
+    assert "model_update" not in report and report["calibration"] is None and report["light_dose_totals"] is None
     assert main(["health", *data]) == 0
     text = capsys.readouterr().out
-    assert "models    release 0.1.0 (shipped), files match their hashes" in text and "calibration none" in text
+    assert "models    release 0.1.0 (shipped), files match their hashes" in text and "calibration none on this unit" in text
 
     stick = tmp_path / "stick"
     stick.mkdir()
@@ -192,6 +193,34 @@ def test_the_health_command_and_the_usb_export_carry_the_same_report(release, tm
     assert written["health_json"] == str(stick / "health.json")
     assert {k: on_stick[k] for k in ("device_id", "models", "queue", "calibration")} == \
         {k: report[k] for k in ("device_id", "models", "queue", "calibration")} | {"device_id": "test-unit"}
+
+
+def test_the_health_report_carries_the_units_calibration_file_as_it_says_it(release, tmp_path, capsys):
+    cfg = release.config(tmp_path / "unit")
+    cfg.data_dir.mkdir(parents=True)
+    calibration = {"calibrated_at": "2025-05-30T09:12:00+00:00", "by": "field engineer", "led_gain": [0.98, 1.02]}
+    DataDir(cfg.data_dir).calibration.write_text(json.dumps(calibration))
+    data = ["--data-dir", str(cfg.data_dir)]
+    assert main(["health", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] == calibration
+    assert main(["health", *data]) == 0
+    assert '"calibrated_at": "2025-05-30T09:12:00+00:00"' in capsys.readouterr().out
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    with VisitLog(cfg.data_dir) as visits:
+        export(visits, stick, device_id="test-unit", health=health.report(cfg, visits))
+    assert json.loads((stick / "health.json").read_text())["calibration"] == calibration
+
+    dated = {"format": 1, "version": 2, "date": (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)).isoformat(),
+             "module_serial": "GSO-SIM-0001"}
+    DataDir(cfg.data_dir).calibration.write_text(json.dumps(dated))
+    assert main(["health", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] == dated | {"age_days": 40.0}
+
+    DataDir(cfg.data_dir).calibration.write_text('{"calibrated_at": ')  # cut short: said, and the report still goes
+    assert main(["health", "--json", *data]) == 0
+    said = json.loads(capsys.readouterr().out)["calibration"]["error"]
+    assert said.startswith("calibration.json cannot be read:")
 
 
 def test_the_health_report_names_the_last_sending_errors_newest_first(release, tmp_path, shared_data):
@@ -207,7 +236,30 @@ def test_the_health_report_names_the_last_sending_errors_newest_first(release, t
     assert [(e["outcome"], e["error"]) for e in report["last_errors"]] == [
         ("quarantined", "HTTP 409: the PACS refused the study"), ("failed", "no answer from the PACS within 30 s")]
     assert report["last_attempt"]["outcome"] == "sent"
+    assert report["light_dose_totals"] == {"eyes": 0, "radiant_exposure_mj_cm2": 0, "highest_per_eye_mj_cm2": None,
+                                           "peak_irradiance_mw_cm2": None, "stopped_at_a_limit": 0}
     assert "error     " in health.as_text(report) and "1 quarantined" in health.as_text(report)
+
+
+def test_the_health_report_adds_up_the_light_the_unit_gave(release, tmp_path):
+    from hardware.light_dose import EyeDose, LightLimits
+
+    def dose(preview_mj: float, flashes: int, stopped: str | None = None) -> dict:
+        given = EyeDose(preview_s=preview_mj / 0.1, preview_mj_cm2=preview_mj, flashes=flashes, flash_s=0.2 * flashes,
+                        flash_mj_cm2=0.02 * flashes, peak_irradiance_mw_cm2=0.1 + flashes)
+        return {**given.to_dict(), "limits": LightLimits().to_dict(), "stopped": stopped}
+
+    cfg = release.config(tmp_path / "unit")
+    with VisitLog(cfg.data_dir) as visits:
+        visits.add_patient("HL-1")
+        visit = visits.start_visit("HL-1")
+        visits.record_light_dose(visit, "right", dose(2.0, 2))
+        visits.record_light_dose(visit, "left", dose(1.0, 1, stopped="the per-visit cap was reached"))
+        report = health.report(cfg, visits)
+    assert report["light_dose_totals"] == {"eyes": 2, "radiant_exposure_mj_cm2": pytest.approx(3.06),
+                                           "highest_per_eye_mj_cm2": pytest.approx(2.04),
+                                           "peak_irradiance_mw_cm2": pytest.approx(2.1), "stopped_at_a_limit": 1}
+    assert '"eyes": 2' in health.as_text(report)
 
 
 def test_a_damaged_model_file_makes_the_health_report_say_so(release, tmp_path, capsys):

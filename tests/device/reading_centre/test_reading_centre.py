@@ -156,6 +156,52 @@ def test_the_unit_keeps_a_graders_referral_of_an_eye_it_did_not_refer(tmp_path, 
         assert [(v["eye"], v["verdict"]) for v in visits.verdicts_calling_back()] == [("left", "refer")]
 
 
+@pytest.mark.orthanc
+def test_a_corrected_verdict_reaches_the_unit_once_and_the_kiosk_shows_the_newest_with_the_one_before(
+        tmp_path, orthanc, eyes, pacs_config, reading_centre):
+    unit = make_unit(tmp_path / "unit")
+    try:
+        add_workers(unit)
+        visit = screened_visit(unit.visits, eyes)
+        cfg = Config(data_dir=unit.config.data_dir, device_id="test-unit", sync=pacs_config)
+        assert run_sync(cfg, once=True)["sent"] == 2
+        grader = reading_centre.test_client()
+        grader_signs_in(grader)
+        right = study_uids(visit, "right")["study"]
+
+        def graded(verdict: str, note: str) -> None:
+            token = csrf_of(grader.get(f"/studies/{right}").text)
+            assert grader.post(f"/studies/{right}/verdict",
+                               data={"csrf_token": token, "verdict": verdict, "note": note}).status_code == 302
+
+        graded("routine", "Cup looks small.")
+        assert run_sync(cfg, once=True)["verdicts_received"] == 1
+        kiosk = create_kiosk(unit, secret_key=b"k" * 32, testing=True).test_client()
+        kiosk_sign_in(kiosk)
+        assert "The eye doctor says: no glaucoma signs." in kiosk.get("/patients/KSI-0117").text
+        assert 'id="verdicts-calling-back"' not in kiosk.get("/").text  # routine: nobody to call back
+
+        graded("urgent", NOTE)  # the grader looks again and corrects it
+        assert "Urgent referral" in grader.get("/").text  # the review app shows the correction too
+        assert run_sync(cfg, once=True)["verdicts_received"] == 1  # the correction comes once
+        assert run_sync(cfg, once=True)["verdicts_received"] == 0
+        with VisitLog(cfg.data_dir) as log:
+            kept = log.db.execute("SELECT verdict, note FROM verdicts ORDER BY graded_at").fetchall()
+            assert [tuple(row) for row in kept] == [("routine", "Cup looks small."), ("urgent", NOTE)]  # history kept
+            assert log.latest_verdicts(visit)["right"]["verdict"] == "urgent"
+
+        patient = kiosk.get("/patients/KSI-0117").text
+        now = re.search(rf'id="verdict-{visit}-right">(.*?)</p>', patient, re.S).group(1)
+        assert "urgent referral" in now and NOTE in now and "no glaucoma signs" not in now
+        before = re.search(rf'id="verdict-before-{visit}-right">(.*?)</p>', patient, re.S).group(1)
+        assert "the eye doctor said: no glaucoma signs." in before and "Cup looks small." in before
+        home = kiosk.get("/").text
+        assert 'id="verdicts-calling-back"' in home and "urgent referral" in home  # the correction calls her back
+        assert "urgent referral" in kiosk.get("/referred").text
+    finally:
+        unit.close()
+
+
 def test_a_verdict_sr_reads_back_as_it_was_written(eyes):
     photo_mask = cv2.imdecode(np.frombuffer(eyes[0].masks_png, np.uint8), cv2.IMREAD_GRAYSCALE)
     study = EyeStudy(visit_uuid="0c9e7d52-3a61-4f0b-b8d4-7e21c5a9f304", eye="right", device_id="GSE-1",
@@ -164,7 +210,7 @@ def test_a_verdict_sr_reads_back_as_it_was_written(eyes):
                      disc_mask=photo_mask < 255, cup_mask=photo_mask == 0, result=eyes[0].result)
     files = encode_study(study)
     evidence = [dcmread(io.BytesIO(f), stop_before_pixels=True) for f in files]
-    when = dt.datetime(2025, 1, 9, 10, 11, 12, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2025, 1, 9, 10, 11, 12, 345678, tzinfo=dt.timezone.utc)  # two verdicts in one second keep their order
     sr = build_verdict_sr(evidence, verdict="retake", note="Blurred  by a cataract.\nTry dilating.", grader="dr-o", when=when)
     verdict = read_verdict(sr)
     assert verdict is not None and sr.StudyInstanceUID == study_uids(study.visit_uuid, "right")["study"]

@@ -1,9 +1,10 @@
 """The reading centre in a real Chromium (Debian's, through Playwright) against the review app served by waitress
 over a real Orthanc: a grader signs in, opens the worklist, looks at the referred eye's photo and records a
-verdict; after one `sync --once` the kiosk's patient page, in the same browser, says what the eye doctor said.
+verdict; after one `glaucoscreen sync --once` the kiosk's patient page, in the same browser, says what the eye doctor said.
 Screenshots land in test-artifacts/screenshots/ for a person to look at."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import waitress
 
 from device.accounts import Accounts
+from device.cli import main
 from device.config import Config
 from device.kiosk import create_app as create_kiosk
 from device.outbox.dicom import study_uids
@@ -46,7 +48,7 @@ def served(app) -> tuple[str, waitress.server.BaseWSGIServer, threading.Thread]:
 
 
 def test_a_grader_records_a_verdict_in_chromium_and_the_kiosk_shows_it_after_one_sync(tmp_path, orthanc, eyes,
-                                                                                     pacs_config, page):
+                                                                                     pacs_config, page, capsys):
     unit = make_unit(tmp_path / "unit")
     accounts = Accounts(tmp_path / "reading-centre" / "accounts.db")
     room = ReadingRoom(DicomWebClient(orthanc.url, username=orthanc.username, password=orthanc.password, timeout=10))
@@ -85,7 +87,13 @@ def test_a_grader_records_a_verdict_in_chromium_and_the_kiosk_shows_it_after_one
         assert "Verdict stored: Urgent referral." in page.inner_text("main")
         assert "Urgent referral" in page.inner_text("#worklist tbody tr:first-child")
 
-        assert run_sync(cfg, once=True)["verdicts_received"] == 1
+        # the unit's own command, as its timer runs it, with the settings in its configuration file
+        settings = tmp_path / "glaucoscreen.toml"
+        settings.write_text(f'device_id = "test-unit"\n[sync]\nurl = "{pacs_config.url}"\nusername = "{pacs_config.username}"\n'
+                            f'password_file = "{pacs_config.password_file}"\ntimeout_s = 10\n')
+        capsys.readouterr()
+        assert main(["--config", str(settings), "--data-dir", str(cfg.data_dir), "sync", "--once"]) == 0
+        assert json.loads(capsys.readouterr().out)["verdicts_received"] == 1
 
         page.set_viewport_size({"width": 800, "height": 480})
         page.goto(kiosk + "/patients/KSI-0117")

@@ -21,7 +21,7 @@ from device.screening import model_update
 from device.visits.datadir import DataDir
 from models.runtime import bundle as bundles
 from models.runtime import registry
-from models.runtime.installed import ModelStore
+from models.runtime.installed import KEEP_PREVIOUS, ModelStore
 from tests.device.screening.model_bundles import (  # noqa: F401 - release is a fixture
     copy_models,
     file_hashes,
@@ -161,13 +161,79 @@ def test_install_then_rollback_gives_back_the_exact_files_through_the_command(re
     capsys.readouterr()
     assert main([*run, "rollback"]) == 1
     assert "the shipped models (version 0.1.0) are active: there is nothing older" in capsys.readouterr().err
-    assert [v["active"] for v in listed()] == [True]
+    assert [(v["version"], v["active"]) for v in listed()] == [("0.1.0", True), ("0.2.0", False), ("0.3.0", False)]
 
     # an older release goes in only when asked for
     cfg = release.config(data)
     assert "older than the active" in refused(cfg, release.bundle("b-0.0.9.tar", "0.0.9"))
     assert model_update.install(cfg, release.bundle("b-0.0.9.tar", "0.0.9"), allow_downgrade=True)["installed"] == "0.0.9"
     assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == newer
+
+
+def test_a_rollback_keeps_the_version_it_leaves_listed_and_whole(release, tmp_path, capsys):
+    data = tmp_path / "unit"
+    config = tmp_path / "glaucoscreen.toml"
+    config.write_text(f'[models]\ntrusted_keys = ["{release.public}"]\n')
+    run = ["--config", str(config), "--data-dir", str(data), "models"]
+
+    def listed() -> list[tuple[str, bool, bool]]:
+        capsys.readouterr()
+        assert main([*run, "list", "--json"]) == 0
+        versions = json.loads(capsys.readouterr().out)
+        assert [v["active"] for v in versions].count(True) == 1, versions
+        return [(v["version"], v["active"], v["verified"]) for v in versions]
+
+    third = copy_models(release.newer, tmp_path / "third", renamed_versions("0.3.0-test"))
+    assert main([*run, "install", str(release.bundle("k-0.2.0.tar", "0.2.0"))]) == 0
+    assert main([*run, "install", str(release.bundle("k-0.3.0.tar", "0.3.0", models=third))]) == 0
+    assert main([*run, "rollback"]) == 0
+    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == file_hashes(release.newer)
+    assert listed() == [("0.1.0", False, True), ("0.2.0", True, True), ("0.3.0", False, True)]
+    kept = DataDir(data).models / "versions" / "0.3.0" / "models"
+    assert file_hashes(kept) == file_hashes(third), "the version a rollback left is kept whole"
+
+    assert main([*run, "rollback"]) == 0  # back to the shipped models: both installed versions stay
+    assert listed() == [("0.1.0", True, True), ("0.2.0", False, True), ("0.3.0", False, True)]
+    capsys.readouterr()
+    assert main([*run, "list", "--json"]) == 0
+    assert [(v["version"], v["rolled_back"]) for v in json.loads(capsys.readouterr().out)] == [
+        ("0.1.0", False), ("0.2.0", True), ("0.3.0", True)]
+    assert main([*run, "list"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines() if line[:1] in ("*", " ")}
+    assert lines["0.3.0"].endswith("taken out of use by a rollback") and lines["0.1.0"].startswith("* ")
+    assert "rollback" not in lines["0.1.0"]
+
+    # a later install still sees them, and installs over the one a rollback left
+    fourth = copy_models(release.newer, tmp_path / "fourth", renamed_versions("0.4.0-test"))
+    assert main([*run, "install", str(release.bundle("k-0.4.0.tar", "0.4.0", models=fourth))]) == 0
+    assert listed() == [("0.1.0", False, True), ("0.2.0", False, True), ("0.3.0", False, True), ("0.4.0", True, True)]
+    assert main([*run, "rollback"]) == 0
+    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == SHIPPED  # 0.4.0 was installed over them
+    assert main([*run, "install", str(release.bundle("k-0.3.0.tar", "0.3.0", models=third))]) == 0
+    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == file_hashes(third)
+    assert listed() == [("0.1.0", False, True), ("0.2.0", False, True), ("0.3.0", True, True), ("0.4.0", False, True)]
+
+
+def test_the_versions_kept_are_bounded_and_one_a_rollback_left_goes_first(release, tmp_path):
+    cfg = release.config(tmp_path / "unit")
+    folders = DataDir(cfg.data_dir).models / "versions"
+
+    def install(version: str) -> None:
+        assert model_update.install(cfg, release.bundle(f"n-{version}.tar", version))["installed"] == version
+
+    install("0.2.0")
+    install("0.3.0")
+    assert model_update.rollback(cfg)["version"] == "0.2.0"
+    for version in ("0.4.0", "0.5.0"):
+        install(version)
+    assert sorted(p.name for p in folders.iterdir()) == ["0.2.0", "0.3.0", "0.4.0", "0.5.0"]
+    install("0.6.0")  # one more than KEEP_PREVIOUS besides the active: the one a rollback left goes
+    assert KEEP_PREVIOUS == 3
+    assert [(v["version"], v["active"]) for v in model_update.listing(cfg)] == [
+        ("0.1.0", False), ("0.2.0", False), ("0.4.0", False), ("0.5.0", False), ("0.6.0", True)]
+    assert sorted(p.name for p in folders.iterdir()) == ["0.2.0", "0.4.0", "0.5.0", "0.6.0"]
+    for back_to in ("0.5.0", "0.4.0", "0.2.0", "0.1.0"):  # the rollback chain is whole
+        assert model_update.rollback(cfg)["version"] == back_to
 
 
 def test_pack_signs_the_shipped_models_with_check_photos_the_unit_installs(release, tmp_path, capsys):
@@ -245,7 +311,7 @@ def _whole(data: Path, old: dict, new: dict) -> str:
     assert not list((store.root / "incoming").glob("*")), "a cut-short install left files behind"
     pointer = store.root / "active.json"
     state = json.loads(pointer.read_text()) if pointer.exists() else {}
-    kept = {state.get("version"), *state.get("previous", [])}
+    kept = {state.get("version"), *state.get("previous", []), *state.get("rolled_back", [])}
     assert {p.name for p in (store.root / "versions").glob("*")} <= kept, "a version no pointer names was kept"
     return "new" if hashes == new and new != old else "old"
 

@@ -12,7 +12,7 @@ from device.visits.datadir import DataDir
 from device.visits.visitlog import VisitLog
 
 REPO = Path(__file__).resolve().parents[3]
-FILE_NAMES = ("visits.db", "accounts.db", "settings-overrides.toml", "sync.lock")
+FILE_NAMES = ("visits.db", "accounts.db", "settings-overrides.toml", "sync.lock", "calibration.json")
 
 
 def test_the_layout(tmp_path):
@@ -25,9 +25,10 @@ def test_the_layout(tmp_path):
     assert d.engines == tmp_path / "engines"
     assert d.sync_lock == tmp_path / "sync.lock"
     assert d.models == tmp_path / "installed-models"
+    assert d.calibration == tmp_path / "calibration.json"
     assert DataDir.names() == {"visits_db": "visits.db", "images": "images", "accounts_db": "accounts.db",
                                "settings_overrides": "settings-overrides.toml", "engines": "engines",
-                               "sync_lock": "sync.lock", "models": "installed-models"}
+                               "sync_lock": "sync.lock", "models": "installed-models", "calibration": "calibration.json"}
     assert {name: getattr(d, prop) for prop, name in DataDir.names().items()} == \
         {name: tmp_path / name for name in DataDir.names().values()}
 

@@ -63,7 +63,7 @@ def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
         assert log.schema_version == len(migrations.MIGRATIONS)
         assert log.db.execute("SELECT count(*) FROM patient_edits").fetchone()[0] == 0  # v3: no edits made yet
         after = _rows(v1_log / "visits.db")
-        grown = ("results", "patients", "visits")  # tables that gained columns, last, after v1
+        grown = ("results", "patients", "visits", "captures")  # tables that gained columns, last, after v1
         assert {t: rows for t, rows in after.items() if t not in grown} == {t: rows for t, rows in before.items() if t not in grown}
         assert [row[:-3] for row in after["patients"]] == before["patients"]  # v4's phone and address, v7's language...
         assert [row[-3:] for row in after["patients"]] == [(None, None, None)]  # ...empty: v1 never asked for them
@@ -71,6 +71,9 @@ def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
         assert [row[-1] for row in after["visits"]] == [None]  # ...empty: the v1 visit was finished by its worker
         assert [row[:-1] for row in after["results"]] == before["results"]  # the new column is last...
         assert [row[-1] for row in after["results"]] == [None]  # ...and empty: v1 never stored masks
+        assert [row[:-2] for row in after["captures"]] == before["captures"]  # v8's raw still and calibration...
+        assert [row[-2:] for row in after["captures"]] == [(None, None)]  # ...empty: v1 corrected no photo
+        assert log.light_doses(VISIT) == {}  # v8: no light was booked then
         visit = log.get_visit(VISIT)
         assert visit["patient"]["name"] == "Ama Mensah" and visit["status"] == "finished"
         assert visit["eyes"]["right"]["result"]["vcdr"] == 0.62
@@ -83,7 +86,7 @@ def test_a_v1_log_upgrades_to_the_current_version_with_every_row_kept(v1_log):
 def test_a_new_log_and_an_upgraded_one_have_the_same_columns(v1_log, tmp_path):
     with VisitLog(v1_log) as upgraded, VisitLog(tmp_path / "new") as new:
         assert new.schema_version == upgraded.schema_version == len(migrations.MIGRATIONS)
-        for table in TABLES + ("patient_edits", "attended_referrals"):
+        for table in TABLES + ("patient_edits", "attended_referrals", "light_doses"):
             assert _columns(new.db, table) == _columns(upgraded.db, table), table
         assert ("masks_sha256", "TEXT", 0, 0) in _columns(new.db, "results")
 

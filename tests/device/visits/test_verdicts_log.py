@@ -51,27 +51,33 @@ def test_a_verdict_is_kept_once_and_the_latest_counts(log, eyes, clock):
                            graded_at=when + dt.timedelta(hours=1))
     assert log.latest_verdicts(visit)["right"]["verdict"] == "routine"
     assert log.get_visit(visit)["eyes"]["right"]["verdict"]["sop_instance_uid"] == "2.25.2"
+    assert [v["sop_instance_uid"] for v in log.get_visit(visit)["eyes"]["right"]["verdicts_before"]] == ["2.25.1"]
     assert log.get_visit(visit)["eyes"]["left"]["verdict"] is None
     with pytest.raises(ValueError, match="a verdict is one of"):
         log.add_verdict(visit, "left", "2.25.3", verdict="maybe", note="", grader="dr-o", graded_at=when)
 
 
-def test_sync_asks_about_sent_eyes_without_a_verdict_those_asked_longest_ago_first(log, eyes, clock):
+def test_sync_asks_about_sent_eyes_those_asked_longest_ago_first_a_graded_one_too(log, eyes, clock):
     first, second = add_visits(log, eyes, 2, random.Random(2))
-    assert log.eyes_awaiting_verdict(sent_since=clock.t - dt.timedelta(days=1)) == []  # nothing sent yet
+    assert log.eyes_to_ask_for_verdicts(sent_since=clock.t - dt.timedelta(days=1)) == []  # nothing sent yet
     for item in log.outbox_items():
         log.outbox_mark_sent(item["id"])
-    waiting = log.eyes_awaiting_verdict(sent_since=clock.t - dt.timedelta(days=1))
+    waiting = log.eyes_to_ask_for_verdicts(sent_since=clock.t - dt.timedelta(days=1))
     assert [(w["visit_uuid"], w["eye"]) for w in waiting] == [(first, "right"), (first, "left"), (second, "right"),
                                                               (second, "left")]
     clock.t += dt.timedelta(minutes=5)
     log.verdict_checked(first, "right")
-    assert [(w["visit_uuid"], w["eye"]) for w in log.eyes_awaiting_verdict(
+    assert [(w["visit_uuid"], w["eye"]) for w in log.eyes_to_ask_for_verdicts(
         sent_since=clock.t - dt.timedelta(days=1), limit=2)] == [(first, "left"), (second, "right")]
     log.add_verdict(second, "left", "2.25.9", verdict="refer", note="", grader="g", graded_at=clock.t)
-    assert (second, "left") not in [(w["visit_uuid"], w["eye"]) for w in log.eyes_awaiting_verdict(
-        sent_since=clock.t - dt.timedelta(days=1))]
-    assert log.eyes_awaiting_verdict(sent_since=clock.t + dt.timedelta(days=1)) == []  # sent too long ago
+    clock.t += dt.timedelta(minutes=5)
+    for visit, eye in ((first, "left"), (second, "right"), (second, "left")):
+        log.verdict_checked(visit, eye)
+    # an eye with a verdict is still asked about, in its turn: the grader may correct it
+    assert [(w["visit_uuid"], w["eye"]) for w in log.eyes_to_ask_for_verdicts(
+        sent_since=clock.t - dt.timedelta(days=1))] == [(first, "right"), (first, "left"), (second, "right"),
+                                                         (second, "left")]
+    assert log.eyes_to_ask_for_verdicts(sent_since=clock.t + dt.timedelta(days=1)) == []  # sent too long ago
 
 
 def test_a_retake_calls_the_patient_back_until_a_later_visit(log, eyes, clock):

@@ -423,3 +423,55 @@ def _assert_every_visit_is_whole(log: VisitLog) -> tuple[int, int]:
     return finished, opened
 
 
+
+
+# -- the optic module's calibration and the light each eye got ------------------------------------------
+def _dose(preview_mj: float, flashes: int = 0, stopped: str | None = None) -> dict:
+    from hardware.light_dose import EyeDose, LightLimits
+
+    dose = EyeDose(preview_s=preview_mj / 0.1, preview_mj_cm2=preview_mj, flashes=flashes, flash_s=0.2 * flashes,
+                   flash_mj_cm2=0.02 * flashes, peak_irradiance_mw_cm2=0.1)
+    return {**dose.to_dict(), "limits": LightLimits().to_dict(), "led_response": "calibration 3", "stopped": stopped}
+
+
+def test_a_corrected_photo_keeps_its_raw_still_and_its_calibration(log):
+    log.add_patient("KSI-0201")
+    visit = log.start_visit("KSI-0201")
+    calibration = {"version": 3, "date": "2025-03-01T08:00:00+00:00", "module_serial": "GSO-0042"}
+    capture = log.add_capture(visit, "right", _jpeg(1), quality={"gradable": True}, raw_jpeg=_jpeg(2), calibration=calibration)
+    row = log.get_visit(visit)["eyes"]["right"]["capture"]
+    assert row["id"] == capture and row["calibration"] == calibration
+    assert log.images.get(row["raw_sha256"]) == _jpeg(2) and log.images.get(row["photo_sha256"]) == _jpeg(1)
+    log.add_capture(visit, "left", _jpeg(3), quality={"gradable": True})  # a photo no calibration corrected
+    left = log.get_visit(visit)["eyes"]["left"]["capture"]
+    assert left["calibration"] is None and left["raw_sha256"] is None
+    with pytest.raises(ValueError, match="raw still must be the bytes of a JPEG"):
+        log.add_capture(visit, "left", _jpeg(4), quality={}, raw_jpeg=b"not a photo")
+    with pytest.raises(ValueError, match="must say its version"):
+        log.add_capture(visit, "left", _jpeg(4), quality={}, calibration={"date": "2025-03-01"})
+
+
+def test_the_light_each_eye_got_is_kept_per_visit_and_only_grows(log, clock):
+    log.add_patient("KSI-0202")
+    visit = log.start_visit("KSI-0202")
+    assert log.light_dose(visit, "right") is None
+    log.record_light_dose(visit, "right", _dose(1.5))
+    log.record_light_dose(visit, "right", _dose(2.5, flashes=3))  # later: more preview and the burst's flashes
+    log.record_light_dose(visit, "right", _dose(1.0))             # a stale report: says less, changes nothing
+    log.record_light_dose(visit, "left", _dose(0.5, stopped="the light was stopped: ..."))
+    right = log.light_dose(visit, "right")
+    assert right["preview"]["radiant_exposure_mj_cm2"] == pytest.approx(2.5) and right["flash"]["count"] == 3
+    assert right["radiant_exposure_mj_cm2"] == pytest.approx(2.56) and right["preview"]["seconds"] == pytest.approx(25.0)
+    assert right["limits"]["visit_exposure_mj_cm2"] == 50.0 and right["led_response"] == "calibration 3"
+    assert right["stopped"] is None and log.light_doses(visit)["left"]["stopped"].startswith("the light was stopped")
+    log.record_light_dose(visit, "left", _dose(0.7))  # more light booked later keeps why it was stopped
+    assert log.light_dose(visit, "left")["stopped"] and set(log.light_doses(visit)) == {"right", "left"}
+    totals = log.light_dose_totals()
+    assert totals["eyes"] == 2 and totals["stopped_at_a_limit"] == 1
+    assert totals["radiant_exposure_mj_cm2"] == pytest.approx(right["radiant_exposure_mj_cm2"]
+                                                              + log.light_dose(visit, "left")["radiant_exposure_mj_cm2"])
+    assert totals["highest_per_eye_mj_cm2"] == pytest.approx(right["radiant_exposure_mj_cm2"])
+    with pytest.raises(ValueError, match="a light dose needs"):
+        log.record_light_dose(visit, "right", {"preview": {}})
+    with pytest.raises(LookupError):
+        log.record_light_dose("no-such-visit", "right", _dose(1.0))
