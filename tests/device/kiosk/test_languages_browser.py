@@ -279,6 +279,12 @@ def test_every_page_fits_the_small_screen_in_every_language(kiosk, page, shared_
         fits(page, language, "22-register-keyboard")
         keys = page.eval_on_selector_all("#osk .hg-button", "keys => keys.map(k => k.getBoundingClientRect().height)")
         assert keys and min(keys) >= MIN_TARGET_PX
+        # a capture page left open in a second tab while the camera went to another eye: its photo is refused
+        page.goto(base + f"/visits/{open_visit}/eye/right?lang={language}")
+        with page.expect_navigation():
+            page.eval_on_selector("#accept", "form => { form.elements.token.value = 'taken-elsewhere'; form.submit(); }")
+        assert page.is_visible("#camera-taken-page")
+        fits(page, language, "23-camera-taken")
     assert {p.name.split("-")[0] for p in LANGUAGE_SHOTS.glob("*-01-signin-800x480.png")} == set(LANGUAGES)
     # search, registration, Edit details and merge, a reason of one's own, an account's name and PINs, every setting
     assert min(touched.values()) >= 30 and len(set(touched.values())) == 1, touched
