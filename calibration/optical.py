@@ -29,13 +29,10 @@ replaced in one rename: a power cut leaves the old calibration or the new one, w
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import functools
 import hashlib
 import io
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +41,7 @@ import cv2
 import numpy as np
 
 from models.fundus import FALLOFF, FALLOFF_POWER
+from models.runtime.durable import write_whole
 
 FORMAT = 1  # the layout of calibration.json; a newer one is refused rather than misread
 MAX_GAIN = 16.0  # the correction never lifts a pixel more than this (the field's very edge, where light is least)
@@ -174,38 +172,16 @@ def save(calibration: OpticalCalibration, path: Path) -> Path:
     np.save(buffer, calibration.flat_field.astype(np.float32), allow_pickle=False)
     raw = buffer.getvalue()
     name = f"flat-field-{calibration.version}.npy"
-    _write_whole(folder / name, raw)
+    write_whole(folder / name, raw)
     text = (json.dumps(calibration.to_json(name, hashlib.sha256(raw).hexdigest()), indent=1) + "\n").encode("utf-8")
-    _write_whole(folder / f"calibration-{calibration.version}.json", text)
-    _write_whole(path, text)
+    write_whole(folder / f"calibration-{calibration.version}.json", text)
+    write_whole(path, text)
     return path
 
 
 def _triple(values) -> tuple[float, float, float]:
     a, b, c = (float(v) for v in values)
     return a, b, c
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """Temporary file beside it, fsync, rename, fsync the folder: the file is old or new, never half."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(folder)
 
 
 # -- the correction --------------------------------------------------------------------------------------

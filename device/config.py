@@ -24,8 +24,8 @@ from pathlib import Path
 from device.screening.quality import QualitySettings
 from device.screening.wording import N_
 from device.visits.datadir import DataDir
-from device.visits.durable import fsync_dir, write_whole
 from hardware.light_dose import NOMINAL_FULL_MW_CM2, PHOTOCHEMICAL_GROUP1_MW_CM2, THERMAL_GROUP1_MW_CM2, VISIT_EXPOSURE_CAP_MJ_CM2, LedResponse, LightLimits
+from models.runtime.durable import fsync_dir, write_whole
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -22,8 +22,8 @@ from urllib.parse import urljoin
 from device.config import Config
 from device.outbox.programme import ProgrammeClient, ProgrammeError
 from device.visits.datadir import DataDir
-from device.visits.durable import write_whole
 from models.runtime import bundle as bundles
+from models.runtime.durable import write_whole
 from models.runtime.engine import EngineError
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from pydicom import dcmread
 from device.outbox import fhir
 from device.outbox import health as health_report
 from device.outbox.study import Unencodable, encode_item
-from device.visits.durable import write_whole
 from device.visits.followup import follow_up
 from device.visits.visitlog import OUTBOX_KIND, VisitLog
+from models.runtime.durable import write_whole
 
 CSV_NAME = "visits.csv"
 CSV_FIELDS = ("visit", "patient", "date", "eye", "vcdr", "glaucoma_probability", "referral")

@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from device.visits.durable import fsync_dir
+from models.runtime.durable import fsync_dir
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".tmp"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import errno
 import hashlib
 import io
 import json
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, cast
 
+from models.runtime.durable import fsync_dir
 from models.runtime.registry import sha256_file
 
 if TYPE_CHECKING:
@@ -385,15 +385,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's new and renamed entries durable (as device.visits.durable does; models/ never imports device/)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # only a file system that cannot sync folders is forgiven
-            raise
-    finally:
-        os.close(fd)

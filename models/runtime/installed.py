@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from models.runtime import bundle as bundles
+from models.runtime.durable import fsync_dir, write_whole
 from models.runtime.engine import EngineError
 from models.runtime.registry import ARTIFACTS, sha256_file
 
@@ -234,7 +235,7 @@ class ModelStore:
         if target.exists():  # held already (a rollback left it, or a downgrade installs it again): moved out in one rename
             os.rename(target, staged.folder.parent / "replaced")
         os.rename(staged.folder, target)
-        bundles.fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if step is not None:
             step("renamed")
         previous = [v for v in state.get("previous", []) if v not in (version, before)] if self._current(state) else []
@@ -279,17 +280,7 @@ class ModelStore:
         state = {"version": version, "previous": previous, "rolled_back": rolled_back, "shipped": self.shipped_version,
                  "switched_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "switch": uuid.uuid4().hex}
         data = (json.dumps(state, indent=1) + "\n").encode("utf-8")
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=f".{POINTER}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.root / POINTER)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        bundles.fsync_dir(self.root)
+        write_whole(self.root / POINTER, data)
 
 
 def _kept(state: dict) -> set[str]:

@@ -10,24 +10,12 @@ import pytest
 
 from device.outbox.dicom import build_datasets, study_uids
 from device.outbox.dicomweb import STORED, DicomWebClient
+from tests.device.outbox.test_dicom import PROGRESSING as CHANGED
 from tests.device.outbox.test_dicom import VISIT, eye_study, photo  # noqa: F401  # a fixture, used by name
 from tests.device.reading_centre.test_reading_centre import grader_signs_in, reading_centre  # noqa: F401  # a fixture
 
 pytest_plugins = ["tests.orthanc"]
 
-CHANGED = {
-    "verdict": "progressing", "message": "The optic disc has changed since the first visit: the eye doctor should "
-    "compare the photos.", "compared_with": "2021-05-06T07:08:09+00:00", "years": 3.0, "vcdr_then": 0.5256,
-    "vcdr_now": 0.7818, "exceeds_noise": True, "confidence": 0.95,
-    "changes": [{"measure": "vcdr", "then": 0.5256, "now": 0.7818, "change": 0.2562, "noise_sd": 0.06, "limit": 0.0987,
-                 "exceeds": True},
-                {"measure": "rim_inferior", "then": 0.2046, "now": 0.1987, "change": -0.0059, "noise_sd": 0.03,
-                 "limit": 0.0493, "exceeds": False}],
-    "trend": {"measure": "vcdr", "visits": 3, "years": 3.0, "slope": 0.085, "low": 0.021, "high": 0.149,
-              "confidence": 0.95, "worsening": True},
-    "registration": {"aligned": True, "matches": 995, "correlation": 0.981, "overlap": 0.995, "scale": 0.9995,
-                     "turn_deg": -0.02, "refusal": None, "matrix": [[1, 0, -4.9], [0, 1, 5.0]], "visits_aligned": 2,
-                     "visits_tried": 2}}
 NOT_LINED_UP = {
     "verdict": "not_aligned", "message": "The earlier photo of this eye could not be lined up with today's, so change "
     "was not measured: the eye doctor should compare the photos.", "compared_with": "2021-05-06T07:08:09+00:00",
