@@ -180,8 +180,8 @@ dev_install() {
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" || .venv/bin/python -m pip install -q torch
   .venv/bin/python -m pip install -q -e ".[dev,train]"
   if have_apt && [ "${GLAUCOSCREEN_SKIP_APT:-0}" != 1 ]; then
-    # Real parts for the tests: Chromium for the kiosk (with the Noto fonts its pages name), Orthanc + DICOMweb as the PACS.
-    apt_install chromium fonts-noto-core orthanc orthanc-dicomweb || echo "install.sh: could not install Chromium/Orthanc; browser and PACS tests will say so" >&2
+    # Real parts for the tests: Chromium for the kiosk (with the Noto fonts its pages name), Orthanc + DICOMweb as the PACS, gcc to build the bind that keeps that Orthanc on 127.0.0.1 (tests/loopback_bind.c).
+    apt_install chromium fonts-noto-core orthanc orthanc-dicomweb gcc || echo "install.sh: could not install Chromium/Orthanc; browser and PACS tests will say so" >&2
   fi
   echo "Installed into $here/.venv. Start the unit in simulation: .venv/bin/glaucoscreen run --simulate"
 }

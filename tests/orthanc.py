@@ -1,10 +1,12 @@
 """A real Orthanc PACS (with its DICOMweb plugin) for the tests, and a proxy that misbehaves on cue.
 
 Orthanc runs with a free port, its own temporary storage and a generated config with HTTP
-authentication on, as a clinic's server would. Orthanc cannot be told which address to listen on
-(its HTTP server takes every interface), so it refuses every client but this machine
-(`RemoteAccessAllowed` false), and its DICOM server, which no test uses, is off unless one asks for
-it (`dicom=True`); tests/test_loopback_only.py checks both. The suite starts it once (`orthanc_server`,
+authentication on, as a clinic's server would. Orthanc 1.10 cannot be told which address to listen on
+(its HTTP server binds every interface), so it starts with a small library preloaded
+(tests/loopback_bind.c, built once with the system's C compiler) that turns a bind to every interface
+into a bind to 127.0.0.1; it also refuses every client but this machine (`RemoteAccessAllowed` false),
+and its DICOM server, which no test uses, is off unless one asks for it (`dicom=True`);
+tests/test_loopback_only.py checks all three. The suite starts it once (`orthanc_server`,
 session scope); `orthanc` hands each test an empty one. Orthanc comes from the Debian packages
 `orthanc` and `orthanc-dicomweb` (`./install.sh --dev` installs them); without it the fixture fails
 rather than skips, since the sync path would otherwise go untested.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,6 +36,24 @@ import requests
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"  # Debian puts it in sbin
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # package orthanc-dicomweb
 USERNAME, PASSWORD = "sync-test", "not-a-real-secret"
+
+
+LOOPBACK_BIND_SOURCE = Path(__file__).with_name("loopback_bind.c")
+_loopback_library: Path | None = None
+
+
+def loopback_bind_library() -> Path:
+    """The preload library that keeps Orthanc on 127.0.0.1, compiled once per process into a temporary folder."""
+    global _loopback_library
+    if _loopback_library is None or not _loopback_library.exists():
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise RuntimeError("a C compiler (Debian package gcc) is needed to keep the test Orthanc on 127.0.0.1")
+        library = Path(tempfile.mkdtemp(prefix="glaucoscreen-loopback-")) / "loopback_bind.so"
+        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(LOOPBACK_BIND_SOURCE), "-ldl"],
+                       check=True, capture_output=True)
+        _loopback_library = library
+    return _loopback_library
 
 
 def free_port() -> int:
@@ -91,7 +112,8 @@ class OrthancServer:
     def start(self, timeout: float = 30.0) -> None:
         self._log = open(self.workdir / "orthanc.log", "ab")
         self._process = subprocess.Popen([ORTHANC_BINARY, str(self._config)], stdout=self._log,
-                                         stderr=subprocess.STDOUT, cwd=self.workdir)
+                                         stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         env={**os.environ, "LD_PRELOAD": str(loopback_bind_library())})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

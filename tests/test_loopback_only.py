@@ -1,5 +1,6 @@
 """Every server the tests start listens on 127.0.0.1 only (issue 17, item 13): Orthanc, which cannot
-choose its HTTP address, refuses remote clients and keeps its DICOM port closed; the Python servers
+choose its HTTP address, is held to loopback by a preloaded bind, refuses remote clients and keeps its
+DICOM port closed; the Python servers
 bind loopback, and a bind to any other address fails the test that tries it (tests/loopback.py)."""
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ def test_the_orthanc_helper_refuses_remote_clients_and_keeps_dicom_off(tmp_path)
 
 
 @pytest.mark.orthanc
-def test_a_started_orthanc_listens_on_its_http_port_only(orthanc):
-    """The HTTP port is its one socket (on every interface, as Orthanc must; RemoteAccessAllowed refuses
-    other computers); no DICOM port."""
+def test_a_started_orthanc_listens_on_its_http_port_only_and_on_loopback_only(orthanc):
+    """The HTTP port is its one socket, on 127.0.0.1 (Orthanc itself would take every interface: the
+    preloaded tests/loopback_bind.c moves it); no DICOM port."""
     assert orthanc.pid is not None
-    assert [port for _address, port in listening(orthanc.pid)] == [orthanc.http_port]
+    assert listening(orthanc.pid) == [("127.0.0.1", orthanc.http_port)]
 
 
 def test_the_fault_proxy_listens_on_loopback():
