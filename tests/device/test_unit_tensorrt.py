@@ -8,7 +8,6 @@ import functools
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from device.config import Config
 from device.screening.progression import ProgressionPolicy
 from device.unit import Unit
 from models.runtime import tensorrt as te
+from tests.device.kiosk.test_kiosk import photograph_right_eye
 from tests.models.runtime import fake_tensorrt as fake
 
 SEGMENTATION_OUTPUTS = "disc,cup,fovea,glaucoma"
@@ -26,16 +26,7 @@ SEGMENTATION_OUTPUTS = "disc,cup,fovea,glaucoma"
 
 def capture(unit: Unit, identifier: str):
     """A patient, a visit, and a photo of the right eye from the simulated camera: (visit, photo)."""
-    unit.visits.add_patient(identifier, name="Halima Said", year_of_birth=1956, sex="F", consent=True)
-    uuid = unit.visits.start_visit(identifier, operator="amina", device_id="test-unit")
-    token = unit.begin_capture(uuid, "right")
-    assert unit.capture.press_button(token)
-    end, photo = time.monotonic() + 30, None
-    while photo is None and time.monotonic() < end:
-        photo = unit.take_capture(uuid, "right", token)
-        time.sleep(0.05)
-    assert photo is not None, unit.capture.state()
-    return uuid, photo
+    return photograph_right_eye(unit, identifier, name="Halima Said", year_of_birth=1956, sex="F")
 
 
 def screen_on_a_request_thread(unit: Unit, uuid: str, photo) -> dict:

@@ -42,6 +42,21 @@ def add_workers(unit: Unit) -> None:
     accounts.add("kofi", "2468")
 
 
+def photograph_right_eye(unit: Unit, identifier: str, **patient):
+    """A new patient, a visit, and the right eye photographed on the unit's simulated camera (the button pressed,
+    as a worker would): (visit uuid, photo)."""
+    unit.visits.add_patient(identifier, consent=True, **{"name": "Esther Wanjiru", **patient})
+    uuid = unit.visits.start_visit(identifier, operator="amina", device_id="test-unit")
+    token = unit.begin_capture(uuid, "right")
+    assert unit.capture.press_button(token)
+    end, photo = time.monotonic() + 30, None
+    while photo is None and time.monotonic() < end:
+        photo = unit.take_capture(uuid, "right", token)
+        time.sleep(0.05)
+    assert photo is not None, unit.capture.state()
+    return uuid, photo
+
+
 @pytest.fixture(scope="module")
 def unit(tmp_path_factory):
     """One unit for the tests that leave it working (each uses its own patients and workers)."""
@@ -351,15 +366,7 @@ def test_a_kiosk_still_passes_the_quality_gate_once(unit, monkeypatch):
 
     from device.screening.quality import QualityGate
 
-    unit.visits.add_patient("QG-1", name="Esther Wanjiru", consent=True)
-    uuid = unit.visits.start_visit("QG-1", operator="amina", device_id="test-unit")
-    token = unit.begin_capture(uuid, "right")
-    assert unit.capture.press_button(token)
-    end, photo = time.monotonic() + 30, None
-    while photo is None and time.monotonic() < end:
-        photo = unit.take_capture(uuid, "right", token)
-        time.sleep(0.05)
-    assert photo is not None, unit.capture.state()
+    uuid, photo = photograph_right_eye(unit, "QG-1")
 
     real, judged = QualityGate.assess, []
 

@@ -7,11 +7,13 @@ Screenshots of every page at both sizes land in test-artifacts/screenshots/ for 
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ from device.config import overrides_path
 from device.kiosk import create_app
 from device.lab.bench_kiosk import CHROMIUM, CHROMIUM_ARGS, TARGETS_SELECTOR
 from device.lab.sync_trials import add_visits, sample_eyes
+from device.unit import Unit
 from tests.device.kiosk.test_kiosk import PIN, add_workers, make_unit
 
 pytestmark = pytest.mark.browser
@@ -41,20 +44,30 @@ TARGETS_JS = """(selector) => [...document.querySelectorAll(selector)]
   .map(e => [(e.textContent || e.name || e.tagName).trim().slice(0, 40), e.getBoundingClientRect().height])"""
 
 
-@pytest.fixture
-def kiosk(tmp_path):
-    unit = make_unit(tmp_path / "unit")
+@contextlib.contextmanager
+def served_kiosk(root: Path) -> Iterator[tuple[str, Unit]]:
+    """A unit with its workers and its kiosk served by waitress on 127.0.0.1, a folder standing in for a
+    mounted USB stick: (base URL, unit)."""
+    unit = make_unit(root / "unit")
     add_workers(unit)
     app = create_app(unit)
-    (tmp_path / "media" / "CLINIC-USB").mkdir(parents=True)  # a folder stands in for a mounted stick
-    app.config.update(EXPORT_ROOTS=[str(tmp_path / "media")], EXPORT_MOUNTED_ONLY=False)
+    (root / "media" / "CLINIC-USB").mkdir(parents=True)
+    app.config.update(EXPORT_ROOTS=[str(root / "media")], EXPORT_MOUNTED_ONLY=False)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
     thread = threading.Thread(target=server.run, name="kiosk-server", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}", unit
-    server.close()
-    thread.join(timeout=5)
-    unit.close()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}", unit
+    finally:
+        server.close()
+        thread.join(timeout=5)
+        unit.close()
+
+
+@pytest.fixture
+def kiosk(tmp_path):
+    with served_kiosk(tmp_path) as served:
+        yield served
 
 
 @pytest.fixture

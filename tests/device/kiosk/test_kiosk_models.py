@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from device.kiosk import create_app
 from device.screening import model_update
 from device.unit import Unit
 from models.runtime import registry
-from tests.device.kiosk.test_kiosk import add_workers, csrf_of, sign_in
+from tests.device.kiosk.test_kiosk import add_workers, csrf_of, photograph_right_eye, sign_in
 from tests.device.kiosk.test_kiosk_admin import admin_client
 from tests.device.screening.model_bundles import release  # noqa: F401 - a fixture
 
@@ -37,15 +36,7 @@ def notices(page: str) -> list[str]:
 
 def screen_one(unit: Unit, identifier: str) -> dict:
     """One eye photographed on the simulated camera, screened and recorded: the result as the visit log keeps it."""
-    unit.visits.add_patient(identifier, name="Esther Wanjiru", consent=True)
-    uuid = unit.visits.start_visit(identifier, operator="amina", device_id="test-unit")
-    token = unit.begin_capture(uuid, "right")
-    assert unit.capture.press_button(token)
-    end, photo = time.monotonic() + 30, None
-    while photo is None and time.monotonic() < end:
-        photo = unit.take_capture(uuid, "right", token)
-        time.sleep(0.05)
-    assert photo is not None, unit.capture.state()
+    uuid, photo = photograph_right_eye(unit, identifier)
     unit.screen_and_record(uuid, "right", photo)
     return unit.visits.get_visit(uuid)["eyes"]["right"]["result"]["screening"]
 

@@ -11,18 +11,15 @@ Screenshots of every page in every language land in test-artifacts/screenshots/l
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
-import waitress
 
 from device.accounts import Accounts, accounts_path
-from device.kiosk import create_app
 from device.lab.bench_kiosk import CHROMIUM, CHROMIUM_ARGS, TARGETS_SELECTOR
 from device.lab.sync_trials import sample_eyes
 from device.screening import quality, referral
-from tests.device.kiosk.test_kiosk import PIN, add_workers, make_unit
-from tests.device.kiosk.test_kiosk_browser import MIN_TARGET_PX, NEVER, SCREENING_TIMEOUT_MS, SHOTS, SMALL, TARGETS_JS
+from tests.device.kiosk.test_kiosk import PIN
+from tests.device.kiosk.test_kiosk_browser import MIN_TARGET_PX, NEVER, SCREENING_TIMEOUT_MS, SHOTS, SMALL, TARGETS_JS, served_kiosk
 from tests.device.kiosk.test_languages import DEVANAGARI, _recorded_result
 
 pytestmark = pytest.mark.browser
@@ -38,19 +35,8 @@ ENGLISH_INSTRUCTIONS = set(quality.MESSAGES.values()) | {"Starting the camera", 
 @pytest.fixture(scope="module")
 def kiosk(tmp_path_factory):
     """One unit and its kiosk for the module: the visits and the tour each use patients of their own."""
-    root = tmp_path_factory.mktemp("languages-browser")
-    unit = make_unit(root / "unit")
-    add_workers(unit)
-    app = create_app(unit)
-    (root / "media" / "CLINIC-USB").mkdir(parents=True)  # a folder stands in for a mounted stick
-    app.config.update(EXPORT_ROOTS=[str(root / "media")], EXPORT_MOUNTED_ONLY=False)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
-    thread = threading.Thread(target=server.run, name="kiosk-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}", unit
-    server.close()
-    thread.join(timeout=5)
-    unit.close()
+    with served_kiosk(tmp_path_factory.mktemp("languages-browser")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
