@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from babel.support import Translations
 
 from device.accounts import Accounts, accounts_path
+from device.kiosk.languages import TRANSLATIONS
 from device.lab.bench_kiosk import CHROMIUM, CHROMIUM_ARGS, TARGETS_SELECTOR
 from device.lab.sync_trials import sample_eyes
 from device.screening import quality, referral
@@ -115,9 +117,12 @@ def sign_in(page, base: str, user: str, pin: str) -> None:
 
 
 def instruction_shown(page) -> str:
-    """The capture page's instruction once the capture loop has said something of its own."""
-    first = page.inner_text("#instruction")
-    page.wait_for_function("(first) => document.getElementById('instruction').textContent !== first", arg=first)
+    """The capture page's instruction once the capture loop has said something of its own: compared with
+    what the server wrote into the page, not with what is on screen when asked (the loop may have spoken by then)."""
+    language = page.evaluate("document.documentElement.lang")
+    starting = Translations.load(TRANSLATIONS, [language]).gettext("Starting the camera")
+    page.wait_for_function("(starting) => document.getElementById('instruction').textContent.trim() !== starting",
+                           arg=starting)
     return page.inner_text("#instruction")
 
 
