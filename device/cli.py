@@ -11,12 +11,13 @@ from pathlib import Path
 from device.config import Config
 
 
-def _pipeline(args, models=None):
+def _pipeline(args, models=None, disc_classifier: bool | None = None):
     """The screening with the shipped models (the lab's measures), or with `models`' active ones (a ModelStore)."""
     from device.screening.pipeline import ScreeningPipeline
 
     return ScreeningPipeline.from_artifacts(precision=getattr(args, "precision", None) or "auto",
-                                            artifacts=None if models is None else models.active_dir())
+                                            artifacts=None if models is None else models.active_dir(),
+                                            disc_classifier=disc_classifier)
 
 
 def _installed_models(cfg: Config):
@@ -94,7 +95,8 @@ def cmd_evaluate(args) -> int:
 def cmd_fit_referral(args) -> int:
     from device.lab import fit_referral
 
-    figures = fit_referral.fit(_pipeline(args), [Path(d) for d in args.data], args.specificity,
+    # every opinion is read, the ones the new rule leaves out too: the report compares them
+    figures = fit_referral.fit(_pipeline(args, disc_classifier=True), [Path(d) for d in args.data], args.specificity,
                               opinions=tuple(args.opinions.split(",")), elsewhere=[Path(d) for d in args.other_cameras])
     print(json.dumps(figures, indent=1))
     return 0

@@ -88,6 +88,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
     except EngineError as exc:
         return [], str(exc)
     running = {e.name: describe_engine(e) for e in unit.engines()}
+    not_run: set[str] = getattr(unit.pipeline, "not_run", set())  # installed, but the referral rule does not use it
     engine_cache = DataDir(unit.config.data_dir).engines  # where the pipeline remembered what it measured
     rows = []
     for name, entry in manifest.items():
@@ -104,6 +105,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
                            "in_use": bool(loaded and loaded["precision"] == precision)})
         rows.append({"name": name, "version": entry.get("version"), "builds": builds,
                      "not_loaded": getattr(unit, "model_errors", {}).get(name),
+                     "not_run": name in not_run,
                      "shipped_precision": registry.shipped_precision(name, artifacts),
                      "preferred_precision": registry.preferred_precision(name, artifacts, measure_in=engine_cache),
                      "loaded": loaded})

@@ -3,8 +3,9 @@ measurements -> glaucoma probability -> referral, and, given the eye's earlier v
 
 The segmentation network runs twice: on the whole photo (downscaled) to find the disc, then on a
 disc-centred crop so that the cup, a few dozen pixels tall on a small photo and hundreds on a
-phone photo, is always segmented at the same scale. The disc-crop glaucoma classifier, where it is
-installed, reads the very same crop. `Engine` hides whether ONNX Runtime or TensorRT does the work.
+phone photo, is always segmented at the same scale. The disc-crop glaucoma classifier reads the very
+same crop, and runs only where the referral rule averages its score (or a lab measure asks for it): a
+network whose answer no decision reads was 13% of the screening's time (model card, "Speed"). `Engine` hides whether ONNX Runtime or TensorRT does the work.
 On ONNX Runtime pass 2 runs on the middle 224 px of the 256 px crop (`preprocess.SMALL_PASSES`), the
 disc at the same scale, which costs nothing measurable in accuracy (model card, "Speed"). A large photo is halved once for the gate and pass 1 alike
 (`preprocess.Shrinks`), and the disc and cup are measured on the crop's grid: only the overlay and
@@ -66,13 +67,16 @@ class ScreeningPipeline:
         self.model_versions = dict(model_versions or {})
         self.model_versions.setdefault("referral", policy.source)
         self.not_loaded: dict[str, str] = {}  # model -> why, for one left out (the screening runs without it)
+        self.not_run: set[str] = set()  # models installed that the referral rule does not use, so not loaded
 
     @classmethod
     def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None,
-                       engine_cache: Path | None = None, artifacts: Path | None = None) -> "ScreeningPipeline":
+                       engine_cache: Path | None = None, artifacts: Path | None = None,
+                       disc_classifier: bool | None = None) -> "ScreeningPipeline":
         """The models of one folder (`artifacts`: an installed version's, from `registry.installed_artifacts`;
         default the shipped ones), every model and the policy from that same folder; `auto` takes INT8 where
-        the accuracy gate allows it and this CPU runs it faster."""
+        the accuracy gate allows it and this CPU runs it faster. `disc_classifier`: run the disc classifier
+        (None: where the referral rule averages its score; True for a lab measure that compares opinions)."""
         artifacts = artifacts or registry.ARTIFACTS
         if precision == "auto":
             precision = registry.preferred_precision("segmentation", artifacts, measure_in=engine_cache, threads=threads)
@@ -80,8 +84,12 @@ class ScreeningPipeline:
         policy = ReferralPolicy.load(policy_file) if policy_file.exists() else ReferralPolicy()
         engine = registry.load_engine("segmentation", precision, artifacts, threads=threads, engine_cache=engine_cache,
                                       free_size=True)
-        classifier, not_loaded = None, {}
-        if "glaucoma" in registry.manifest(artifacts):
+        classifier, not_loaded, not_run = None, {}, set()
+        if disc_classifier is None:
+            disc_classifier = DISC_CLASSIFIER in policy.fused_opinions()
+        if "glaucoma" in registry.manifest(artifacts) and not disc_classifier:
+            not_run.add("glaucoma")
+        elif "glaucoma" in registry.manifest(artifacts):
             classifier_precision = registry.preferred_precision("glaucoma", artifacts) if precision == "int8" else "fp32"
             try:
                 classifier = registry.load_engine("glaucoma", classifier_precision, artifacts, threads=threads,
@@ -97,7 +105,7 @@ class ScreeningPipeline:
         versions["precision"] = precision
         versions["backend"] = engine.backend
         pipeline = cls(engine, policy, gate, versions, classifier)
-        pipeline.not_loaded = not_loaded
+        pipeline.not_loaded, pipeline.not_run = not_loaded, not_run
         return pipeline
 
     def engines(self) -> list[Engine]:

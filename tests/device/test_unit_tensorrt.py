@@ -4,6 +4,7 @@ on a request thread, one network whose engine does not build leaving the others 
 GPU memory freed at the end; `build-engines` and a start that builds asking systemd for time."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import socket
@@ -16,7 +17,9 @@ from device import sdnotify
 from device.cli import main as cli_main
 from device.config import Config
 from device.screening.progression import ProgressionPolicy
+from device.screening.referral import ReferralPolicy
 from device.unit import Unit
+from models.runtime import registry
 from models.runtime import tensorrt as te
 from tests.device.kiosk.test_kiosk import photograph_right_eye
 from tests.models.runtime import fake_tensorrt as fake
@@ -66,7 +69,9 @@ def test_the_unit_screens_on_tensorrt_from_a_request_thread_and_frees_the_gpu_at
     driver = cuda.driver_state
     unit = started()
     assert unit.model_error is None and unit.model_errors == {}
-    assert [e.backend for e in unit.engines()] == ["tensorrt"] * 3
+    # segmentation and progression; the shipped referral rule does not use the disc classifier, so it is not run
+    assert [(e.name, e.backend) for e in unit.engines()] == [("segmentation", "tensorrt"), ("progression", "tensorrt")]
+    assert unit.pipeline is not None and unit.pipeline.not_run == {"glaucoma"}
     uuid, photo = capture(unit, "TRT-1")
     out = screen_on_a_request_thread(unit, uuid, photo)
     assert out["referral"] in ("normal", "refer", "rescreen")
@@ -113,14 +118,25 @@ def test_a_progression_policy_that_needs_the_network_screens_without_progression
 
 
 def test_a_disc_classifier_that_does_not_build_leaves_the_screening(monkeypatch, started):
-    """The referral decides on the vCDR; the disc classifier's score is shown beside it and can be missing."""
+    """The shipped referral decides on the vCDR, so the disc classifier is not even loaded: its engine
+    failing to build changes nothing. A rule that averages its score cannot screen without it."""
     fake.install(monkeypatch, "10.3.0", refuse={"glaucoma"})
     unit = started()
-    assert unit.pipeline is not None and unit.pipeline.classifier is None
-    assert "glaucoma.onnx" in unit.model_errors["glaucoma"]
+    assert unit.pipeline is not None and unit.pipeline.classifier is None and unit.pipeline.not_run == {"glaucoma"}
+    assert "glaucoma" not in unit.model_errors
     assert unit.progression is not None and unit.progression.engine is not None
     uuid, photo = capture(unit, "TRT-4")
-    assert screen_on_a_request_thread(unit, uuid, photo)["referral"] in ("normal", "refer", "rescreen")
+    out = screen_on_a_request_thread(unit, uuid, photo)
+    assert out["referral"] in ("normal", "refer", "rescreen") and out["disc_classifier_probability"] is None
+
+
+def test_a_referral_rule_that_averages_the_disc_classifier_does_not_screen_without_it(monkeypatch, started):
+    fake.install(monkeypatch, "10.3.0", refuse={"glaucoma"})
+    shipped = ReferralPolicy.load(registry.ARTIFACTS / "screening.json")
+    averaging = dataclasses.replace(shipped, opinions=["vcdr", "disc_classifier"])
+    monkeypatch.setattr(ReferralPolicy, "load", classmethod(lambda cls, path: averaging))
+    unit = started()
+    assert unit.pipeline is None and "glaucoma.onnx" in (unit.model_error or "")
 
 
 def test_without_the_segmentation_engine_nothing_is_screened_and_the_kiosk_says_so(monkeypatch, started):

@@ -133,10 +133,15 @@ def test_models_page_shows_each_build_with_its_hash_and_what_runs(unit):
     threads = engine.session.get_session_options().intra_op_num_threads
     assert text_of(page, "segmentation-threads") == str(threads)
     assert f"Precision shipped</dt><dd>{registry.shipped_precision('segmentation').upper()}" in page
-    for name in ("glaucoma", "progression"):  # the disc classifier and the progression engine run too
-        block = page[page.index(f'id="build-{name}-fp32"'):]
-        assert "In use" in block[:block.index("</li>")]
-        assert text_of(page, f"{name}-backend") == "ONNX Runtime (CPU)"
+    block = page[page.index('id="build-progression-fp32"'):]  # the progression engine runs too
+    assert "In use" in block[:block.index("</li>")]
+    assert text_of(page, "progression-backend") == "ONNX Runtime (CPU)"
+    # the disc classifier is installed and verified, and not run: the shipped referral rule does not use its score
+    assert text_of(page, "glaucoma-not-run") == "Not run: the referral rule does not use it"
+    for precision in ("fp32", "int8"):
+        if f'id="build-glaucoma-{precision}"' in page:
+            block = page[page.index(f'id="build-glaucoma-{precision}"'):]
+            assert "In use" not in block[:block.index("</li>")] and "Verified" in block[:block.index("</li>")]
     # the referral rule says on which cameras its operating point was measured, and that it holds for no other
     cameras = text_of(page, "referral-cameras")
     assert "REFUGE, Canon CR-2 (" in cameras and "Drishti-GS1" in cameras and "not measured on any other camera" in cameras

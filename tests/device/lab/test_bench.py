@@ -3,6 +3,8 @@ never asserted here: these machines are too noisy for timed tests)."""
 import json
 
 from device.lab import bench
+from device.screening.pipeline import SCREENING_POLICY
+from device.screening.referral import DISC_CLASSIFIER, ReferralPolicy
 
 
 def test_bench_reports_engines_pipeline_and_the_reference_line(tmp_path):
@@ -31,7 +33,9 @@ def test_bench_reports_engines_pipeline_and_the_reference_line(tmp_path):
         profile = report["profile"][precision]
         steps = profile["steps_p50_ms"]
         assert list(steps)[:3] == ["decode", "gate", "pass1_input"] and list(steps)[-1] == "unwarp"
-        assert {"pass1", "pass2", "classifier", "clean", "measure", "fusion"} <= set(steps)
+        assert {"pass1", "pass2", "clean", "measure", "fusion"} <= set(steps)
+        # the disc classifier runs where the shipped referral rule averages its score, and only there
+        assert ("classifier" in steps) == (DISC_CLASSIFIER in ReferralPolicy.load(SCREENING_POLICY).fused_opinions())
         assert all(ms >= 0 for ms in steps.values())
         assert profile["photo_pixels"] == "2048x1536" and profile["pass_sizes"]["crop"] == 224
         assert profile["decode_screen_unwarp_p50_ms"] > profile["screening_p50_ms"] > 0

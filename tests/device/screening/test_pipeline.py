@@ -10,7 +10,7 @@ from models.runtime.images import read_rgb
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_pass_2_averages_the_disc_and_cup_with_the_mirrored_crop(refuge_photo, precision):
     rgb = read_rgb(refuge_photo)
-    pipeline = ScreeningPipeline.from_artifacts(precision=precision, threads=1)
+    pipeline = ScreeningPipeline.from_artifacts(precision=precision, threads=1, disc_classifier=True)
     assert pipeline.mirror
     found, _ = pipeline.locate_disc(rgb)
     assert found is not None
@@ -38,6 +38,31 @@ def test_pass_2_averages_the_disc_and_cup_with_the_mirrored_crop(refuge_photo, p
 
     unmirrored = ScreeningPipeline(pipeline.engine, pipeline.policy, mirror=False).segment_disc(rgb, *found)
     assert np.abs(unmirrored.disc_prob - plain["disc"][0, 0]).max() < 1e-4
+
+
+def test_the_disc_classifier_runs_only_where_the_referral_rule_averages_its_score(refuge_photo, monkeypatch):
+    """The shipped rule decides on the vCDR alone: the classifier is not loaded and the screening is the
+    same as with it, but for its unused score. A rule that averages it gets it without asking."""
+    import dataclasses
+
+    from device.screening.referral import DISC_CLASSIFIER, ReferralPolicy
+
+    rgb = read_rgb(refuge_photo)
+    shipped = ScreeningPipeline.from_artifacts(precision="fp32", threads=1)
+    assert DISC_CLASSIFIER not in shipped.policy.fused_opinions()
+    assert shipped.classifier is None and shipped.not_run == {"glaucoma"} and len(shipped.engines()) == 1
+    asked = ScreeningPipeline.from_artifacts(precision="fp32", threads=1, disc_classifier=True)
+    assert asked.classifier is not None and asked.not_run == set()
+    without, with_it = shipped.screen(rgb).to_dict(), asked.screen(rgb).to_dict()
+    assert without["disc_classifier_probability"] is None and with_it["disc_classifier_probability"] is not None
+    for key in ("referral", "vcdr", "glaucoma_probability", "gradable"):
+        assert without[key] == with_it[key], key
+
+    averaging = dataclasses.replace(shipped.policy, opinions=["vcdr", DISC_CLASSIFIER])
+    monkeypatch.setattr(ReferralPolicy, "load", classmethod(lambda cls, path: averaging))
+    fused = ScreeningPipeline.from_artifacts(precision="fp32", threads=1)
+    assert fused.classifier is not None and fused.not_run == set()
+    assert fused.screen(rgb).to_dict()["disc_classifier_probability"] == with_it["disc_classifier_probability"]
 
 
 @pytest.mark.parametrize("moved_to", [0.2, 1.6])
@@ -127,7 +152,7 @@ def test_an_engine_built_for_256_px_runs_both_passes_at_256(refuge_photo):
 
 def test_every_step_of_a_screening_is_timed(refuge_photo):
     """What `glaucoscreen bench --profile` reads: each step's milliseconds, and the whole in `total`."""
-    pipeline = ScreeningPipeline.from_artifacts(precision="int8", threads=1)
+    pipeline = ScreeningPipeline.from_artifacts(precision="int8", threads=1, disc_classifier=True)
     result = pipeline.screen(read_rgb(refuge_photo))
     t = result.timings_ms
     steps = {"gate", "pass1_input", "pass1", "locate", "pass2_input", "pass2", "classifier", "clean", "measure", "fusion"}
