@@ -157,14 +157,14 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from device import unit
+    from device import kiosk
 
     cfg = Config.load(args.config, data_dir=args.data_dir, simulate=args.simulate or None)
     if args.port:
         cfg.kiosk.port = args.port
     if args.host:
         cfg.kiosk.host = args.host
-    return unit.serve(cfg)
+    return kiosk.serve(cfg)
 
 
 def cmd_reading_centre(args) -> int:

@@ -1,5 +1,5 @@
 """The assembled unit: camera, lights, optic module, capture loop, screening pipeline and visit log,
-built either from the board's real hardware or from simulators, and served to the kiosk.
+built either from the board's real hardware or from simulators; the kiosk (`device.kiosk.serve`) serves it.
 
 This is the only place that knows which of the two it is; everything downstream sees the same
 objects.
@@ -9,14 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-import signal
 import threading
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from calibration.optical import OpticalCalibration
-from device import sdnotify
 from device.capture import calibration as optics
 from device.capture.loop import CapturedPhoto, CaptureLoop
 from device.capture.metered import MeteredCamera
@@ -29,7 +27,6 @@ from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from hardware.light_dose import EyeDose
 from hardware.rig import Rig, open_rig
-from models.runtime import tensorrt as trt_runtime
 from models.runtime.engine import EngineError
 from models.runtime.installed import ModelStore
 
@@ -377,50 +374,3 @@ class Unit:
                     close()
         self.visits.close()
         self.rig.close()
-
-
-DEMO_USER, DEMO_PIN = "demo", "2580"
-
-
-def _demo_account(config: Config) -> None:
-    """In simulation only: an account to try the kiosk with, so the first screen is not a dead end."""
-    from device.accounts import Accounts
-
-    accounts = Accounts(DataDir(config.data_dir).accounts_db)
-    if accounts.count() == 0:
-        accounts.add(DEMO_USER, DEMO_PIN, admin=True)
-        print(f"Simulation: sign in as '{DEMO_USER}' with PIN {DEMO_PIN} (an admin; create real accounts with "
-              f"`glaucoscreen user add NAME --admin`)", flush=True)
-
-
-def serve(config: Config) -> int:
-    """Run the unit until SIGTERM/SIGINT: capture loop in a thread, kiosk served by waitress."""
-    import waitress
-
-    from device.kiosk import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # a first start after an update builds TensorRT engines before READY: minutes on a Jetson, more than
-    # TimeoutStartSec; systemd is asked for more time while each is built (or another builder is awaited)
-    trt_runtime.set_long_wait(sdnotify.extending_timeout)
-    unit = Unit.from_config(config)
-    unit.start()
-    if config.simulate:
-        _demo_account(config)
-    app = create_app(unit)
-    server = waitress.create_server(app, host=config.kiosk.host, port=config.kiosk.port, threads=config.kiosk.threads)
-    signal.signal(signal.SIGTERM, lambda *_: server.close())
-    mode = "simulation" if config.simulate else "hardware"
-    print(f"GlaucoScreen kiosk ({mode}) on http://{config.kiosk.host}:{server.effective_port}/  data: {config.data_dir}", flush=True)
-    stop = threading.Event()
-    sdnotify.start_watchdog(unit.capture.responsive, stop)
-    sdnotify.notify("READY=1")
-    try:
-        server.run()
-    except (KeyboardInterrupt, OSError):
-        pass
-    finally:
-        stop.set()
-        sdnotify.notify("STOPPING=1")
-        unit.close()
-    return 0

@@ -7,12 +7,18 @@ with nothing fetched from the internet.
 """
 from __future__ import annotations
 
+import logging
 import secrets
+import signal
+import threading
 
 from flask import Flask, current_app
 
+from device import sdnotify
 from device.accounts import Accounts
+from device.config import Config
 from device.visits.datadir import DataDir
+from models.runtime import tensorrt as trt_runtime
 
 
 def create_app(unit, *, secret_key: bytes | None = None, testing: bool = False) -> Flask:
@@ -67,3 +73,47 @@ def get_unit():
 def get_accounts() -> Accounts:
     return current_app.extensions["glaucoscreen.accounts"]
 
+
+DEMO_USER, DEMO_PIN = "demo", "2580"
+
+
+def _demo_account(config: Config) -> None:
+    """In simulation only: an account to try the kiosk with, so the first screen is not a dead end."""
+    accounts = Accounts(DataDir(config.data_dir).accounts_db)
+    if accounts.count() == 0:
+        accounts.add(DEMO_USER, DEMO_PIN, admin=True)
+        print(f"Simulation: sign in as '{DEMO_USER}' with PIN {DEMO_PIN} (an admin; create real accounts with "
+              f"`glaucoscreen user add NAME --admin`)", flush=True)
+
+
+def serve(config: Config) -> int:
+    """Run the unit until SIGTERM/SIGINT: capture loop in a thread, kiosk served by waitress."""
+    import waitress
+
+    from device.unit import Unit
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # a first start after an update builds TensorRT engines before READY: minutes on a Jetson, more than
+    # TimeoutStartSec; systemd is asked for more time while each is built (or another builder is awaited)
+    trt_runtime.set_long_wait(sdnotify.extending_timeout)
+    unit = Unit.from_config(config)
+    unit.start()
+    if config.simulate:
+        _demo_account(config)
+    app = create_app(unit)
+    server = waitress.create_server(app, host=config.kiosk.host, port=config.kiosk.port, threads=config.kiosk.threads)
+    signal.signal(signal.SIGTERM, lambda *_: server.close())
+    mode = "simulation" if config.simulate else "hardware"
+    print(f"GlaucoScreen kiosk ({mode}) on http://{config.kiosk.host}:{server.effective_port}/  data: {config.data_dir}", flush=True)
+    stop = threading.Event()
+    sdnotify.start_watchdog(unit.capture.responsive, stop)
+    sdnotify.notify("READY=1")
+    try:
+        server.run()
+    except (KeyboardInterrupt, OSError):
+        pass
+    finally:
+        stop.set()
+        sdnotify.notify("STOPPING=1")
+        unit.close()
+    return 0

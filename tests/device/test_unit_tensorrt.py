@@ -193,6 +193,7 @@ def test_the_kiosk_sets_the_timeout_extension_before_it_loads_the_models(monkeyp
     """`serve` loads the models (and so builds any missing engine) before READY=1: the extension must be
     in place by then."""
     import device.unit as unit_module
+    from device import kiosk
 
     seen = []
 
@@ -204,7 +205,7 @@ def test_the_kiosk_sets_the_timeout_extension_before_it_loads_the_models(monkeyp
     previous = te.set_long_wait(None)
     try:
         with pytest.raises(SystemExit):
-            unit_module.serve(Config(data_dir=tmp_path, simulate=True))
+            kiosk.serve(Config(data_dir=tmp_path, simulate=True))
     finally:
         te.set_long_wait(previous)
     assert seen == [sdnotify.extending_timeout]
