@@ -32,8 +32,7 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import UID, JPEGBaseline8Bit
 
-from device.screening.progression import Assessment
-from device.screening.result import StoredResult
+from device.screening.result import Assessment, StoredResult
 from models.runtime.images import decode_rgb, encode_jpeg
 
 MANUFACTURER = "GlaucoScreen Edge"

@@ -22,21 +22,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from device.screening.change import CALLED_ON, MEASURES, Change, Measured, NoiseModel, Outliner, Trend, event, measure_visits, registered_views, trend
 from device.screening.referral import PolicyFile, sigmoid
 from device.screening.registration import Registration, region_around_disc, register
+from device.screening.result import Assessment, ScreeningResult
 from device.screening.wording import N_
 from models.runtime import preprocess, registry
 from models.runtime.engine import Engine, EngineError, close_engine
-
-if TYPE_CHECKING:
-    from device.screening.result import ScreeningResult
 
 PROGRESSION_POLICY = registry.ARTIFACTS / "progression.json"
 CROP_SIZE = 160
@@ -91,46 +89,6 @@ class ProgressionPolicy(PolicyFile):
 def features(changes: list[Change]) -> dict[str, float]:
     """The model's inputs: each measure's change towards worsening in units of its noise (`z_<measure>`)."""
     return {f"z_{c.measure}": c.z for c in changes}
-
-
-@dataclass
-class Assessment:
-    verdict: str
-    message: str
-    compared_with: str | None = None  # when the earlier visit was
-    years: float | None = None
-    vcdr_then: float | None = None  # measured together, in today's frame, with the disc the visits share
-    vcdr_now: float | None = None
-    vcdr_change_per_year: float | None = None
-    probability: float | None = None  # the model's probability, only where the policy lets it decide
-    engine_probability: float | None = None  # the network's own output, kept for the reading centre
-    exceeds_noise: bool | None = None  # a change in the vCDR or cup area beyond the noise, or a worsening trend
-    confidence: float | None = None  # at which a change is said to exceed the noise (one-sided)
-    changes: list[dict] = field(default_factory=list)  # `Change.to_dict()` per measure
-    trend: dict | None = None  # `Trend.to_dict()` of the vCDR, with three visits or more
-    registration: dict | None = None  # `Registration.to_dict()` of the earlier photo onto today's, and its matrix
-    earlier_visit: str | None = None  # the visit compared with, and its photo: what the kiosk shows beside today's
-    earlier_photo: str | None = None
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        for k in ("years", "vcdr_then", "vcdr_now", "vcdr_change_per_year", "probability", "engine_probability"):
-            if out[k] is not None:
-                out[k] = round(out[k], 4)
-        return out
-
-    @classmethod
-    def from_dict(cls, stored: dict) -> "Assessment":
-        """The verdict as a result's JSON keeps it; a field an older result lacks is None (or empty)."""
-        return cls(verdict=stored.get("verdict") or "", message=stored.get("message", ""),
-                   changes=list(stored.get("changes") or []),
-                   **{k: stored.get(k) for k in ("compared_with", "years", "vcdr_then", "vcdr_now",
-                                                 "vcdr_change_per_year", "probability", "engine_probability",
-                                                 "exceeds_noise", "confidence", "trend", "registration",
-                                                 "earlier_visit", "earlier_photo")})
-
-    def change(self, measure: str) -> dict | None:
-        return next((c for c in self.changes if c.get("measure") == measure), None)
 
 
 @dataclass(frozen=True)

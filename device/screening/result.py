@@ -9,13 +9,12 @@ stored by earlier releases (or by hand, in tests and trials) may lack a field th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
 
 from device.screening.measurements import Measurements, clean_masks
-from device.screening.progression import Assessment
 from device.screening.quality import QualityReport
 from device.screening.referral import ADVICE, HEADLINE
 from models.runtime import preprocess
@@ -53,6 +52,49 @@ class DiscSegmentation:
             disc[y0:y1, x0:x1], cup[y0:y1, x0:x1] = clean_masks(preprocess.unwarp(self.disc_prob, region, (y1 - y0, x1 - x0)),
                                                                 preprocess.unwarp(self.cup_prob, region, (y1 - y0, x1 - x0)))
         return disc, cup
+
+
+@dataclass
+class Assessment:
+    """Progression's verdict on one eye against its earlier visits (`device.screening.progression`), as a
+    screening result carries it and the visit log keeps it."""
+
+    verdict: str
+    message: str
+    compared_with: str | None = None  # when the earlier visit was
+    years: float | None = None
+    vcdr_then: float | None = None  # measured together, in today's frame, with the disc the visits share
+    vcdr_now: float | None = None
+    vcdr_change_per_year: float | None = None
+    probability: float | None = None  # the model's probability, only where the policy lets it decide
+    engine_probability: float | None = None  # the network's own output, kept for the reading centre
+    exceeds_noise: bool | None = None  # a change in the vCDR or cup area beyond the noise, or a worsening trend
+    confidence: float | None = None  # at which a change is said to exceed the noise (one-sided)
+    changes: list[dict] = field(default_factory=list)  # `Change.to_dict()` per measure
+    trend: dict | None = None  # `Trend.to_dict()` of the vCDR, with three visits or more
+    registration: dict | None = None  # `Registration.to_dict()` of the earlier photo onto today's, and its matrix
+    earlier_visit: str | None = None  # the visit compared with, and its photo: what the kiosk shows beside today's
+    earlier_photo: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for k in ("years", "vcdr_then", "vcdr_now", "vcdr_change_per_year", "probability", "engine_probability"):
+            if out[k] is not None:
+                out[k] = round(out[k], 4)
+        return out
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "Assessment":
+        """The verdict as a result's JSON keeps it; a field an older result lacks is None (or empty)."""
+        return cls(verdict=stored.get("verdict") or "", message=stored.get("message", ""),
+                   changes=list(stored.get("changes") or []),
+                   **{k: stored.get(k) for k in ("compared_with", "years", "vcdr_then", "vcdr_now",
+                                                 "vcdr_change_per_year", "probability", "engine_probability",
+                                                 "exceeds_noise", "confidence", "trend", "registration",
+                                                 "earlier_visit", "earlier_photo")})
+
+    def change(self, measure: str) -> dict | None:
+        return next((c for c in self.changes if c.get("measure") == measure), None)
 
 
 @dataclass

@@ -16,11 +16,11 @@ from device.screening.progression import (
     PROGRESSING,
     STABLE,
     TOO_RECENT,
-    Assessment,
     EyeHistory,
     ProgressionAssessor,
     ProgressionPolicy,
 )
+from device.screening.result import Assessment
 from device.visits.recording import eye_history, record_eye
 from device.visits.visitlog import VisitLog
 from models.runtime.images import decode_rgb
