@@ -1,4 +1,4 @@
-"""A Jetson's CSI camera through Argus (`nvarguscamerasrc`): the "gstreamer" backend of `open_camera`.
+"""A Jetson's CSI camera through Argus (`nvarguscamerasrc`): the "gstreamer" backend of `hardware.rig.open_camera`.
 
 One pipeline runs the sensor in a mode at that mode's full size. The preview is scaled from it by the
 Jetson's converter (`nvvidconv`), which stretches to whatever size it is told: so the preview is given

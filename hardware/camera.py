@@ -1,4 +1,4 @@
-"""Camera sources: the board's camera (picamera2, Argus on a Jetson: hardware/argus.py, OpenCV/UVC) or recorded photos.
+"""Camera sources (chosen for a board by `hardware.rig.open_camera`): the board's camera (picamera2, Argus on a Jetson: hardware/argus.py, OpenCV/UVC) or recorded photos.
 
 Every source gives the same thing: HxWx3 uint8 RGB preview frames from `read()`, a full-resolution
 `capture_still()`, manual exposure, and a CameraError with a sentence a health worker or the IT
@@ -16,7 +16,6 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from hardware.boards import PROFILES, BoardProfile
 from models.runtime.images import ImageError, read_rgb
 
 log = logging.getLogger(__name__)
@@ -397,30 +396,3 @@ class ReplayCamera(Camera):
         if self._exposure is not None:
             out["exposure_us"], out["gain"] = self._exposure
         return out
-
-
-def open_camera(source: BoardProfile | str, **options) -> Camera:
-    """The camera for a board profile, a board's name, or a backend's name (not yet started).
-
-    Backends: "picamera2", "gstreamer" (Argus on a Jetson: options of hardware.argus.ArgusCamera),
-    "opencv" (options `index_or_url`, ...), "replay" (option `folder`), "simulated" (options of SimulatedCamera).
-    """
-    if isinstance(source, str) and source in PROFILES:
-        source = PROFILES[source]
-    backend = source.camera_backend if isinstance(source, BoardProfile) else source
-    if backend == "picamera2":
-        return Picamera2Camera(**options)
-    if backend == "gstreamer":
-        from hardware.argus import ArgusCamera
-
-        return ArgusCamera(**options)
-    if backend == "opencv":
-        return OpenCVCamera(**options)
-    if backend == "replay":
-        return ReplayCamera(**options)
-    if backend == "simulated":
-        from hardware.simulated_camera import SimulatedCamera
-
-        return SimulatedCamera(**options)
-    raise ValueError(f"unknown camera {source!r}: use a board ({', '.join(PROFILES)}) or a backend "
-                     f"(picamera2, gstreamer, opencv, replay, simulated)")

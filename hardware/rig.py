@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from hardware.boards import BoardProfile
     from hardware.camera import Camera
     from hardware.illumination import Illumination
     from hardware.light_dose import LedResponse, LightLimits
@@ -75,7 +76,6 @@ def simulated_rig(*, max_led_level: float, max_flash_s: float, light_limits: Lig
 def hardware_rig(board: str, *, max_led_level: float, max_flash_s: float, light_limits: LightLimits | None = None,
                  led_response: LedResponse | None = None) -> Rig:
     from hardware import boards
-    from hardware.camera import open_camera
     from hardware.illumination import Illumination
     from hardware.optic_module import OpticModule
 
@@ -104,3 +104,34 @@ def open_rig(*, simulate: bool, board: str, max_led_level: float, max_flash_s: f
                              led_response=led_response, **camera_options)
     return hardware_rig(board, max_led_level=max_led_level, max_flash_s=max_flash_s, light_limits=light_limits,
                         led_response=led_response)
+
+
+def open_camera(source: BoardProfile | str, **options) -> Camera:
+    """The camera for a board profile, a board's name, or a backend's name (not yet started).
+
+    Backends: "picamera2", "gstreamer" (Argus on a Jetson: options of hardware.argus.ArgusCamera),
+    "opencv" (options `index_or_url`, ...), "replay" (option `folder`), "simulated" (options of SimulatedCamera).
+    """
+    from hardware.boards import PROFILES, BoardProfile
+
+    if isinstance(source, str) and source in PROFILES:
+        source = PROFILES[source]
+    backend = source.camera_backend if isinstance(source, BoardProfile) else source
+    from hardware.camera import OpenCVCamera, Picamera2Camera, ReplayCamera
+
+    if backend == "picamera2":
+        return Picamera2Camera(**options)
+    if backend == "gstreamer":
+        from hardware.argus import ArgusCamera
+
+        return ArgusCamera(**options)
+    if backend == "opencv":
+        return OpenCVCamera(**options)
+    if backend == "replay":
+        return ReplayCamera(**options)
+    if backend == "simulated":
+        from hardware.simulated_camera import SimulatedCamera
+
+        return SimulatedCamera(**options)
+    raise ValueError(f"unknown camera {source!r}: use a board ({', '.join(PROFILES)}) or a backend "
+                     f"(picamera2, gstreamer, opencv, replay, simulated)")

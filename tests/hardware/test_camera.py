@@ -17,11 +17,11 @@ from hardware.camera import (
     OpenCVCamera,
     Picamera2Camera,
     ReplayCamera,
-    open_camera,
 )
 from hardware.illumination import Illumination
 from hardware.optic_module import OpticModule
 from hardware.optic_module_sim import OpticModuleSimulator
+from hardware.rig import open_camera
 from hardware.simulated_camera import MAX_DRIFT, STILL_S, SimulatedCamera
 from models.runtime.images import read_rgb
 from models.synthetic import field_geometry
