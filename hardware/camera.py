@@ -1,4 +1,5 @@
-"""Camera sources (chosen for a board by `hardware.rig.open_camera`): the board's camera (picamera2, Argus on a Jetson: hardware/argus.py, OpenCV/UVC) or recorded photos.
+"""Camera sources: the board's camera (picamera2, Argus on a Jetson: hardware/argus.py, OpenCV/UVC) or recorded
+photos; `hardware.rig.open_camera` picks the one a board uses.
 
 Every source gives the same thing: HxWx3 uint8 RGB preview frames from `read()`, a full-resolution
 `capture_still()`, manual exposure, and a CameraError with a sentence a health worker or the IT
