@@ -341,11 +341,12 @@ def cmd_build_engines(args) -> int:
     from models.runtime import registry
     from models.runtime import tensorrt as trt_runtime
     from models.runtime.engine import EngineError, close_engine
+    from models.runtime.installed import active_artifacts
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     try:
         trt_runtime.check_installed()
-        artifacts = registry.installed_artifacts(DataDir(cfg.data_dir).models)  # the active models, as the kiosk loads them
+        artifacts = active_artifacts(DataDir(cfg.data_dir).models)  # the active models, as the kiosk loads them
         entries = registry.manifest(artifacts)
     except EngineError as exc:
         print(f"glaucoscreen build-engines: {exc}", file=sys.stderr)

@@ -144,8 +144,9 @@ def inference(cfg: Config) -> dict:
 def models(cfg: Config | None = None) -> dict:
     """Every model file of the active models (the installed version in use, else the shipped ones) against its hash."""
     from models.runtime import registry
+    from models.runtime.installed import active_artifacts
 
-    artifacts = registry.ARTIFACTS if cfg is None else registry.installed_artifacts(DataDir(cfg.data_dir).models)
+    artifacts = registry.ARTIFACTS if cfg is None else active_artifacts(DataDir(cfg.data_dir).models)
     entries = registry.manifest(artifacts)
     found = {}
     ok = True

@@ -28,6 +28,7 @@ from device.screening import model_update
 from device.visits.datadir import DataDir
 from models.runtime import registry
 from models.runtime.engine import EngineError
+from models.runtime.installed import active_artifacts
 
 bp = Blueprint("operations", __name__, url_prefix="/admin")
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def model_rows(unit, files: dict) -> tuple[list[dict], str | None]:
     """One row per model in the manifest, each build (FP32, INT8) with its hash check (`files`, from
     `doctor.models`), and which one runs."""
     try:
-        artifacts = registry.installed_artifacts(DataDir(unit.config.data_dir).models)  # the active version's
+        artifacts = active_artifacts(DataDir(unit.config.data_dir).models)  # the active version's
         manifest = registry.manifest(artifacts)
     except EngineError as exc:
         return [], str(exc)

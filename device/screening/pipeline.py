@@ -73,7 +73,7 @@ class ScreeningPipeline:
     def from_artifacts(cls, precision: str = "auto", gate: QualityGate | None = None, threads: int | None = None,
                        engine_cache: Path | None = None, artifacts: Path | None = None,
                        disc_classifier: bool | None = None) -> "ScreeningPipeline":
-        """The models of one folder (`artifacts`: an installed version's, from `registry.installed_artifacts`;
+        """The models of one folder (`artifacts`: an installed version's, from `active_artifacts`;
         default the shipped ones), every model and the policy from that same folder; `auto` takes INT8 where
         the accuracy gate allows it and this CPU runs it faster. `disc_classifier`: run the disc classifier
         (None: where the referral rule averages its score; True for a lab measure that compares opinions)."""

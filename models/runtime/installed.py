@@ -300,3 +300,12 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def active_artifacts(models_root: Path | None) -> Path:
+    """The folder the unit's models load from: the active installed version under `models_root` (the data
+    folder's installed-models/) when one is installed, else the shipped artifacts. Callers resolve it once
+    and load every model and policy from it, so a switch never mixes two versions."""
+    if models_root is None:
+        return ARTIFACTS
+    return ModelStore(models_root).active_dir()

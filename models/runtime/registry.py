@@ -178,16 +178,5 @@ def load_engine(name: str, precision: str = "fp32", artifacts: Path = ARTIFACTS,
     return engine
 
 
-def installed_artifacts(models_root: Path | None) -> Path:
-    """The folder the unit's models load from: the active installed version under `models_root` (the data
-    folder's installed-models/, see `models.runtime.installed`) when one is installed, else the shipped artifacts.
-    Callers resolve it once and load every model and policy from it, so a switch never mixes two versions."""
-    if models_root is None:
-        return ARTIFACTS
-    from models.runtime.installed import ModelStore
-
-    return ModelStore(models_root).active_dir()
-
-
 def versions(artifacts: Path = ARTIFACTS) -> dict[str, str]:
     return {name: e.get("version", "?") for name, e in manifest(artifacts).items() if isinstance(e, dict) and "file" in e}

@@ -23,7 +23,7 @@ from device.screening import model_update
 from device.visits.datadir import DataDir
 from device.visits.visitlog import VisitLog
 from models.runtime import registry
-from models.runtime.installed import ModelStore
+from models.runtime.installed import ModelStore, active_artifacts
 from tests.device.screening.model_bundles import release  # noqa: F401 - a fixture
 
 
@@ -102,7 +102,7 @@ def test_the_sync_service_installs_a_newer_signed_release_and_sends_its_health(r
     out = run_sync(cfg, once=True)  # a new unit: no visit log yet, and still the check and the report
     assert out["models"]["outcome"] == "installed" and (out["models"]["active"], out["models"]["previous"]) == ("0.2.0", "0.1.0")
     assert ModelStore(DataDir(cfg.data_dir).models).active_version() == "0.2.0"
-    assert registry.versions(registry.installed_artifacts(DataDir(cfg.data_dir).models)) == registry.versions(release.newer)
+    assert registry.versions(active_artifacts(DataDir(cfg.data_dir).models)) == registry.versions(release.newer)
     assert not list(DataDir(cfg.data_dir).models.glob("download-*")), "the downloaded bundle is not kept"
 
     assert out["health"] == "sent"
@@ -265,7 +265,7 @@ def test_the_health_report_adds_up_the_light_the_unit_gave(release, tmp_path):
 def test_a_damaged_model_file_makes_the_health_report_say_so(release, tmp_path, capsys):
     cfg = release.config(tmp_path / "unit")
     model_update.install(cfg, release.bundle("health-0.2.0.tar", "0.2.0"))
-    folder = registry.installed_artifacts(DataDir(cfg.data_dir).models)
+    folder = active_artifacts(DataDir(cfg.data_dir).models)
     (folder / "glaucoma.onnx").write_bytes(b"a half-copied file")
     assert main(["health", "--data-dir", str(cfg.data_dir)]) == 1
     assert "DAMAGED: model file glaucoma.onnx is damaged" in capsys.readouterr().out

@@ -21,7 +21,7 @@ from device.screening import model_update
 from device.visits.datadir import DataDir
 from models.runtime import bundle as bundles
 from models.runtime import registry
-from models.runtime.installed import KEEP_PREVIOUS, ModelStore
+from models.runtime.installed import KEEP_PREVIOUS, ModelStore, active_artifacts
 from tests.device.screening.model_bundles import (  # noqa: F401 - release is a fixture
     copy_models,
     file_hashes,
@@ -135,7 +135,7 @@ def test_install_then_rollback_gives_back_the_exact_files_through_the_command(re
     assert report["checks"]["smoke"]["passed"] and report["checks"]["int8_gate"]["passed"]
     newer = file_hashes(release.newer)
     assert newer != SHIPPED
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == newer
+    assert file_hashes(active_artifacts(DataDir(data).models)) == newer
     versions = listed()
     assert [(v["version"], v["active"]) for v in versions] == [("0.1.0", False), ("0.2.0", True)]
     assert {n: h for n, h in versions[1]["files"].items() if n.startswith("models/")} == {f"models/{n}": h for n, h in newer.items()}
@@ -149,15 +149,15 @@ def test_install_then_rollback_gives_back_the_exact_files_through_the_command(re
     # a newer one on top, then two rollbacks: each gives back exactly the files that ran before
     third = copy_models(release.newer, tmp_path / "third", renamed_versions("0.3.0-test"))
     assert main([*run, "install", str(release.bundle("b-0.3.0.tar", "0.3.0", models=third))]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == file_hashes(third)
+    assert file_hashes(active_artifacts(DataDir(data).models)) == file_hashes(third)
     capsys.readouterr()
     assert main([*run, "install", str(release.bundle("b-0.2.0.tar", "0.2.0"))]) == 1
     assert "version 0.2.0 is older than the active version 0.3.0" in capsys.readouterr().err
     assert main([*run, "rollback"]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == newer
+    assert file_hashes(active_artifacts(DataDir(data).models)) == newer
     assert main([*run, "rollback"]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == SHIPPED
-    assert registry.installed_artifacts(DataDir(data).models) == registry.ARTIFACTS
+    assert file_hashes(active_artifacts(DataDir(data).models)) == SHIPPED
+    assert active_artifacts(DataDir(data).models) == registry.ARTIFACTS
     capsys.readouterr()
     assert main([*run, "rollback"]) == 1
     assert "the shipped models (version 0.1.0) are active: there is nothing older" in capsys.readouterr().err
@@ -167,7 +167,7 @@ def test_install_then_rollback_gives_back_the_exact_files_through_the_command(re
     cfg = release.config(data)
     assert "older than the active" in refused(cfg, release.bundle("b-0.0.9.tar", "0.0.9"))
     assert model_update.install(cfg, release.bundle("b-0.0.9.tar", "0.0.9"), allow_downgrade=True)["installed"] == "0.0.9"
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == newer
+    assert file_hashes(active_artifacts(DataDir(data).models)) == newer
 
 
 def test_a_rollback_keeps_the_version_it_leaves_listed_and_whole(release, tmp_path, capsys):
@@ -187,7 +187,7 @@ def test_a_rollback_keeps_the_version_it_leaves_listed_and_whole(release, tmp_pa
     assert main([*run, "install", str(release.bundle("k-0.2.0.tar", "0.2.0"))]) == 0
     assert main([*run, "install", str(release.bundle("k-0.3.0.tar", "0.3.0", models=third))]) == 0
     assert main([*run, "rollback"]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == file_hashes(release.newer)
+    assert file_hashes(active_artifacts(DataDir(data).models)) == file_hashes(release.newer)
     assert listed() == [("0.1.0", False, True), ("0.2.0", True, True), ("0.3.0", False, True)]
     kept = DataDir(data).models / "versions" / "0.3.0" / "models"
     assert file_hashes(kept) == file_hashes(third), "the version a rollback left is kept whole"
@@ -208,9 +208,9 @@ def test_a_rollback_keeps_the_version_it_leaves_listed_and_whole(release, tmp_pa
     assert main([*run, "install", str(release.bundle("k-0.4.0.tar", "0.4.0", models=fourth))]) == 0
     assert listed() == [("0.1.0", False, True), ("0.2.0", False, True), ("0.3.0", False, True), ("0.4.0", True, True)]
     assert main([*run, "rollback"]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == SHIPPED  # 0.4.0 was installed over them
+    assert file_hashes(active_artifacts(DataDir(data).models)) == SHIPPED  # 0.4.0 was installed over them
     assert main([*run, "install", str(release.bundle("k-0.3.0.tar", "0.3.0", models=third))]) == 0
-    assert file_hashes(registry.installed_artifacts(DataDir(data).models)) == file_hashes(third)
+    assert file_hashes(active_artifacts(DataDir(data).models)) == file_hashes(third)
     assert listed() == [("0.1.0", False, True), ("0.2.0", False, True), ("0.3.0", True, True), ("0.4.0", False, True)]
 
 
