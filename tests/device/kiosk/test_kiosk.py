@@ -600,10 +600,10 @@ def test_a_page_that_rebinds_its_name_to_the_kiosk_reaches_nothing(unit):
 
 
 def test_the_allowed_host_names_are_a_setting(unit, tmp_path):
-    from device.kiosk.security import allowed_hosts
+    from device.kiosk.security import WILDCARD_ADDRESSES, allowed_hosts
 
     toml = tmp_path / "glaucoscreen.toml"
-    toml.write_text('[kiosk]\nhost = "0.0.0.0"\nallowed_hosts = ["glaucoscreen-7.clinic.example", "10.0.7.21"]\n')
+    toml.write_text('[kiosk]\nhost = "10.0.7.21"\nallowed_hosts = ["glaucoscreen-7.clinic.example", "10.0.7.21"]\n')
     assert Config.load(toml).kiosk.allowed_hosts == ["glaucoscreen-7.clinic.example", "10.0.7.21"]
     toml.write_text('[kiosk]\nallowed_hosts = "glaucoscreen-7.clinic.example"\n')
     with pytest.raises(ValueError, match="allowed_hosts must be a list of names"):
@@ -611,8 +611,10 @@ def test_the_allowed_host_names_are_a_setting(unit, tmp_path):
 
     assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
     assert allowed_hosts("10.0.7.21") == {"127.0.0.1", "localhost", "::1", "10.0.7.21"}
-    everywhere = allowed_hosts("0.0.0.0")
-    assert "0.0.0.0" not in everywhere and {"127.0.0.1", "localhost"} <= everywhere and len(everywhere) == 5
+    assert WILDCARD_ADDRESSES >= {"", "::"} and len(WILDCARD_ADDRESSES) == 3  # and IPv4's any-address
+    for wildcard in WILDCARD_ADDRESSES:  # a kiosk configured for every interface: its own names, never the wildcard
+        everywhere = allowed_hosts(wildcard)
+        assert wildcard not in everywhere and {"127.0.0.1", "localhost"} <= everywhere and len(everywhere) == 5
     assert allowed_hosts("127.0.0.1", ["Kiosk.Clinic.Example", " "]) == {"kiosk.clinic.example"}
 
     config = unit.config
