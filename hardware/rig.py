@@ -113,12 +113,11 @@ def open_camera(source: BoardProfile | str, **options) -> Camera:
     "opencv" (options `index_or_url`, ...), "replay" (option `folder`), "simulated" (options of SimulatedCamera).
     """
     from hardware.boards import PROFILES, BoardProfile
+    from hardware.camera import OpenCVCamera, Picamera2Camera, ReplayCamera
 
     if isinstance(source, str) and source in PROFILES:
         source = PROFILES[source]
     backend = source.camera_backend if isinstance(source, BoardProfile) else source
-    from hardware.camera import OpenCVCamera, Picamera2Camera, ReplayCamera
-
     if backend == "picamera2":
         return Picamera2Camera(**options)
     if backend == "gstreamer":
