@@ -27,6 +27,7 @@ from device.lab.bench_kiosk import CHROMIUM, CHROMIUM_ARGS, TARGETS_SELECTOR
 from device.lab.sync_trials import add_visits, sample_eyes
 from device.unit import Unit
 from tests.device.kiosk.test_kiosk import PIN, add_workers, make_unit
+from tests.device.kiosk.test_slip import read_qr
 
 pytestmark = pytest.mark.browser
 
@@ -206,7 +207,7 @@ def test_a_health_workers_visit_in_chromium(kiosk, page):
     qr = cv2.imdecode(np.frombuffer(page.locator("#slip-qr svg").screenshot(), np.uint8), cv2.IMREAD_COLOR)
     qr = cv2.copyMakeBorder(cv2.resize(qr, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST), 40, 40, 40, 40,
                             cv2.BORDER_CONSTANT, value=(255, 255, 255))
-    assert cv2.QRCodeDetector().detectAndDecode(qr)[0] == visit_uuid
+    assert read_qr(qr) == visit_uuid
     assert unit.visits.get_visit(visit_uuid)["status"] == "finished"
 
     # -- the visit on the home page and the patient's page -------------------------------------
